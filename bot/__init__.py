@@ -1,0 +1,1 @@
+"""The Slack layer: a Bolt app over `knowledge`'s answer path."""

@@ -1,0 +1,93 @@
+"""The knowledge layer's settings, read from the environment and `.env`.
+
+`bot.settings.BotSettings` extends this class with the Slack settings, so the
+whole product is configured in one typed place. Every field is listed in
+`.env.example` with a comment and its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SOURCES = (
+    "https://github.com/milvus-io/milvus-docs/releases/download/v2.4.6-preview/"
+    "milvus_docs_2.4.x_en.zip::en/faq/*.md"
+)
+DEFAULT_RERANK_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+
+
+class KnowledgeSettings(BaseSettings):
+    """Where the documents come from, which models read them, where vectors live."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Sources and chunking
+    knowledge_sources: str = DEFAULT_SOURCES
+    docs_base_url: str = "https://milvus.io/docs/{stem}.md#{anchor}"
+    data_dir: Path = Path("data")
+    chunk_max_tokens: int = Field(default=350, ge=32)
+    chunk_overlap_tokens: int = Field(default=40, ge=0)
+    chunk_min_tokens: int = Field(default=40, ge=0)
+
+    # Models
+    embedding_model: str = "Qwen/Qwen3-Embedding-0.6B"
+    embedding_batch_size: int = Field(default=16, ge=1)
+    reranker_model: str = "Qwen/Qwen3-Reranker-0.6B"  # "none" turns reranking off
+    rerank_instruction: str = DEFAULT_RERANK_INSTRUCTION
+    rerank_max_tokens: int = Field(default=512, ge=16)
+    rerank_batch_size: int = Field(default=4, ge=1)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_threads: int = Field(default=0, ge=0)  # 0: all cores, shared by the workers
+
+    # Store
+    milvus_uri: str = ""  # empty: a Milvus Lite file under DATA_DIR
+    milvus_token: SecretStr = SecretStr("")
+    milvus_collection: str = "support_docs"
+
+    # Retrieval
+    retrieval_mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=0.6, ge=0)
+    bm25_weight: float = Field(default=0.4, ge=0)
+    retrieve_top_k: int = Field(default=10, ge=1, le=200)
+    rerank_top_n: int = Field(default=3, ge=1, le=50)
+    abstain_threshold: float = Field(default=0.2, ge=0, le=1)  # on the best rerank score
+    abstain_dense_threshold: float = Field(default=0.3, ge=-1, le=1)  # with reranking off
+    max_question_chars: int = Field(default=2000, ge=10)
+
+    # Answering
+    openai_api_key: SecretStr = SecretStr("")
+    openai_base_url: str = ""
+    openai_model: str = "gpt-4o"
+    openai_timeout: float = Field(default=60.0, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0)
+    answer_max_tokens: int = Field(default=800, ge=16)
+    history_max_tokens: int = Field(default=1500, ge=0)
+
+    @field_validator("reranker_model")
+    @classmethod
+    def _normalise_none(cls, value: str) -> str:
+        return "" if value.strip().lower() in {"", "none", "off", "false"} else value.strip()
+
+    @property
+    def reranking(self) -> bool:
+        return bool(self.reranker_model)
+
+    @property
+    def milvus_target(self) -> str:
+        """The URI pymilvus opens: the configured server, or the Lite file."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"

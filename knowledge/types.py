@@ -1,0 +1,154 @@
+"""Plain data passed between the knowledge layer's parts and to `bot`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+BREADCRUMB_SEPARATOR = " › "
+
+
+@dataclass(frozen=True)
+class Document:
+    """One file read from a source, before chunking."""
+
+    source: str  # path relative to the source root, e.g. "faq/product_faq.md"
+    text: str  # raw file text (front matter, comments, includes still in place)
+    source_name: str = "docs"  # the name of the KNOWLEDGE_SOURCES entry it came from
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A section (or part of one) of a document, the unit that is indexed and cited."""
+
+    id: str  # stable: source name + path + heading path + ordinal
+    source: str
+    title: str  # the document title (its first H1, or the file name)
+    heading_path: tuple[str, ...]  # headings below the title, outermost first
+    anchor: str  # the URL fragment of the innermost heading ("" for the top)
+    url: str
+    text: str  # the passage as shown to the model and the user
+    ordinal: int = 0  # part number when a long section was split (0, 1, ...)
+    content_hash: str = ""
+    source_name: str = "docs"
+
+    @property
+    def breadcrumb(self) -> str:
+        """"Title › Heading › Subheading", what a citation shows."""
+        return BREADCRUMB_SEPARATOR.join((self.title, *self.heading_path))
+
+    @property
+    def search_text(self) -> str:
+        """The text that is embedded and keyword-indexed: breadcrumb, then passage."""
+        return f"{self.breadcrumb}\n\n{self.text}"
+
+
+@dataclass
+class Candidate:
+    """A retrieved chunk with the scores each stage gave it."""
+
+    chunk: Chunk
+    dense_score: float | None = None  # cosine similarity of the query and chunk vectors
+    bm25_score: float | None = None
+    fused_score: float | None = None  # the score that ordered retrieval (RRF/weighted/dense)
+    rerank_score: float | None = None  # probability of "yes" from the reranker
+    rank: int = 0  # 1-based position after the final ordering
+
+    def to_dict(self) -> dict:
+        chunk = self.chunk
+        return {
+            "rank": self.rank,
+            "id": chunk.id,
+            "source": chunk.source,
+            "source_name": chunk.source_name,
+            "title": chunk.title,
+            "heading_path": list(chunk.heading_path),
+            "url": chunk.url,
+            "text": chunk.text,
+            "dense_score": self.dense_score,
+            "bm25_score": self.bm25_score,
+            "fused_score": self.fused_score,
+            "rerank_score": self.rerank_score,
+        }
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered source as the answer's `[n]` markers refer to it."""
+
+    number: int
+    title: str
+    heading_path: tuple[str, ...]
+    url: str
+    source: str
+
+    @property
+    def breadcrumb(self) -> str:
+        return BREADCRUMB_SEPARATOR.join((self.title, *self.heading_path))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["heading_path"] = list(self.heading_path)
+        return data
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier message of a conversation (a Slack thread, the terminal chat)."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
+AnswerStatus = Literal["answered", "abstained", "retrieval_only"]
+
+
+@dataclass
+class Answer:
+    """Everything one question produced: the text, its sources and how it was made."""
+
+    question: str
+    text: str
+    status: AnswerStatus
+    citations: list[Citation] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    search_query: str = ""  # the standalone query retrieval used (after follow-up rewriting)
+    language: str = "en"  # the language of the question ("en", "zh", ...)
+    note: str = ""  # why the answer is not a model answer (no API key, model failed, ...)
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "status": self.status,
+            "citations": [c.to_dict() for c in self.citations],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "timings_ms": self.timings_ms,
+            "search_query": self.search_query,
+            "language": self.language,
+            "note": self.note,
+        }
+
+
+@dataclass
+class RefreshReport:
+    """What one refresh or rebuild of the index did."""
+
+    documents: int = 0
+    chunks: int = 0
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    seconds: float = 0.0
+    rebuilt: bool = False
+    collection: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def chunks_per_second(self) -> float:
+        embedded = self.added + self.updated
+        return embedded / self.seconds if self.seconds > 0 else 0.0

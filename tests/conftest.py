@@ -1,0 +1,12 @@
+"""Shared test set-up: never reach the network, register the fixture plugins."""
+
+import os
+
+# Loading a model by hub name would retry for a minute; tests use local files only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = [
+    "tests.fixtures.paths",
+]
