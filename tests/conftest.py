@@ -9,4 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
     "tests.fixtures.paths",
+    "tests.fixtures.models",
+    "tests.fixtures.milvus",
+    "tests.fixtures.openai_fake",
+    "tests.fixtures.knowledge",
+    "tests.fixtures.slack_fake",
 ]
