@@ -1,0 +1,308 @@
+"""The `supportbot` command line: index, ask, eval, chat, serve, run, feedback, bench.
+
+Heavy imports (torch, models, Slack) happen inside the commands so `--help`
+is instant. Expected failures (`KnowledgeError`, bad settings) print one line
+on stderr and exit non-zero; only a real bug shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+DESCRIPTION = """\
+Answer questions from your team's documentation, in Slack or the terminal.
+
+Settings come from the environment and a .env file (see .env.example).
+Typical first run:  supportbot index  then  supportbot ask "How is data stored?"
+"""
+
+
+def _settings(args: argparse.Namespace):
+    from bot.settings import BotSettings
+
+    env_file = getattr(args, "env_file", None) or ".env"
+    return BotSettings(_env_file=env_file)
+
+
+def _knowledge_base(settings):
+    from knowledge.pipeline import KnowledgeBase
+
+    return KnowledgeBase.from_settings(settings)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    kb = _knowledge_base(settings)
+    try:
+        report = kb.refresh(rebuild=args.rebuild, progress=not args.json)
+    finally:
+        kb.close()
+    if args.json:
+        data = report.to_dict()
+        _print_json({key: data[key] for key in (
+            "documents", "chunks", "added", "updated", "deleted", "unchanged", "seconds")})
+    else:
+        print(
+            f"Indexed {report.documents} documents into {report.chunks} chunks in "
+            f"{report.seconds:.1f} s ({report.chunks_per_second:.1f} chunks/s embedded): "
+            f"{report.added} added, {report.updated} updated, {report.deleted} deleted, "
+            f"{report.unchanged} unchanged."
+        )
+    return 0
+
+
+def _format_answer(answer) -> str:
+    lines = [answer.text.strip()]
+    if answer.note:
+        lines += ["", f"({answer.note})"]
+    if answer.citations:
+        lines += ["", "Sources:"]
+        lines += [f"  [{c.number}] {c.breadcrumb} — {c.url}" for c in answer.citations]
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.no_rerank:
+        settings.reranker_model = ""
+    if args.mode:
+        settings.retrieval_mode = args.mode
+    kb = _knowledge_base(settings)
+    try:
+        stream = None
+        if not args.json:
+            stream = lambda delta: print(delta, end="", flush=True)  # noqa: E731
+        answer = kb.ask(args.question, on_delta=stream)
+    finally:
+        kb.close()
+    if args.json:
+        _print_json(answer.to_dict())
+        return 0
+    if stream is not None and answer.status == "answered":
+        print()  # the text was streamed; finish the line, then the sources
+        answer_text = _format_answer(answer).split("\n", 1)
+        print(answer_text[1] if len(answer_text) > 1 else "")
+    else:
+        print(_format_answer(answer))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from knowledge import evaluation
+
+    settings = _settings(args)
+    kb = _knowledge_base(settings)
+    try:
+        items = evaluation.load_items(Path(args.file))
+        if args.compare:
+            rows = evaluation.compare(kb, items)
+            if args.json:
+                _print_json(rows)
+            else:
+                print(evaluation.format_table(rows))
+            return 0
+        result = evaluation.evaluate(
+            kb, items, mode=args.mode or settings.retrieval_mode,
+            rerank=settings.reranking and not args.no_rerank,
+        )
+    finally:
+        kb.close()
+    if args.json:
+        _print_json(result)
+    else:
+        print(evaluation.format_result(result))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from bot.chat import run_chat
+
+    settings = _settings(args)
+    kb = _knowledge_base(settings)
+    try:
+        _ensure_index(kb)
+        run_chat(kb)
+    finally:
+        kb.close()
+    return 0
+
+
+def _ensure_index(kb) -> None:
+    """Build the index when there is none, so a fresh machine can answer at once."""
+    if kb.status().get("chunks", 0):
+        return
+    print("No index yet: building it from KNOWLEDGE_SOURCES…", file=sys.stderr)
+    report = kb.refresh(progress=True)
+    print(f"Indexed {report.documents} documents into {report.chunks} chunks "
+          f"in {report.seconds:.1f} s.", file=sys.stderr)
+
+
+def _has_slack_credentials(settings) -> bool:
+    return bool(settings.slack_bot_token.get_secret_value()) and bool(
+        settings.slack_app_token.get_secret_value() or settings.slack_signing_secret.get_secret_value()
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.server import serve
+
+    settings = _settings(args)
+    kb = _knowledge_base(settings)
+    try:
+        _ensure_index(kb)
+        serve(settings, kb)
+    finally:
+        kb.close()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Index when needed, then serve Slack if credentials are set, else chat here."""
+    settings = _settings(args)
+    if _has_slack_credentials(settings):
+        return cmd_serve(args)
+    print(
+        "No Slack credentials (SLACK_BOT_TOKEN with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET): "
+        "starting the terminal chat instead. See README › Create the Slack app.",
+        file=sys.stderr,
+    )
+    return cmd_chat(args)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from bot.records import Records, format_feedback_report
+
+    settings = _settings(args)
+    records = Records(path=settings.feedback_db)
+    try:
+        print(format_feedback_report(records, limit=args.limit))
+    finally:
+        records.close()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from knowledge.bench import format_report, run_bench
+
+    settings = _settings(args)
+    result = run_bench(
+        settings=settings,
+        shape=args.shape,
+        corpus=Path(args.corpus) if args.corpus else None,
+        quick=args.quick,
+        progress=not args.json,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_report(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supportbot", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help_text: str, description: str | None = None):
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("index", cmd_index, "build or refresh the index from KNOWLEDGE_SOURCES",
+            "Read the sources, chunk them by section, embed new or changed chunks and update "
+            "the Milvus index in place (unchanged chunks are not re-embedded).")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build a fresh collection and switch to it atomically")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+    p = add("ask", cmd_ask, "answer one question from the terminal",
+            "Retrieve, rerank and answer one question with its cited sources.")
+    p.add_argument("question", help="the question, in quotes")
+    p.add_argument("--json", action="store_true",
+                   help="print the whole Answer (citations, candidates, timings) as JSON")
+    p.add_argument("--no-rerank", action="store_true", help="skip the reranker")
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode")
+
+    p = add("eval", cmd_eval, "score retrieval on an eval file (recall, MRR, abstention)",
+            "Score the current index on a JSONL eval file (format: shared/eval/README.md): "
+            "recall@10 before reranking, recall@3 after, MRR@10 and abstention.")
+    p.add_argument("file", help="eval JSONL file")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--compare", action="store_true",
+                   help="dense, BM25 and hybrid, each with and without reranking, side by side")
+    p.add_argument("--no-rerank", action="store_true", help="score without the reranker")
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode")
+
+    add("chat", cmd_chat, "talk to the bot in the terminal (no Slack needed)",
+        "The same answer path as in Slack, as a conversation in the terminal; follow-ups "
+        "use the earlier turns. Ctrl-D or 'exit' ends it.")
+    add("serve", cmd_serve, "run the Slack bot (Socket Mode or HTTP Events API)",
+        "Socket Mode when SLACK_APP_TOKEN is set, the HTTP Events API when "
+        "SLACK_SIGNING_SECRET is set. Builds the index first when there is none.")
+    add("run", cmd_run, "index if needed, then serve Slack (or chat when no Slack tokens are set)")
+
+    p = add("feedback", cmd_feedback, "recent 👍/👎 feedback and questions the docs did not answer")
+    p.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
+
+    p = add("bench", cmd_bench, "measure indexing, reranking and answer latency on this machine",
+            "Times the tutorial's loops against the product's fast path in one run.")
+    p.add_argument("--shape", choices=["qwen3-0.6b"],
+                   help="use random-weight models of this shape instead of the configured ones")
+    p.add_argument("--corpus", help="folder of Markdown files to index (default: the FAQ folder)")
+    p.add_argument("--quick", action="store_true", help="a shorter run (under ten minutes on 2 cores)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(verbose=args.verbose)
+    from pydantic import ValidationError
+
+    from knowledge.errors import KnowledgeError
+
+    try:
+        return args.func(args)
+    except KnowledgeError as error:
+        print(f"supportbot: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        )
+        print(f"supportbot: invalid settings: {problems}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
+    try:
+        from bot.logging_setup import configure_logging
+    except ImportError:  # written alongside; plain logging until then
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    configure_logging(level=level, json_format=os.environ.get("LOG_FORMAT", "").lower() == "json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
