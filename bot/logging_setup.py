@@ -1,0 +1,209 @@
+"""Logging for the bot: plain or JSON lines, with secrets redacted from every record.
+
+    configure_logging(level="INFO", json_format=False, secrets=[bot_token, ...])
+    register_secret(value)            # a secret learned later (after configure_logging)
+    log.info("question", extra=question_log_fields(text, log_questions=False))
+
+The redactor runs as a filter on the root handler, so it sees every record that
+reaches it (from any logger): the message, its arguments, `extra` fields, the
+exception traceback and stack info are all rewritten before formatting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import IO
+
+REDACTED = "[REDACTED]"
+# Registered values shorter than this are ignored: masking "abc" everywhere would
+# wreck the logs and such a value is no secret anyway.
+MIN_SECRET_CHARS = 8
+
+# Well-known token shapes; the prefix is kept so a reader still sees what leaked.
+_TOKEN_PATTERNS = re.compile(
+    r"(?P<keep>\bxox[a-z](?:\.xox[a-z])?-|\bxapp-|\bsk-|\b[Bb]earer\s+)"
+    r"(?P<secret>[A-Za-z0-9._~+/=-]{8,})"
+    r"|(?P<key>\b(?:api[_-]?key|password|passwd|secret|token|client_secret)\b[\"']?\s*[:=]\s*[\"']?)"
+    r"(?P<value>[^\s\"',;&]{4,})",
+    re.IGNORECASE,
+)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "taskName",
+}
+_NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with known token shapes and the given secret values masked."""
+    if not text:
+        return text
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _TOKEN_PATTERNS.sub(_mask, text)
+
+
+def _mask(match: re.Match) -> str:
+    prefix = match.group("keep") if match.group("keep") is not None else match.group("key")
+    return f"{prefix}{REDACTED}"
+
+
+class SecretRedactor(logging.Filter):
+    """A handler filter that masks secrets in every part of a record; never drops one."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: frozenset[str] = frozenset()
+        for value in secrets:
+            self.add(value)
+
+    def add(self, value: str) -> None:
+        """Mask `value` from now on (ignored when empty or shorter than MIN_SECRET_CHARS)."""
+        if value and len(value) >= MIN_SECRET_CHARS:
+            # Rebinding a new frozenset is atomic, so logging threads need no lock.
+            self._secrets = self._secrets | {value}
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        return self._secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Longest first, so a secret containing another is masked whole.
+        secrets = sorted(self._secrets, key=len, reverse=True)
+        try:
+            message = record.getMessage()
+        except Exception:  # bad %-args: keep the template, never the raw args
+            message = f"{record.msg} [unformattable log arguments]"
+        record.msg, record.args = redact(message, secrets), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            # Formatters reuse a cached exc_text instead of re-formatting exc_info.
+            record.exc_text = redact(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, secrets)
+        for name, value in list(record.__dict__.items()):
+            if name not in _RECORD_ATTRS and isinstance(value, str):
+                setattr(record, name, redact(value, secrets))
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+
+
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...` (extras appended so they are not lost)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _extras(record).items())
+        if not extras:
+            return text
+        head, newline, rest = text.partition("\n")  # keep a traceback below the first line
+        return f"{head} {extras}{newline}{rest}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        payload.update(_extras(record))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            payload["exception"] = record.exc_text
+        if record.stack_info:
+            payload["stack"] = record.stack_info
+        # json.dumps escapes newlines, so a traceback stays on the record's one line.
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def configure_logging(
+    *,
+    level: str | int = "INFO",
+    json_format: bool = False,
+    secrets: Iterable[str] = (),
+    stream: IO[str] | None = None,
+) -> SecretRedactor:
+    """Send all logs to `stream` (stderr) as plain or JSON lines, secrets masked.
+
+    Calling it again replaces the handler it installed before (secrets already
+    registered are kept); handlers installed by others (pytest) are left alone.
+    Raises ValueError for an unknown level name.
+    """
+    numeric = _level_number(level)
+    root = logging.getLogger()
+    previous: set[str] = set()
+    for handler in list(root.handlers):
+        if getattr(handler, "_supportbot", False):
+            for existing in handler.filters:
+                if isinstance(existing, SecretRedactor):
+                    previous |= existing.secrets
+            root.removeHandler(handler)
+            handler.close()
+    redactor = SecretRedactor([*previous, *secrets])
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler._supportbot = True  # type: ignore[attr-defined]  # marks the handler as ours
+    handler.addFilter(redactor)
+    handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # Per-request INFO lines from HTTP clients drown the bot's own; keep them for DEBUG.
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if numeric > logging.DEBUG else logging.NOTSET)
+    return redactor
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` in all later log records.
+
+    Raises RuntimeError when configure_logging() has not run yet (the secret
+    would otherwise be silently unprotected).
+    """
+    redactors = [
+        f for handler in logging.getLogger().handlers if getattr(handler, "_supportbot", False)
+        for f in handler.filters if isinstance(f, SecretRedactor)
+    ]
+    if not redactors:
+        raise RuntimeError("configure_logging() must run before register_secret()")
+    for redactor in redactors:
+        redactor.add(value)
+
+
+def question_log_fields(question: str, *, log_questions: bool) -> dict[str, object]:
+    """Fields for `extra=`: the text when LOG_QUESTIONS is on, else its length and hash.
+
+    The 12-hex sha256 prefix lets one follow a question across log lines without
+    recording what was asked.
+    """
+    if log_questions:
+        return {"question": question}
+    digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
+    return {"question_chars": len(question), "question_sha256": digest}
+
+
+def _level_number(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelName(level.strip().upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {level!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return number

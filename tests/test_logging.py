@@ -1,0 +1,158 @@
+"""Log configuration: secrets never reach the output, JSON lines parse, questions stay private."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+
+import pytest
+
+from bot.logging_setup import (
+    REDACTED,
+    configure_logging,
+    question_log_fields,
+    redact,
+    register_secret,
+)
+
+BOT_TOKEN = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
+APP_TOKEN = "xapp-1-A0123456789-1234567890123-0123456789abcdef0123456789abcdef"
+OPENAI_KEY = "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+
+
+def _remove_our_handlers() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_supportbot", False):
+            root.removeHandler(handler)
+
+
+@pytest.fixture
+def output():
+    """A buffer to log into; our handler is removed before and after each test."""
+    _remove_our_handlers()
+    yield io.StringIO()
+    _remove_our_handlers()
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def _configure(output: io.StringIO, **kwargs) -> None:
+    configure_logging(level=kwargs.pop("level", "INFO"), json_format=kwargs.pop("json_format", False),
+                      stream=output, **kwargs)
+
+
+@pytest.mark.parametrize("json_format", [False, True])
+def test_tokens_in_message_args_extra_and_exception_are_redacted(output, json_format):
+    _configure(output, json_format=json_format)
+    log = logging.getLogger("supportbot.test")
+    log.info("bot token %s", BOT_TOKEN)
+    log.info(f"app token {APP_TOKEN} and key {OPENAI_KEY}")
+    log.warning("headers %r", {"Authorization": "Bearer abcdefghijklmnop.qrstuv"})
+    log.info("context", extra={"detail": f"token={BOT_TOKEN}"})
+    try:
+        raise RuntimeError(f"Slack said no to {BOT_TOKEN}")
+    except RuntimeError:
+        log.exception("call failed")
+
+    text = output.getvalue()
+    for secret in (BOT_TOKEN, APP_TOKEN, OPENAI_KEY, "abcdefghijklmnop", "0987654321"):
+        assert secret not in text
+    # The token kind stays visible, which helps when debugging which one leaked.
+    assert f"xoxb-{REDACTED}" in text and f"xapp-{REDACTED}" in text
+    assert f"sk-{REDACTED}" in text and f"Bearer {REDACTED}" in text
+    assert "RuntimeError: Slack said no to" in text  # the traceback itself is kept
+
+
+def test_registered_secrets_are_redacted_also_when_added_later(output):
+    _configure(output, secrets=[SIGNING_SECRET])
+    log = logging.getLogger("supportbot.test")
+    log.info("signing secret is %s", SIGNING_SECRET)
+    register_secret("my-custom-db-password-value")
+    log.error("connecting with my-custom-db-password-value failed")
+    # Reconfiguring keeps what was registered.
+    _configure(output, json_format=True)
+    log.info("again my-custom-db-password-value and %s", SIGNING_SECRET)
+
+    text = output.getvalue()
+    assert SIGNING_SECRET not in text
+    assert "my-custom-db-password-value" not in text
+    assert text.count(REDACTED) == 4
+
+
+def test_ordinary_text_is_left_alone():
+    text = "task-queue-processing with max_tokens=800 and 3 tokens; ask-me sk-learn"
+    assert redact(text) == text
+    assert redact("password: hunter2") == f"password: {REDACTED}"
+
+
+def test_short_values_are_not_registered(output):
+    _configure(output, secrets=["", "abc"])
+    logging.getLogger("t").info("abc is a common word")
+    assert "abc is a common word" in output.getvalue()
+
+
+def test_register_secret_needs_configured_logging(output):
+    with pytest.raises(RuntimeError, match="configure_logging"):
+        register_secret("some-long-secret-value")
+
+
+def test_json_lines_parse_one_record_per_line(output):
+    _configure(output, json_format=True)
+    log = logging.getLogger("supportbot.json")
+    log.info("first\nwith a newline", extra={"channel": "C123", "ms": 12.5})
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("second")
+    log.debug("dropped at INFO")
+
+    lines = output.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "first\nwith a newline"
+    assert (first["level"], first["logger"], first["channel"], first["ms"]) == ("INFO", "supportbot.json", "C123", 12.5)
+    assert first["time"].endswith("+00:00")
+    assert second["level"] == "ERROR" and "ZeroDivisionError" in second["exception"]
+
+
+def test_plain_format_shows_extras_and_level(output):
+    _configure(output, level="warning")
+    log = logging.getLogger("supportbot.plain")
+    log.info("hidden")
+    log.warning("slow answer", extra={"stage": "model"})
+    assert output.getvalue().count("\n") == 1
+    assert "WARNING supportbot.plain: slow answer stage='model'" in output.getvalue()
+
+
+def test_reconfiguring_does_not_duplicate_lines(output):
+    _configure(output)
+    _configure(output)
+    logging.getLogger("t").warning("once")
+    assert output.getvalue().count("once") == 1
+
+
+def test_unknown_level_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown log level 'LOUD'"):
+        configure_logging(level="LOUD", json_format=False)
+
+
+def test_question_text_only_when_allowed():
+    question = "How do I rotate the Milvus root password?"
+    assert question_log_fields(question, log_questions=True) == {"question": question}
+    private = question_log_fields(question, log_questions=False)
+    assert private == {
+        "question_chars": len(question),
+        "question_sha256": hashlib.sha256(question.encode()).hexdigest()[:12],
+    }
+    assert question not in json.dumps(private)
+
+
+def test_question_fields_log_without_the_text(output):
+    _configure(output, json_format=True)
+    question = "What is our VPN password reset flow?"
+    logging.getLogger("q").info("question", extra=question_log_fields(question, log_questions=False))
+    record = json.loads(output.getvalue())
+    assert record["question_chars"] == len(question) and "VPN" not in output.getvalue()
