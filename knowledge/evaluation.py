@@ -1,0 +1,320 @@
+"""Retrieval quality over an eval file: recall@10, recall@3, MRR@10, abstention.
+
+Eval format and hit rule: shared/eval/README.md. A passage is a hit for an
+expected entry when its source path ends with `source` and its text contains
+`contains`, both after `normalise`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from knowledge.errors import KnowledgeError
+from knowledge.types import Candidate, Chunk
+
+DEFAULT_COMPARE = (
+    ("dense", False), ("dense", True),
+    ("bm25", False), ("bm25", True),
+    ("hybrid", False), ("hybrid", True),
+)
+_SPACES = re.compile(r"\s+")
+_METRIC_KEYS = ("recall@10", "recall@3", "mrr@10", "abstain_correct", "false_abstain")
+
+
+@dataclass(frozen=True)
+class Expected:
+    source: str
+    contains: str
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    lang: str
+    question: str
+    expected: tuple[Expected, ...]
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.expected)
+
+
+def load_items(path: Path | str) -> list[EvalItem]:
+    """Read a JSONL eval file. Raises KnowledgeError naming the bad line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise KnowledgeError(f"Cannot read eval file {path}: {error.strerror or error}.") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            items.append(
+                EvalItem(
+                    id=str(data.get("id") or f"line{number}"),
+                    lang=str(data.get("lang") or "en"),
+                    question=str(data["question"]),
+                    expected=tuple(
+                        Expected(source=str(e["source"]), contains=str(e["contains"]))
+                        for e in data.get("expected") or ()
+                    ),
+                )
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise KnowledgeError(
+                f"{path}:{number}: not a valid eval item ({type(error).__name__}: {error})."
+            ) from None
+    return items
+
+
+def normalise(text: str) -> str:
+    """Lower-case, delete ` and *, fold every run of white space into one space."""
+    return _SPACES.sub(" ", text.lower().replace("`", "").replace("*", ""))
+
+
+def is_hit(chunk: Chunk, item: EvalItem) -> bool:
+    """True when the chunk matches any of the item's expected entries."""
+    source = normalise(chunk.source)
+    text = normalise(chunk.text)
+    return any(
+        source.endswith(normalise(e.source)) and normalise(e.contains) in text
+        for e in item.expected
+    )
+
+
+def first_hit_rank(candidates: Sequence[Candidate], item: EvalItem, k: int) -> int | None:
+    """1-based position of the first relevant candidate among the first k, else None."""
+    for rank, candidate in enumerate(candidates[:k], start=1):
+        if is_hit(candidate.chunk, item):
+            return rank
+    return None
+
+
+def final_order(result) -> list[Candidate]:
+    """The ranking after reranking: the top n as reranked, then the rest in retrieval order."""
+    top = list(result.reranked_top_n)
+    shown = {c.chunk.id for c in top}
+    return top + [c for c in result.candidates_top_k if c.chunk.id not in shown]
+
+
+def score_items(outcomes: Sequence[dict]) -> dict:
+    """Metrics over per-item outcomes (see `evaluate` for the keys)."""
+    answerable = [o for o in outcomes if o["answerable"]]
+    unanswerable = [o for o in outcomes if not o["answerable"]]
+
+    def share(values: Iterable[bool], total: int) -> float | None:
+        return round(sum(values) / total, 4) if total else None
+
+    return {
+        "n": len(outcomes),
+        "recall@10": share((o["rank_before"] is not None for o in answerable), len(answerable)),
+        "recall@3": share(
+            (o["rank_after"] is not None and o["rank_after"] <= 3 for o in answerable),
+            len(answerable),
+        ),
+        "mrr@10": (
+            round(sum(1 / o["rank_after"] if o["rank_after"] else 0.0 for o in answerable)
+                  / len(answerable), 4)
+            if answerable else None
+        ),
+        "abstain_correct": share((o["abstained"] for o in unanswerable), len(unanswerable)),
+        "false_abstain": share((o["abstained"] for o in answerable), len(answerable)),
+    }
+
+
+def outcome(item: EvalItem, result, abstained: bool) -> dict:
+    """What one item's retrieval produced, for scoring and the misses list."""
+    order = final_order(result)
+    return {
+        "id": item.id,
+        "lang": item.lang,
+        "question": item.question,
+        "answerable": item.answerable,
+        # recall@10 counts retrieval before reranking; recall@3 and MRR@10 the final order.
+        "rank_before": first_hit_rank(result.candidates_top_k, item, 10) if item.answerable else None,
+        "rank_after": first_hit_rank(order, item, 10) if item.answerable else None,
+        "abstained": abstained,
+        "top": [f"{c.chunk.source} › {' › '.join(c.chunk.heading_path)}" for c in order[:3]],
+        "best_score": best_score(result),
+    }
+
+
+def best_score(result) -> float | None:
+    """The score abstention is decided on: best rerank score, else best dense score."""
+    rerank = [c.rerank_score for c in result.reranked_top_n if c.rerank_score is not None]
+    if rerank:
+        return max(rerank)
+    dense = [c.dense_score for c in result.candidates_top_k if c.dense_score is not None]
+    return max(dense) if dense else None
+
+
+def evaluate(kb, items: Sequence[EvalItem], *, mode: str | None = None, rerank: bool | None = None) -> dict:
+    """Retrieval metrics for the items, overall and per language, plus the misses.
+
+    Keys: n, recall@10, recall@3, mrr@10, abstain_correct, false_abstain,
+    by_lang {lang: same metrics}, misses [...], mode, rerank, ms_per_query.
+    """
+    outcomes = run_items(kb, items, mode=mode, rerank=rerank)
+    return summarise(outcomes, mode=mode or kb.settings.retrieval_mode,
+                     rerank=_rerank_on(kb, rerank))
+
+
+def run_items(kb, items: Sequence[EvalItem], *, mode: str | None, rerank: bool | None) -> list[dict]:
+    """Retrieve every item (no rewriting, no model call) and record its outcome."""
+    outcomes = []
+    for item in items:
+        started = time.perf_counter()
+        result = kb.retriever.retrieve(item.question, mode=mode, rerank=rerank)
+        elapsed = (time.perf_counter() - started) * 1000
+        entry = outcome(item, result, kb.retriever.should_abstain(result))
+        entry["ms"] = elapsed
+        outcomes.append(entry)
+    return outcomes
+
+
+def summarise(outcomes: Sequence[dict], *, mode: str, rerank: bool) -> dict:
+    summary = score_items(outcomes)
+    langs = sorted({o["lang"] for o in outcomes})
+    summary["by_lang"] = {
+        lang: score_items([o for o in outcomes if o["lang"] == lang]) for lang in langs
+    }
+    summary["misses"] = [_miss(o) for o in outcomes if _is_miss(o)]
+    summary["mode"] = mode
+    summary["rerank"] = rerank
+    summary["ms_per_query"] = (
+        round(sum(o["ms"] for o in outcomes) / len(outcomes), 1) if outcomes and "ms" in outcomes[0] else None
+    )
+    return summary
+
+
+def _is_miss(o: dict) -> bool:
+    if not o["answerable"]:
+        return not o["abstained"]
+    return o["abstained"] or o["rank_after"] is None or o["rank_after"] > 3
+
+
+def _miss(o: dict) -> dict:
+    if not o["answerable"]:
+        why = "answered an unanswerable question"
+    elif o["abstained"]:
+        why = "declined an answerable question"
+    elif o["rank_after"] is None:
+        why = "no relevant passage in the top 10"
+    else:
+        why = f"first relevant passage at rank {o['rank_after']}"
+    return {
+        "id": o["id"], "lang": o["lang"], "question": o["question"], "why": why,
+        "rank_before": o["rank_before"], "rank_after": o["rank_after"],
+        "best_score": o["best_score"], "top": o["top"],
+    }
+
+
+def _rerank_on(kb, rerank: bool | None) -> bool:
+    return kb.retriever.reranker is not None and (rerank is None or rerank)
+
+
+def compare(kb, items: Sequence[EvalItem], settings_list: Sequence[tuple[str, bool]] | None = None) -> list[dict]:
+    """Evaluate each (mode, rerank) pair over the same index; rows for `format_table`.
+
+    Pairs asking for reranking are skipped when the knowledge base has no reranker.
+    """
+    rows = []
+    for mode, rerank in settings_list or DEFAULT_COMPARE:
+        if rerank and kb.retriever.reranker is None:
+            continue
+        result = evaluate(kb, items, mode=mode, rerank=rerank)
+        row = {"mode": mode, "rerank": rerank, "n": result["n"]}
+        row.update({key: result[key] for key in _METRIC_KEYS})
+        row["ms_per_query"] = result["ms_per_query"]
+        row["by_lang"] = result["by_lang"]
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A fixed-width side-by-side table of compare() rows."""
+    columns = ["mode", "rerank", "n", *_METRIC_KEYS, "ms_per_query"]
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
+    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def format_result(result: dict) -> str:
+    """evaluate()'s dict as a few readable lines plus the misses."""
+    header = f"mode={result.get('mode')} rerank={_cell(result.get('rerank'))}"
+    lines = [header, ""]
+    rows = [{"scope": "all", **{k: result[k] for k in ("n", *_METRIC_KEYS)}}]
+    rows += [{"scope": lang, **m} for lang, m in result.get("by_lang", {}).items()]
+    columns = ["scope", "n", *_METRIC_KEYS]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    misses = result.get("misses") or []
+    if misses:
+        lines += ["", f"Misses ({len(misses)}):"]
+        for miss in misses:
+            lines.append(f"  {miss['id']} [{miss['lang']}] {miss['question']} — {miss['why']}")
+    return "\n".join(lines)
+
+
+def pick_abstain_threshold(
+    kb, items: Sequence[EvalItem], *, mode: str | None = None, rerank: bool | None = None
+) -> dict:
+    """The threshold that declines every unanswerable item with the fewest false abstentions.
+
+    Scores are the best rerank score (reranking on) or best dense score (off).
+    Returns {"threshold", "score", "declines_unanswerable", "false_abstain", "how"};
+    threshold is None when the items hold no unanswerable question or no scores.
+    """
+    outcomes = run_items(kb, items, mode=mode, rerank=rerank)
+    return choose_threshold(outcomes, score="rerank" if _rerank_on(kb, rerank) else "dense")
+
+
+def choose_threshold(outcomes: Sequence[dict], *, score: str) -> dict:
+    """See pick_abstain_threshold; works on outcomes with best_score and answerable."""
+    negatives = [o["best_score"] for o in outcomes if not o["answerable"] and o["best_score"] is not None]
+    positives = sorted(o["best_score"] for o in outcomes if o["answerable"] and o["best_score"] is not None)
+    if not negatives or not positives:
+        return {"threshold": None, "score": score, "declines_unanswerable": None,
+                "false_abstain": None,
+                "how": "needs both answerable and unanswerable items with scores"}
+    highest_negative = max(negatives)
+    above = [p for p in positives if p > highest_negative]
+    # Midway to the next answerable score leaves a margin on both sides.
+    threshold = (highest_negative + above[0]) / 2 if above else highest_negative + 1e-6
+    false = sum(1 for p in positives if p < threshold)
+    return {
+        "threshold": threshold,
+        "score": score,
+        "declines_unanswerable": f"{len(negatives)}/{len(negatives)}",
+        "false_abstain": round(false / len(positives), 4),
+        "how": (
+            f"highest {score} score of an unanswerable item is {highest_negative:.4f}; "
+            f"the lowest answerable score above it is "
+            f"{(f'{above[0]:.4f}') if above else 'none'}; threshold is set between them, "
+            f"declining all {len(negatives)} unanswerable items and wrongly "
+            f"{false} of {len(positives)} answerable ones"
+        ),
+    }

@@ -1,0 +1,316 @@
+"""KnowledgeBase: the one facade `bot` and the CLI use (ask, refresh, status, close)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from knowledge.errors import AnswerError, InvalidQuestionError
+from knowledge.language import detect_language
+from knowledge.retriever import RetrievalResult, Retriever
+from knowledge.rewrite import standalone_query
+from knowledge.settings import KnowledgeSettings
+from knowledge.types import Answer, Candidate, Citation, RefreshReport, Turn
+
+# [1], [2][3], [1, 2] and [1-3] style markers.
+_MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
+
+TEXTS = {
+    "en": {
+        "abstain": "The documentation doesn't seem to cover this, so I won't guess.",
+        "abstain_read": "The closest sections you may want to read:",
+        "retrieval_only": "Here are the most relevant passages from the documentation:",
+        "no_key": "No OpenAI API key is configured (OPENAI_API_KEY): these are the most "
+        "relevant passages, not a written answer.",
+        "model_failed": "The language model failed ({error}), after retries: these are "
+        "the most relevant passages, not a written answer.",
+    },
+    "zh": {
+        "abstain": "文档中似乎没有涉及这个问题，我不做猜测。",
+        "abstain_read": "以下是最接近的章节，您可以参考：",
+        "retrieval_only": "以下是文档中最相关的段落：",
+        "no_key": "未配置 OpenAI API 密钥（OPENAI_API_KEY）：以下是最相关的段落，而不是生成的回答。",
+        "model_failed": "语言模型调用失败（{error}，已重试）：以下是最相关的段落，而不是生成的回答。",
+    },
+}
+_EXCERPT_CHARS = 300
+
+
+class KnowledgeBase:
+    """Retrieval plus answering over the indexed documentation; safe for concurrent ask()."""
+
+    def __init__(
+        self,
+        *,
+        settings: KnowledgeSettings,
+        embedder,
+        store,
+        indexer,
+        reranker=None,
+        answerer=None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.reranker = reranker
+        self.store = store
+        self.indexer = indexer
+        self.answerer = answerer
+        self.retriever = Retriever(embedder=embedder, store=store, reranker=reranker, settings=settings)
+        self._lock = threading.Lock()
+        self._last_refresh: RefreshReport | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: KnowledgeSettings) -> KnowledgeBase:
+        """Load the models and open the store. Raises ModelLoadError, StoreError subclasses."""
+        from knowledge.answerer import Answerer
+        from knowledge.embedder import Embedder
+        from knowledge.indexer import Indexer
+        from knowledge.reranker import Reranker
+        from knowledge.runtime import configure_torch_threads
+        from knowledge.store import VectorStore
+
+        configure_torch_threads(settings.torch_threads)
+        embedder = Embedder(
+            model=settings.embedding_model,
+            device=settings.device,
+            dtype=settings.dtype,
+            batch_size=settings.embedding_batch_size,
+        )
+        reranker = None
+        if settings.reranking:
+            reranker = Reranker(
+                model=settings.reranker_model,
+                instruction=settings.rerank_instruction,
+                max_tokens=settings.rerank_max_tokens,
+                batch_size=settings.rerank_batch_size,
+                device=settings.device,
+                dtype=settings.dtype,
+            )
+        store = VectorStore(
+            uri=settings.milvus_target,
+            token=settings.milvus_token.get_secret_value(),
+            collection=settings.milvus_collection,
+            dimension=embedder.dimension,
+            model_id=embedder.model_id,
+        )
+        indexer = Indexer(settings=settings, embedder=embedder, store=store)
+        answerer = None
+        api_key = settings.openai_api_key.get_secret_value()
+        if api_key:
+            answerer = Answerer(
+                api_key=api_key,
+                base_url=settings.openai_base_url,
+                model=settings.openai_model,
+                timeout=settings.openai_timeout,
+                max_retries=settings.openai_max_retries,
+                max_tokens=settings.answer_max_tokens,
+                history_max_tokens=settings.history_max_tokens,
+            )
+        return cls(
+            settings=settings,
+            embedder=embedder,
+            reranker=reranker,
+            store=store,
+            indexer=indexer,
+            answerer=answerer,
+        )
+
+    # Asking ----------------------------------------------------------------------
+    def ask(
+        self,
+        question: str,
+        *,
+        history: Sequence[Turn] = (),
+        source_names: Sequence[str] | None = None,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Answer one question from the documentation.
+
+        Returns status "answered", "abstained" (nothing relevant enough; no model
+        call) or "retrieval_only" (no API key, or the model failed: `note` says
+        which). Raises InvalidQuestionError for an empty or over-long question;
+        store and model-loading errors pass through as knowledge.errors types.
+        """
+        started = time.perf_counter()
+        question = self._validated(question)
+        language = detect_language(question)
+        timings: dict[str, float] = {}
+
+        rewrite_started = time.perf_counter()
+        search_query = standalone_query(question, history, answerer=self.answerer)
+        timings["rewrite"] = _ms(rewrite_started)
+
+        result = self.retriever.retrieve(search_query, source_names=source_names)
+        timings.update(result.timings_ms)
+        passages = result.reranked_top_n
+        answer = Answer(
+            question=question,
+            text="",
+            status="answered",
+            candidates=passages,
+            timings_ms=timings,
+            search_query=search_query,
+            language=language,
+        )
+
+        if self.retriever.should_abstain(result):
+            answer.status = "abstained"
+            answer.citations = _citations(passages)
+            answer.text = abstention_text(passages, language)
+        elif self.answerer is None:
+            self._retrieval_only(answer, passages, _texts(language)["no_key"])
+        else:
+            model_started = time.perf_counter()
+            try:
+                text = self.answerer.answer(
+                    question,
+                    [c.chunk for c in passages],
+                    history=history,
+                    language=language,
+                    on_delta=on_delta,
+                )
+            except AnswerError as error:
+                reason = str(error).rstrip(".")
+                self._retrieval_only(
+                    answer, passages, _texts(language)["model_failed"].format(error=reason)
+                )
+            else:
+                answer.text = text
+                answer.citations = used_citations(text, passages)
+            timings["model"] = _ms(model_started)
+        timings.setdefault("model", 0.0)
+        timings["total"] = _ms(started)
+        return answer
+
+    def _validated(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidQuestionError("Please ask a question: the message is empty.")
+        question = question.strip()
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise InvalidQuestionError(
+                f"The question is too long ({len(question)} characters; the limit is {limit}). "
+                "Please shorten it."
+            )
+        return question
+
+    @staticmethod
+    def _retrieval_only(answer: Answer, passages: list[Candidate], note: str) -> None:
+        answer.status = "retrieval_only"
+        answer.note = note
+        answer.citations = _citations(passages)
+        answer.text = retrieval_only_text(passages, answer.language)
+
+    # Index -------------------------------------------------------------------------
+    def refresh(self, *, rebuild: bool = False, progress: bool = False) -> RefreshReport:
+        """Bring the index up to date. Raises RefreshInProgressError, SourceError, StoreError."""
+        report = self.indexer.refresh(rebuild=rebuild, progress=progress)
+        with self._lock:
+            self._last_refresh = report
+        return report
+
+    def status(self) -> dict:
+        """Chunk count, sources, the last refresh report and the model ids."""
+        from knowledge.sources import parse_sources
+
+        with self._lock:
+            last = self._last_refresh
+        try:
+            sources = [
+                {"name": spec.name, "location": spec.location, "glob": spec.glob}
+                for spec in parse_sources(self.settings.knowledge_sources)
+            ]
+        except Exception:  # a bad KNOWLEDGE_SOURCES must not break a status page
+            sources = []
+        return {
+            "chunks": self.store.count(),
+            "collection": self.settings.milvus_collection,
+            "sources": sources,
+            "last_refresh": last.to_dict() if last else None,
+            "embedding_model": self.embedder.model_id,
+            "reranker_model": getattr(self.reranker, "model_id", "") if self.reranker else "",
+            "answer_model": self.answerer.model if self.answerer else "",
+            "retrieval_mode": self.settings.retrieval_mode,
+        }
+
+    def close(self) -> None:
+        """Release the store and the HTTP client; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.answerer is not None:
+            self.answerer.close()
+        self.store.close()
+
+
+# Answer texts ------------------------------------------------------------------------
+def used_citations(text: str, passages: Sequence[Candidate]) -> list[Citation]:
+    """Citations for the [n] markers the text uses (1 ≤ n ≤ len(passages)), by number."""
+    used: set[int] = set()
+    for match in _MARKER.finditer(text):
+        for part in re.split(r"\s*,\s*", match.group(1)):
+            bounds = [int(x) for x in re.split(r"\s*[\-–]\s*", part)]
+            low, high = bounds[0], bounds[-1]
+            if high - low > len(passages):  # "[1-2000]" is not a citation range
+                continue
+            used.update(range(low, high + 1))
+    return [
+        _citation(number, passages[number - 1])
+        for number in sorted(used)
+        if 1 <= number <= len(passages)
+    ]
+
+
+def _citation(number: int, candidate: Candidate) -> Citation:
+    chunk = candidate.chunk
+    return Citation(
+        number=number,
+        title=chunk.title,
+        heading_path=chunk.heading_path,
+        url=chunk.url,
+        source=chunk.source,
+    )
+
+
+def _citations(passages: Sequence[Candidate]) -> list[Citation]:
+    return [_citation(number, c) for number, c in enumerate(passages, start=1)]
+
+
+def _texts(language: str) -> dict[str, str]:
+    return TEXTS.get(language, TEXTS["en"])
+
+
+def abstention_text(passages: Sequence[Candidate], language: str) -> str:
+    """Say the docs don't seem to cover it, then list the closest sections with links."""
+    texts = _texts(language)
+    if not passages:
+        return texts["abstain"]
+    lines = [texts["abstain"], "", texts["abstain_read"]]
+    lines += [f"[{n}] {c.chunk.breadcrumb} — {c.chunk.url}" for n, c in enumerate(passages, 1)]
+    return "\n".join(lines)
+
+
+def retrieval_only_text(passages: Sequence[Candidate], language: str) -> str:
+    """The best passages, each with its section and link, numbered like citations."""
+    texts = _texts(language)
+    if not passages:
+        return texts["abstain"]
+    lines = [texts["retrieval_only"]]
+    for number, candidate in enumerate(passages, start=1):
+        chunk = candidate.chunk
+        excerpt = " ".join(chunk.text.split())
+        if len(excerpt) > _EXCERPT_CHARS:
+            excerpt = excerpt[:_EXCERPT_CHARS].rsplit(" ", 1)[0] + " …"
+        lines += ["", f"[{number}] {chunk.breadcrumb} — {chunk.url}", excerpt]
+    return "\n".join(lines)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+__all__ = ["KnowledgeBase", "RetrievalResult", "used_citations", "abstention_text"]

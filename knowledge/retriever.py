@@ -1,0 +1,230 @@
+"""Retrieval: embed the query, search (dense / BM25 / hybrid), de-duplicate,
+rerank, expand split sections with their neighbours, and decide abstention."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from knowledge.settings import KnowledgeSettings
+from knowledge.types import Candidate, Chunk
+
+Mode = Literal["dense", "bm25", "hybrid"]
+MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
+
+# Extra candidates fetched so that dropping duplicates still leaves top_k.
+_DEDUPE_MARGIN = 5
+# Overlap between consecutive parts is at most this many characters worth searching.
+_MAX_OVERLAP_CHARS = 4000
+
+
+@dataclass
+class RetrievalResult:
+    """Candidates before reranking (retrieval order) and the final passages."""
+
+    candidates_top_k: list[Candidate] = field(default_factory=list)
+    reranked_top_n: list[Candidate] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    mode: str = "dense"
+    reranked: bool = False
+
+
+class Retriever:
+    """Turns a query into the few passages the answer is built from."""
+
+    def __init__(self, *, embedder, store, reranker=None, settings: KnowledgeSettings) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.reranker = reranker
+        self.settings = settings
+
+    def retrieve(
+        self,
+        query: str,
+        *,
+        mode: str | None = None,
+        rerank: bool | None = None,
+        source_names: Sequence[str] | None = None,
+    ) -> RetrievalResult:
+        """Search, de-duplicate, rerank (when on and a reranker exists), expand.
+
+        Raises ValueError for an unknown mode; store and model errors pass through
+        as their knowledge.errors types.
+        """
+        mode = mode or self.settings.retrieval_mode
+        if mode not in MODES:
+            raise ValueError(f"Unknown retrieval mode {mode!r}; use dense, bm25 or hybrid.")
+        use_reranker = self.reranker is not None and (rerank is None or rerank)
+        timings = {"embed": 0.0, "search": 0.0, "rerank": 0.0}
+        result = RetrievalResult(timings_ms=timings, mode=mode, reranked=use_reranker)
+        if not query.strip():
+            return result
+
+        started = time.perf_counter()
+        # BM25 needs no vector, unless the backend lacks BM25 and falls back to dense.
+        needs_vector = mode != "bm25" or not getattr(self.store, "supports_hybrid", True)
+        vector = self.embedder.embed_query(query) if needs_vector else None
+        timings["embed"] = _ms(started)
+
+        started = time.perf_counter()
+        candidates = self._search(query, vector, mode, source_names)
+        timings["search"] = _ms(started)
+        for rank, candidate in enumerate(candidates, start=1):
+            candidate.rank = rank
+        result.candidates_top_k = candidates
+
+        started = time.perf_counter()
+        top_n = self.settings.rerank_top_n
+        final = [dataclasses.replace(c) for c in candidates]
+        if use_reranker and final:
+            scores = self.reranker.score(query, [c.chunk.search_text for c in final])
+            for candidate, score in zip(final, scores):
+                candidate.rerank_score = float(score)
+            # Stable sort: ties keep retrieval order.
+            final.sort(key=lambda c: -(c.rerank_score or 0.0))
+        timings["rerank"] = _ms(started)
+        final = final[:top_n]
+        for rank, candidate in enumerate(final, start=1):
+            candidate.rank = rank
+
+        started = time.perf_counter()
+        result.reranked_top_n = self._expand(final)
+        timings["search"] += _ms(started)
+        return result
+
+    def should_abstain(self, result: RetrievalResult) -> bool:
+        """True when the best passage is too weak to answer from.
+
+        With reranking: best rerank score < abstain_threshold. Without: best dense
+        score < abstain_dense_threshold. BM25-only results carry no calibrated
+        score, so they never abstain unless empty.
+        """
+        passages = result.reranked_top_n
+        if not passages:
+            return True
+        rerank_scores = [c.rerank_score for c in passages if c.rerank_score is not None]
+        if rerank_scores:
+            return max(rerank_scores) < self.settings.abstain_threshold
+        dense_scores = [c.dense_score for c in result.candidates_top_k if c.dense_score is not None]
+        if dense_scores:
+            return max(dense_scores) < self.settings.abstain_dense_threshold
+        return False
+
+    # Steps ---------------------------------------------------------------------
+    def _search(self, query: str, vector, mode: str, source_names) -> list[Candidate]:
+        top_k = self.settings.retrieve_top_k
+        limit = top_k + _DEDUPE_MARGIN
+        names = list(source_names) if source_names else None
+        if mode == "dense":
+            found = self.store.search_dense(vector, limit=limit, source_names=names)
+        elif mode == "bm25":
+            found = self.store.search_bm25(query, limit=limit, source_names=names, vector=vector)
+        else:  # the store itself falls back to dense where hybrid is unsupported
+            found = self.store.search_hybrid(
+                vector,
+                query,
+                limit=limit,
+                fusion=self.settings.fusion,
+                rrf_k=self.settings.rrf_k,
+                weights=(self.settings.dense_weight, self.settings.bm25_weight),
+                source_names=names,
+            )
+        return dedupe(found)[:top_k]
+
+    def _expand(self, passages: list[Candidate]) -> list[Candidate]:
+        """Join each passage with the parts before/after it when its section was split."""
+        if not passages:
+            return passages
+        from knowledge.chunking import chunk_id  # the id scheme lives with the chunker
+
+        present = {c.chunk.id for c in passages}
+        wanted: dict[str, tuple[str, int]] = {}  # neighbour id -> (passage id, offset)
+        for candidate in passages:
+            chunk = candidate.chunk
+            occurrence = _occurrence(chunk, chunk_id)
+            if occurrence is None:
+                continue  # an id from another scheme: no safe way to name its neighbours
+            for offset in (-1, 1):
+                ordinal = chunk.ordinal + offset
+                if ordinal < 0:
+                    continue
+                neighbour = chunk_id(
+                    chunk.source_name, chunk.source, chunk.heading_path, ordinal, occurrence
+                )
+                if neighbour not in present:
+                    wanted[neighbour] = (chunk.id, offset)
+        if not wanted:
+            return passages
+        fetched = {chunk.id: chunk for chunk in self.store.get(list(wanted))}
+        expanded = []
+        for candidate in passages:
+            chunk = candidate.chunk
+            before = after = None
+            for neighbour_id, (owner, offset) in wanted.items():
+                if owner != chunk.id or neighbour_id not in fetched:
+                    continue
+                if offset < 0:
+                    before = fetched[neighbour_id]
+                else:
+                    after = fetched[neighbour_id]
+            text = chunk.text
+            if before is not None:
+                text = join_overlapping(before.text, text)
+            if after is not None:
+                text = join_overlapping(text, after.text)
+            if text != chunk.text:
+                candidate = dataclasses.replace(candidate, chunk=dataclasses.replace(chunk, text=text))
+            expanded.append(candidate)
+        return expanded
+
+
+def _occurrence(chunk: Chunk, chunk_id, limit: int = 16) -> int | None:
+    """Which repeat of its heading path in the file a chunk is (ids encode it)."""
+    for occurrence in range(limit):
+        if chunk_id(chunk.source_name, chunk.source, chunk.heading_path, chunk.ordinal,
+                    occurrence) == chunk.id:
+            return occurrence
+    return None
+
+
+def dedupe(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Drop later candidates with the same content (hash, else normalised text)."""
+    seen: set[str] = set()
+    kept: list[Candidate] = []
+    for candidate in candidates:
+        key = _content_key(candidate.chunk)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(candidate)
+    return kept
+
+
+def _content_key(chunk: Chunk) -> str:
+    # The text alone: the same paragraph reached through two sources or an include
+    # is one passage even if the chunker hashed its breadcrumb in.
+    return " ".join(chunk.text.split()).lower() or chunk.content_hash or chunk.id
+
+
+def join_overlapping(first: str, second: str) -> str:
+    """Concatenate two consecutive parts, dropping the text they share at the seam."""
+    if not first:
+        return second
+    if not second:
+        return first
+    tail_start = max(0, len(first) - _MAX_OVERLAP_CHARS)
+    probe = second[: min(len(second), 24)]
+    for match in re.finditer(re.escape(probe), first[tail_start:]):
+        start = tail_start + match.start()
+        shared = first[start:]
+        if second.startswith(shared):
+            return first + second[len(shared):]
+    return f"{first.rstrip()}\n\n{second.lstrip()}"
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
