@@ -1,0 +1,599 @@
+"""Milvus vector store: the only module that imports pymilvus.
+
+The serving name (e.g. ``support_docs``) is an alias pointing at a physical
+collection ``support_docs_<millis>``; a rebuild fills a staging collection
+beside it and switches the alias in one step, so searches never see a half
+built index. Each row holds one Chunk in typed fields (no JSON: filters on
+JSON are slow), its dense vector, and a BM25 sparse vector that Milvus
+derives from ``search_text`` when the backend supports BM25 functions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from pymilvus import (
+    AnnSearchRequest,
+    DataType,
+    Function,
+    FunctionType,
+    MilvusClient,
+    RRFRanker,
+    WeightedRanker,
+)
+from pymilvus.exceptions import MilvusException
+
+from knowledge.errors import (
+    DimensionMismatchError,
+    StoreError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
+from knowledge.types import Candidate, Chunk
+
+logger = logging.getLogger(__name__)
+
+HEADING_SEPARATOR = "\n"  # headings never contain a newline
+MODEL_PROPERTY = "supportbot.model_id"
+DIMENSION_PROPERTY = "supportbot.dimension"
+REBUILD_HINT = "rebuild the index with `supportbot index --rebuild`"
+# VARCHAR limits are in bytes; values are clipped to fit rather than failing the insert.
+TEXT_BYTES = 65535
+OUTPUT_FIELDS = [
+    "id", "text", "source", "source_name", "title", "heading_path",
+    "anchor", "url", "ordinal", "content_hash",
+]  # fmt: skip
+HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+SEARCH_EF = 128
+
+
+class VectorStore:
+    """Chunks and their vectors in one Milvus collection, served through an alias.
+
+    Opening raises StoreUnavailableError (StoreLockedError when another process
+    holds the Milvus Lite file). A collection built for another vector size or
+    model is refused by ``check()`` and the search/write methods with
+    DimensionMismatchError; the indexer rebuilds it instead (``needs_rebuild``).
+    """
+
+    def __init__(
+        self,
+        *,
+        uri: str,
+        token: str = "",
+        collection: str,
+        dimension: int,
+        model_id: str = "",
+        analyzer: str | dict = "standard",
+        batch_size: int = 256,
+        timeout: float = 30.0,
+    ) -> None:
+        self.uri = uri
+        self.name = collection
+        self.dimension = int(dimension)
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self._analyzer = {"tokenizer": analyzer} if isinstance(analyzer, str) else analyzer
+        self._is_lite = _is_lite_uri(uri)
+        self._warned_fallback = False
+        self._client = self._connect(uri, token, timeout)
+        self._server_hybrid = self._server_supports_hybrid()
+        self.mismatch = ""  # why the serving collection cannot be used, "" when it can
+        self.supports_hybrid = self._server_hybrid
+        self._open_serving()
+
+    # ---- opening -----------------------------------------------------------------
+
+    def _connect(self, uri: str, token: str, timeout: float) -> MilvusClient:
+        shown = _safe_uri(uri)
+        if self._is_lite:
+            path = Path(uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if _lite_locked_elsewhere(path):
+                raise _locked_error(path)
+        try:
+            return MilvusClient(uri=uri, token=token, timeout=timeout)
+        except Exception as error:  # pymilvus raises several unrelated types here
+            if self._is_lite and _lite_locked_elsewhere(Path(uri)):
+                raise _locked_error(Path(uri)) from None
+            reason = _one_line(error)
+            raise StoreUnavailableError(f"Cannot open Milvus at {shown}: {reason}") from None
+
+    def _server_supports_hybrid(self) -> bool:
+        """BM25 functions and hybrid search came with Milvus 2.5 (and Milvus Lite 3)."""
+        try:
+            version = str(self._client.get_server_version())
+        except Exception:
+            return True  # unknown: try, and fall back on the first refusal
+        if version.startswith("milvus_lite"):
+            return True
+        match = re.search(r"(\d+)\.(\d+)", version)
+        return not match or (int(match[1]), int(match[2])) >= (2, 5)
+
+    def _open_serving(self) -> None:
+        target = self.physical_name()
+        if target is None:
+            target = self._create_physical()
+            self._call(self._client.create_alias, target, self.name)
+        self._load(target)
+        self.supports_hybrid = self._server_hybrid and self._has_bm25(target)
+        self.mismatch = self._mismatch(target)
+
+    def physical_name(self) -> str | None:
+        """The collection the serving name points at (itself when it is a plain collection)."""
+        collections = self._call(self._client.list_collections)
+        if self.name in collections:
+            return self.name  # a plain collection from before aliases: served as is
+        for name in collections:
+            if name.startswith(f"{self.name}_"):
+                aliases = self._call(self._client.list_aliases, collection_name=name)
+                if self.name in aliases.get("aliases", []):
+                    return name
+        return None
+
+    def _load(self, name: str) -> None:
+        # Milvus Lite comes back with collections released after a restart.
+        state = self._call(self._client.get_load_state, name)
+        if "Loaded" not in str(state.get("state")):
+            self._call(self._client.load_collection, name)
+
+    def _describe(self, name: str) -> dict:
+        return self._call(self._client.describe_collection, name)
+
+    def _has_bm25(self, name: str) -> bool:
+        info = self._describe(name)
+        fields = {f["name"] for f in info.get("fields", [])}
+        functions = info.get("functions") or []
+        return "sparse" in fields and any(f.get("output_field_names") == ["sparse"] for f in functions)
+
+    def _mismatch(self, name: str) -> str:
+        info = self._describe(name)
+        dims = [
+            int(f.get("params", {}).get("dim", 0))
+            for f in info.get("fields", [])
+            if f["name"] == "vector"
+        ]
+        names = {f["name"] for f in info.get("fields", [])}
+        if not dims or not set(OUTPUT_FIELDS) <= names:
+            return f"The collection {name} was not made by this bot; {REBUILD_HINT}."
+        if dims[0] != self.dimension:
+            return (
+                f"The index holds {dims[0]}-dimensional vectors but the embedding model makes "
+                f"{self.dimension}; {REBUILD_HINT}."
+            )
+        stored_model = _collection_model(info)
+        if self.model_id and stored_model and stored_model != self.model_id:
+            return (
+                f"The index was built with {stored_model} but the embedding model is "
+                f"{self.model_id}; {REBUILD_HINT}."
+            )
+        return ""
+
+    @property
+    def needs_rebuild(self) -> bool:
+        return bool(self.mismatch)
+
+    def check(self) -> None:
+        """Raise DimensionMismatchError when the serving collection fits another model."""
+        if self.mismatch:
+            raise DimensionMismatchError(self.mismatch)
+
+    # ---- collections and the alias --------------------------------------------------
+
+    def _schema(self, with_bm25: bool):
+        schema = self._client.create_schema(
+            auto_id=False,
+            enable_dynamic_field=False,
+            description=json.dumps({"model_id": self.model_id, "dimension": self.dimension}),
+        )
+        add = schema.add_field
+        add("id", DataType.VARCHAR, is_primary=True, max_length=1024)
+        add("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+        add("text", DataType.VARCHAR, max_length=TEXT_BYTES)
+        if with_bm25:
+            add(
+                "search_text", DataType.VARCHAR, max_length=TEXT_BYTES,
+                enable_analyzer=True, analyzer_params=self._analyzer,
+            )  # fmt: skip
+            add("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name="search_text_bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["search_text"],
+                    output_field_names=["sparse"],
+                )
+            )
+        else:
+            add("search_text", DataType.VARCHAR, max_length=TEXT_BYTES)
+        add("source", DataType.VARCHAR, max_length=2048)
+        add("source_name", DataType.VARCHAR, max_length=256)
+        add("title", DataType.VARCHAR, max_length=2048)
+        add("heading_path", DataType.VARCHAR, max_length=8192)
+        add("anchor", DataType.VARCHAR, max_length=2048)
+        add("url", DataType.VARCHAR, max_length=4096)
+        add("ordinal", DataType.INT64)
+        add("content_hash", DataType.VARCHAR, max_length=256)
+        return schema
+
+    def _index_params(self, with_bm25: bool):
+        params = self._client.prepare_index_params()
+        # HNSW, not FLAT: Milvus Lite failed to reload FLAT collections after restarts.
+        params.add_index("vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
+        if with_bm25:
+            params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        return params
+
+    def _create_physical(self) -> str:
+        name = f"{self.name}_{time.time_ns() // 1_000_000}"
+        try:
+            self._create(name, with_bm25=self._server_hybrid)
+        except MilvusException as error:
+            if not self._server_hybrid:
+                raise StoreError(f"Cannot create collection {name}: {_one_line(error)}") from None
+            # An older server that knows neither BM25 functions nor sparse indexes.
+            logger.warning("Milvus refused BM25 (%s); searches fall back to dense", _one_line(error))
+            self._server_hybrid = False
+            if name in self._call(self._client.list_collections):
+                self._call(self._client.drop_collection, name)
+            try:
+                self._create(name, with_bm25=False)
+            except MilvusException as error:
+                raise StoreError(f"Cannot create collection {name}: {_one_line(error)}") from None
+        return name
+
+    def _create(self, name: str, *, with_bm25: bool) -> None:
+        properties = {MODEL_PROPERTY: self.model_id, DIMENSION_PROPERTY: str(self.dimension)}
+        self._client.create_collection(name, schema=self._schema(with_bm25), properties=properties)
+        # sync=False: waiting for index builds calls an RPC Milvus Lite lacks (AllocTimestamp).
+        self._client.create_index(name, self._index_params(with_bm25), sync=False)
+        self._client.load_collection(name)
+
+    def create_staging(self) -> str:
+        """Create an empty collection for a rebuild (dropping stale ones) and return its name."""
+        serving = self.physical_name()
+        for name in self._call(self._client.list_collections):
+            if name != serving and re.fullmatch(rf"{re.escape(self.name)}_\d+", name):
+                self._call(self._client.drop_collection, name)  # left by a failed rebuild
+        return self._create_physical()
+
+    def switch_to(self, staging: str) -> None:
+        """Point the serving name at `staging` in one step, then drop the old collection."""
+        self._call(self._client.flush, staging)
+        self._load(staging)
+        old = self.physical_name()
+        if old == self.name:
+            # A plain collection holds the name: it must go before the alias can exist.
+            self._call(self._client.drop_collection, old)
+            self._call(self._client.create_alias, staging, self.name)
+        elif old is None:
+            self._call(self._client.create_alias, staging, self.name)
+        else:
+            self._call(self._client.alter_alias, staging, self.name)
+            # Switch first, then drop: Milvus Lite drops an alias along with its collection.
+            self._call(self._client.drop_collection, old)
+        self.supports_hybrid = self._server_hybrid and self._has_bm25(staging)
+        self.mismatch = ""
+
+    # ---- writing ------------------------------------------------------------------
+
+    def upsert(
+        self, chunks: Sequence[Chunk], vectors: np.ndarray, *, collection: str | None = None
+    ) -> None:
+        """Insert or replace chunks with their vectors. Raises StoreError, DimensionMismatchError."""
+        if not len(chunks):
+            return
+        if collection is None:
+            self.check()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(chunks), self.dimension):
+            raise DimensionMismatchError(
+                f"Got vectors of shape {vectors.shape} for {len(chunks)} chunks of size "
+                f"{self.dimension}; {REBUILD_HINT}."
+            )
+        target = collection or self.name
+        for start in range(0, len(chunks), self.batch_size):
+            rows = [
+                _row(chunk, vector)
+                for chunk, vector in zip(
+                    chunks[start : start + self.batch_size],
+                    vectors[start : start + self.batch_size],
+                )
+            ]
+            self._call(self._client.upsert, target, rows)
+
+    def delete(self, ids: Sequence[str], *, collection: str | None = None) -> None:
+        if not ids:
+            return
+        target = collection or self.name
+        ids = list(ids)
+        for start in range(0, len(ids), self.batch_size):
+            self._call(self._client.delete, target, ids=ids[start : start + self.batch_size])
+
+    def flush(self, *, collection: str | None = None) -> None:
+        """Seal written rows: search over unflushed rows is slow in Milvus Lite."""
+        self._call(self._client.flush, collection or self.name)
+
+    # ---- reading ------------------------------------------------------------------
+
+    def count(self, *, collection: str | None = None) -> int:
+        rows = self._call(
+            self._client.query, collection or self.name, filter="", output_fields=["count(*)"]
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def content_hashes(self, *, collection: str | None = None) -> dict[str, str]:
+        """Chunk id -> content hash for the whole collection."""
+        return {
+            row["id"]: row["content_hash"]
+            for row in self._iterate(collection or self.name, ["id", "content_hash"])
+        }
+
+    def _iterate(self, name: str, fields: list[str]) -> Iterator[dict]:
+        try:
+            iterator = self._client.query_iterator(
+                name, batch_size=1000, filter="", output_fields=fields
+            )
+            while batch := iterator.next():
+                yield from batch
+            iterator.close()
+        except MilvusException as error:
+            raise StoreError(f"Milvus query failed: {_one_line(error)}") from None
+
+    def get(self, ids: Sequence[str]) -> list[Chunk]:
+        """The chunks with these ids, in the order asked (missing ids are skipped)."""
+        if not ids:
+            return []
+        rows = self._call(self._client.get, self.name, ids=list(ids), output_fields=OUTPUT_FIELDS)
+        by_id = {row["id"]: _chunk(row) for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    # ---- searching ------------------------------------------------------------------
+
+    def search_dense(self, vector, *, limit: int, source_names=None) -> list[Candidate]:
+        self.check()
+        results = self._call(
+            self._client.search,
+            self.name,
+            data=[_as_list(vector)],
+            anns_field="vector",
+            limit=limit,
+            filter=_filter(source_names),
+            output_fields=OUTPUT_FIELDS,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, limit)}},
+        )
+        return _ranked(
+            Candidate(chunk=_chunk(hit["entity"]), dense_score=hit["distance"], fused_score=hit["distance"])
+            for hit in results[0]
+        )
+
+    def search_bm25(self, text: str, *, limit: int, source_names=None, vector=None) -> list[Candidate]:
+        """Keyword search; without BM25 support, dense search on `vector` (or nothing)."""
+        self.check()
+        if not text.strip():
+            return []
+        if not self.supports_hybrid:
+            return self._fallback(vector, limit, source_names)
+        results = self._call(
+            self._client.search,
+            self.name,
+            data=[text],
+            anns_field="sparse",
+            limit=limit,
+            filter=_filter(source_names),
+            output_fields=OUTPUT_FIELDS,
+            search_params={"metric_type": "BM25"},
+        )
+        # Milvus Lite reports BM25 as a negative distance; the score itself is positive.
+        return _ranked(
+            Candidate(chunk=_chunk(hit["entity"]), bm25_score=abs(hit["distance"]), fused_score=abs(hit["distance"]))
+            for hit in results[0]
+        )
+
+    def search_hybrid(
+        self,
+        vector,
+        text: str,
+        *,
+        limit: int,
+        fusion: str = "rrf",
+        rrf_k: int = 60,
+        weights: tuple[float, float] = (0.6, 0.4),
+        source_names=None,
+    ) -> list[Candidate]:
+        """Dense and BM25 results fused by RRF or weights; dense only without BM25 support."""
+        self.check()
+        if not self.supports_hybrid or not text.strip():
+            if self.supports_hybrid:
+                return self.search_dense(vector, limit=limit, source_names=source_names)
+            return self._fallback(vector, limit, source_names)
+        query = np.asarray(vector, dtype=np.float32).ravel()
+        expr = _filter(source_names)
+        requests = [
+            AnnSearchRequest(
+                [query.tolist()], "vector",
+                {"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, limit)}}, limit, expr=expr,
+            ),
+            AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, limit, expr=expr),
+        ]  # fmt: skip
+        ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights)
+        try:
+            results = self._client.hybrid_search(
+                self.name, requests, ranker, limit=limit, output_fields=[*OUTPUT_FIELDS, "vector"]
+            )
+        except Exception as error:
+            if "HybridSearch" not in str(error) and "UNIMPLEMENTED" not in str(error):
+                raise StoreError(f"Milvus hybrid search failed: {_one_line(error)}") from None
+            self.supports_hybrid = False
+            return self._fallback(vector, limit, source_names)
+        return _ranked(
+            Candidate(
+                chunk=_chunk(hit["entity"]),
+                dense_score=_cosine(query, hit["entity"].get("vector")),
+                fused_score=hit["distance"],
+            )
+            for hit in results[0]
+        )
+
+    def _fallback(self, vector, limit: int, source_names) -> list[Candidate]:
+        if not self._warned_fallback:
+            self._warned_fallback = True
+            logger.warning(
+                "Milvus at %s has no BM25/hybrid search; using dense search only", _safe_uri(self.uri)
+            )
+        if vector is None:
+            return []
+        return self.search_dense(vector, limit=limit, source_names=source_names)
+
+    # ---- plumbing -----------------------------------------------------------------
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except MilvusException as error:
+            raise StoreError(f"Milvus {method.__name__} failed: {_one_line(error)}") from None
+
+    def close(self) -> None:
+        """Release this client (the Milvus Lite server stays up for other stores in the process)."""
+        try:
+            self._client.close()
+        except Exception:  # closing must not fail shutdown
+            logger.debug("closing the Milvus client failed", exc_info=True)
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def _is_lite_uri(uri: str) -> bool:
+    return not re.match(r"^[a-z][a-z0-9+.-]*://", uri, re.I) and not uri.startswith("unix:")
+
+
+def _safe_uri(uri: str) -> str:
+    """The URI without user info or query (which may carry credentials)."""
+    if _is_lite_uri(uri):
+        return uri
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _lite_locked_elsewhere(path: Path) -> bool:
+    """True when another process holds the Milvus Lite data directory's lock.
+
+    Only probed when this process has no Lite server on the path: a flock from a
+    second descriptor would conflict with our own server's lock too.
+    """
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return False
+    if os.path.abspath(path) in getattr(server_manager_instance, "_servers", {}):
+        return False
+    lock = path / "LOCK"
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _locked_error(path: Path) -> StoreLockedError:
+    return StoreLockedError(
+        f"The Milvus Lite file {path} is open in another process (only one may use it): "
+        "the bot is serving this index; run /reindex in Slack or stop the bot."
+    )
+
+
+def _one_line(error: Exception) -> str:
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(str(message).split())[:300]
+
+
+def _collection_model(info: dict) -> str:
+    properties = info.get("properties") or {}
+    if properties.get(MODEL_PROPERTY):
+        return properties[MODEL_PROPERTY]
+    try:
+        return json.loads(info.get("description") or "{}").get("model_id", "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _clip(text: str, limit: int = TEXT_BYTES) -> str:
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
+
+
+def _row(chunk: Chunk, vector: np.ndarray) -> dict:
+    return {
+        "id": chunk.id,
+        "vector": vector.tolist(),
+        "text": _clip(chunk.text),
+        "search_text": _clip(chunk.search_text),
+        "source": _clip(chunk.source, 2048),
+        "source_name": _clip(chunk.source_name, 256),
+        "title": _clip(chunk.title, 2048),
+        "heading_path": _clip(HEADING_SEPARATOR.join(chunk.heading_path), 8192),
+        "anchor": _clip(chunk.anchor, 2048),
+        "url": _clip(chunk.url, 4096),
+        "ordinal": int(chunk.ordinal),
+        "content_hash": chunk.content_hash,
+    }
+
+
+def _chunk(row: dict) -> Chunk:
+    path = row.get("heading_path") or ""
+    return Chunk(
+        id=row["id"],
+        source=row["source"],
+        title=row["title"],
+        heading_path=tuple(path.split(HEADING_SEPARATOR)) if path else (),
+        anchor=row["anchor"],
+        url=row["url"],
+        text=row["text"],
+        ordinal=int(row["ordinal"]),
+        content_hash=row["content_hash"],
+        source_name=row["source_name"],
+    )
+
+
+def _filter(source_names) -> str:
+    if not source_names:
+        return ""
+    return f"source_name in {json.dumps(list(source_names), ensure_ascii=False)}"
+
+
+def _as_list(vector) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).ravel().tolist()
+
+
+def _cosine(query: np.ndarray, vector) -> float | None:
+    if vector is None:
+        return None
+    other = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(query) * np.linalg.norm(other))
+    return float(query @ other / norm) if norm else 0.0
+
+
+def _ranked(candidates) -> list[Candidate]:
+    ranked = list(candidates)
+    for rank, candidate in enumerate(ranked, start=1):
+        candidate.rank = rank
+    return ranked
