@@ -1,0 +1,96 @@
+"""Build the Bolt app: one Web API client, the services, the listeners."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from bot import listeners
+from bot.dedupe import SeenKeys
+from bot.records import Records
+from bot.responder import Responder
+from bot.services import Services
+from bot.settings import BotSettings
+from bot.workers import WorkerPool
+from knowledge.errors import KnowledgeError
+
+log = logging.getLogger(__name__)
+
+
+class SlackSetupError(KnowledgeError):
+    """Slack is not configured, or rejected the bot token."""
+
+
+@dataclass
+class SupportBot:
+    """The Bolt app with everything it owns; `close` stops the workers and the database."""
+
+    app: App
+    services: Services
+
+    @property
+    def client(self) -> WebClient:
+        return self.app.client
+
+    def close(self) -> None:
+        self.services.close()
+
+
+def web_client(settings: BotSettings) -> WebClient:
+    """The Web API client: SLACK_API_URL as base, retries on 429 (Retry-After) and dropped connections."""
+    return WebClient(
+        token=settings.slack_bot_token.get_secret_value() or None,
+        base_url=settings.slack_api_url,
+        retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2), RateLimitErrorRetryHandler(max_retry_count=2)],
+    )
+
+
+def build_app(settings: BotSettings, kb, *, records: Records | None = None) -> SupportBot:
+    """Wire the Bolt app; raises SlackSetupError when the token is missing or rejected."""
+    token = settings.slack_bot_token.get_secret_value()
+    if not token:
+        raise SlackSetupError("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) into .env")
+    client = web_client(settings)
+    try:
+        identity = client.auth_test()
+    except SlackApiError as error:
+        raise SlackSetupError(f"Slack rejected SLACK_BOT_TOKEN: {error.response.get('error')}") from error
+    except SlackClientError as error:
+        raise SlackSetupError(f"cannot reach Slack at {settings.slack_api_url}: {error}") from error
+    signing_secret = settings.slack_signing_secret.get_secret_value()
+    app = App(
+        client=client,
+        signing_secret=signing_secret or None,
+        # Socket Mode needs no signature; HTTP mode always verifies (see bot.server).
+        request_verification_enabled=bool(signing_secret),
+        token_verification_enabled=False,  # auth.test was called just above
+        # Listeners only queue work, so acknowledging first costs nothing and beats Slack's 3 s.
+        process_before_response=False,
+        ignoring_self_events_enabled=True,
+        logger=logging.getLogger("slack_bolt"),
+    )
+    records = records or Records(path=settings.feedback_db)
+    responder = Responder(
+        kb=kb,
+        client=client,
+        records=records,
+        settings=settings,
+        bot_user_id=identity.get("user_id", ""),
+        bot_id=identity.get("bot_id", ""),
+    )
+    services = Services(
+        settings=settings,
+        kb=kb,
+        records=records,
+        pool=WorkerPool(workers=settings.bot_workers, queue_size=settings.bot_queue_size),
+        seen=SeenKeys(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries),
+        responder=responder,
+    )
+    listeners.register(app, services)
+    log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))
+    return SupportBot(app=app, services=services)

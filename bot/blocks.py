@@ -1,0 +1,175 @@
+"""Block Kit messages for an answer: text sections, numbered sources, 👍/👎 buttons.
+
+Slack limits: 3,000 characters per section text, 50 blocks per message. Long
+answers are split at paragraph, then line boundaries; a code fence cut by a
+split is closed and reopened so each part renders on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.mrkdwn import escape, safe_url, to_mrkdwn
+from knowledge.types import Answer, Citation
+
+SECTION_LIMIT = 3000
+BLOCK_LIMIT = 50
+FALLBACK_LIMIT = 3000  # the notification / screen-reader text
+FEEDBACK_UP = "feedback_up"
+FEEDBACK_DOWN = "feedback_down"
+_FENCE = "```"
+_REOPEN_RESERVE = 2 * (len(_FENCE) + 1)  # room for "```\n" at the start and "\n```" at the end
+
+
+def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
+    """Split mrkdwn into parts of at most `limit` characters, keeping code fences balanced."""
+    if not text:
+        return []
+    if limit <= _REOPEN_RESERVE + 1:
+        raise ValueError(f"limit must be more than {_REOPEN_RESERVE + 1} characters")
+    raw = _pack(text.split("\n\n"), "\n\n", limit - _REOPEN_RESERVE)
+    return _balance_fences(raw)
+
+
+def _pack(pieces: Sequence[str], joiner: str, limit: int) -> list[str]:
+    """Greedily join pieces up to `limit`; pieces too long are split at a finer level."""
+    parts: list[str] = []
+    current = ""
+    for piece in pieces:
+        candidate = f"{current}{joiner}{piece}" if current else piece
+        if len(candidate) <= limit:
+            current = candidate
+            continue
+        if current:
+            parts.append(current)
+            current = ""
+        if len(piece) <= limit:
+            current = piece
+        elif joiner == "\n\n":
+            parts.extend(_pack(piece.split("\n"), "\n", limit))
+        else:
+            parts.extend(_hard_split(piece, limit))
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _hard_split(line: str, limit: int) -> list[str]:
+    """Cut a single over-long line, preferring a space and never inside an &entity;."""
+    parts = []
+    while len(line) > limit:
+        cut = line.rfind(" ", limit // 2, limit)
+        if cut <= 0:
+            cut = limit
+            amp = line.rfind("&", cut - 6, cut)
+            if amp > 0 and ";" not in line[amp:cut]:
+                cut = amp
+        parts.append(line[:cut])
+        line = line[cut:].lstrip(" ")
+    if line:
+        parts.append(line)
+    return parts
+
+
+def _fence_open_at_end(text: str, open_at_start: bool) -> bool:
+    inside = open_at_start
+    for line in text.split("\n"):
+        if line.lstrip("> ").lstrip().startswith(_FENCE):
+            inside = not inside
+    return inside
+
+
+def _balance_fences(parts: list[str]) -> list[str]:
+    balanced = []
+    open_fence = False
+    for part in parts:
+        starts_open = open_fence
+        open_fence = _fence_open_at_end(part, starts_open)
+        if starts_open:
+            part = f"{_FENCE}\n{part}"
+        if open_fence:
+            part = f"{part}\n{_FENCE}"
+        balanced.append(part)
+    return balanced
+
+
+def section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def source_line(citation: Citation) -> str:
+    """`[n] <url|Title › Heading>`, plain text when the URL is not http(s)."""
+    label = escape(citation.breadcrumb)
+    url = safe_url(citation.url)
+    return f"[{citation.number}] <{url}|{label}>" if url else f"[{citation.number}] {label}"
+
+
+def sources_blocks(citations: Sequence[Citation]) -> list[dict]:
+    if not citations:
+        return []
+    lines = [source_line(c) for c in sorted(citations, key=lambda c: c.number)]
+    return [section(part) for part in split_text("*Sources*\n" + "\n".join(lines))]
+
+
+def feedback_block(record_id: str) -> dict:
+    """👍/👎 buttons whose value is the answer record id (see bot.records)."""
+    return {
+        "type": "actions",
+        "block_id": "feedback",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": FEEDBACK_UP,
+                "text": {"type": "plain_text", "text": "👍 Helpful", "emoji": True},
+                "value": record_id,
+            },
+            {
+                "type": "button",
+                "action_id": FEEDBACK_DOWN,
+                "text": {"type": "plain_text", "text": "👎 Not helpful", "emoji": True},
+                "value": record_id,
+            },
+        ],
+    }
+
+
+def answer_messages(answer: Answer, *, record_id: str | None = None) -> list[dict]:
+    """The message payloads (`text` + `blocks`) that show one answer, in posting order."""
+    body = to_mrkdwn(answer.text) or "_(no answer)_"
+    blocks = [section(part) for part in split_text(body)]
+    footer = sources_blocks(answer.citations)
+    if answer.note:
+        footer.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(answer.note)[:SECTION_LIMIT]}]}
+        )
+    if record_id:
+        footer.append(feedback_block(record_id))
+    return _messages(blocks, footer)
+
+
+def _messages(blocks: list[dict], footer: list[dict]) -> list[dict]:
+    groups: list[list[dict]] = [[]]
+    for block in blocks:
+        if len(groups[-1]) >= BLOCK_LIMIT:
+            groups.append([])
+        groups[-1].append(block)
+    if len(groups[-1]) + len(footer) > BLOCK_LIMIT:
+        groups.append([])
+    groups[-1].extend(footer)
+    return [{"text": _fallback(group), "blocks": group} for group in groups if group]
+
+
+def _fallback(blocks: list[dict]) -> str:
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    text = "\n\n".join(texts)
+    return text if len(text) <= FALLBACK_LIMIT else text[: FALLBACK_LIMIT - 1] + "…"
+
+
+def progress_message(partial_markdown: str, *, placeholder: str) -> dict:
+    """The in-progress message while the answer streams in (text only, no buttons)."""
+    body = to_mrkdwn(partial_markdown)
+    if not body:
+        return {"text": escape(placeholder)}
+    # Show the newest part when the stream outgrows one section.
+    parts = split_text(body)
+    return {"text": (parts[-1] if len(parts) > 1 else body) + " …"}

@@ -1,0 +1,71 @@
+"""The answer path as a terminal conversation: `supportbot chat` / `make run` without Slack."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from knowledge.errors import KnowledgeError
+from knowledge.types import Answer, Turn
+
+PROMPT = "you> "
+EXIT_WORDS = {"exit", "quit", ":q"}
+
+
+def format_sources(answer: Answer) -> str:
+    """Numbered sources matching the answer's [n] markers, one per line."""
+    lines = [f"  [{c.number}] {c.breadcrumb}\n      {c.url}" for c in sorted(answer.citations, key=lambda c: c.number)]
+    return "Sources:\n" + "\n".join(lines) if lines else ""
+
+
+def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_history_turns: int = 12) -> int:
+    """Answer questions read line by line until EOF or "exit"; returns the number answered.
+
+    Errors the knowledge layer raises on purpose are printed and the chat goes on.
+    """
+    history: list[Turn] = []
+    answered = 0
+    interactive = input.isatty() if hasattr(input, "isatty") else False
+    print("Ask about the docs (\"exit\" or Ctrl-D to leave).", file=output)
+    while True:
+        if interactive:
+            output.write(PROMPT)
+            output.flush()
+        line = input.readline()
+        if not line:
+            break
+        question = line.strip()
+        if not question:
+            continue
+        if question.lower() in EXIT_WORDS:
+            break
+        if not interactive:
+            print(f"{PROMPT}{question}", file=output)
+        output.write("bot> ")
+        output.flush()
+        streamed: list[str] = []
+
+        def on_delta(delta: str) -> None:
+            streamed.append(delta)
+            output.write(delta)
+            output.flush()
+
+        try:
+            answer = kb.ask(question, history=tuple(history), on_delta=on_delta)
+        except KnowledgeError as error:
+            print(f"\n(error) {error}", file=output)
+            continue
+        if not streamed:  # no model (retrieval only) or an abstention: nothing was streamed
+            output.write(answer.text)
+        output.write("\n")
+        if answer.note:
+            print(f"({answer.note})", file=output)
+        sources = format_sources(answer)
+        if sources:
+            print(sources, file=output)
+        print("", file=output)
+        output.flush()
+        history += [Turn(role="user", text=question), Turn(role="assistant", text=answer.text)]
+        history = history[-max_history_turns:]
+        answered += 1
+    return answered

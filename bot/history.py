@@ -1,0 +1,76 @@
+"""Earlier turns of a Slack thread as `Turn`s, within a message and character budget."""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from knowledge.types import Turn
+
+log = logging.getLogger(__name__)
+
+_REPLIES_PAGE = 200  # one page: the budget is far smaller than a page in practice
+
+
+def clean_text(text: str, *, bot_user_id: str = "") -> str:
+    """A Slack message as plain text: the bot's mention removed, entities decoded."""
+    if not text:
+        return ""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text)
+    # <https://x|label> -> label (https://x); <@U1> -> @U1; <#C1|name> -> #name
+    text = re.sub(r"<(https?://[^|>]+)\|([^>]+)>", r"\2 (\1)", text)
+    text = re.sub(r"<(https?://[^>]+)>", r"\1", text)
+    text = re.sub(r"<#[A-Z0-9]+\|([^>]+)>", r"#\1", text)
+    text = re.sub(r"<([@!][^|>]+)(\|[^>]*)?>", r"\1", text)
+    return re.sub(r"[ \t]{2,}", " ", html.unescape(text)).strip()
+
+
+def thread_history(
+    client: WebClient,
+    *,
+    channel: str,
+    thread_ts: str,
+    before_ts: str,
+    bot_user_id: str,
+    bot_id: str = "",
+    skip_texts: frozenset[str] = frozenset(),
+    include_other_bots: bool = False,
+    max_messages: int = 12,
+    max_chars: int = 6000,
+) -> list[Turn]:
+    """The thread's messages before `before_ts`, newest kept first within the budget.
+
+    Slack API failures give an empty history (logged): answering without context
+    beats not answering.
+    """
+    if max_messages <= 0 or not thread_ts:
+        return []
+    try:
+        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=_REPLIES_PAGE)
+    except SlackApiError as error:
+        log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, error.response.get("error"))
+        return []
+    turns: list[Turn] = []
+    used = 0
+    for message in reversed(response.get("messages") or []):
+        if float(message.get("ts", "0")) >= float(before_ts):
+            continue  # the question itself and the bot's placeholder for it
+        if message.get("subtype") not in (None, "bot_message", "thread_broadcast", "file_share"):
+            continue
+        own = message.get("user") == bot_user_id or (bot_id and message.get("bot_id") == bot_id)
+        if not own and message.get("bot_id") and not include_other_bots:
+            continue
+        text = clean_text(message.get("text", ""), bot_user_id=bot_user_id)
+        if not text or text in skip_texts:
+            continue
+        if len(turns) >= max_messages or used + len(text) > max_chars:
+            break
+        used += len(text)
+        turns.append(Turn(role="assistant" if own else "user", text=text))
+    turns.reverse()
+    return turns

@@ -1,0 +1,39 @@
+"""👍/👎 on an answer: record it, thank the person privately."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.blocks import FEEDBACK_DOWN, FEEDBACK_UP
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, services: Services) -> None:
+    @app.action(re.compile(f"^({FEEDBACK_UP}|{FEEDBACK_DOWN})$"))
+    def on_feedback(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
+        ack()
+        user = (body.get("user") or {}).get("id", "")
+        value = 1 if action.get("action_id") == FEEDBACK_UP else -1
+        if not services.records.record_feedback(action.get("value", ""), user_id=user, value=value):
+            log.warning("feedback for an unknown answer id %r", action.get("value"))
+            return
+        channel = (body.get("channel") or {}).get("id")
+        message = body.get("message") or {}
+        if not channel or not user:
+            return
+        try:
+            client.chat_postEphemeral(
+                channel=channel,
+                user=user,
+                thread_ts=message.get("thread_ts"),
+                text="Thanks for the feedback!" if value > 0 else "Thanks — noted, we'll look at this answer.",
+            )
+        except SlackApiError as error:
+            log.info("chat.postEphemeral failed: %s", error.response.get("error"))

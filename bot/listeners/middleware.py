@@ -1,0 +1,26 @@
+"""Drop retried Events API deliveries so a question is never answered twice."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import App, BoltRequest, BoltResponse
+
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, services: Services) -> None:
+    @app.middleware
+    def drop_retries(request: BoltRequest, body: dict, next) -> BoltResponse | None:
+        if body.get("type") != "event_callback":
+            return next()
+        retry = (request.headers.get("x-slack-retry-num") or ["0"])[0]
+        event_id = body.get("event_id", "")
+        first = services.seen.first_time(f"event:{event_id}") if event_id else True
+        if retry not in ("", "0") or not first:
+            # Slack retries when an ack was late; the first delivery is (being) answered.
+            log.info("retried event %s (retry %s) acknowledged and dropped", event_id, retry)
+            return BoltResponse(status=200, body="")
+        return next()

@@ -1,0 +1,32 @@
+"""Turning Slack message events into `Question`s, and which ones to ignore."""
+
+from __future__ import annotations
+
+from bot.history import clean_text
+from bot.responder import Question
+from bot.settings import BotSettings
+
+# Edits, deletions, joins... are not questions; these subtypes carry a person's text.
+_QUESTION_SUBTYPES = {None, "file_share", "thread_broadcast"}
+
+
+def is_from_person(event: dict, settings: BotSettings) -> bool:
+    """False for edits, deletions and other subtypes, and for bots when they are ignored."""
+    if event.get("subtype") not in _QUESTION_SUBTYPES and event.get("subtype") != "bot_message":
+        return False
+    if event.get("bot_id") or event.get("subtype") == "bot_message":
+        return not settings.ignore_bot_messages
+    return bool(event.get("user"))
+
+
+def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, team: str = "") -> Question:
+    ts = event["ts"]
+    return Question(
+        text=clean_text(event.get("text", ""), bot_user_id=bot_user_id),
+        channel=event["channel"],
+        user=event.get("user") or event.get("bot_id", ""),
+        thread_ts=event.get("thread_ts") or ts,
+        message_ts=ts,
+        assistant=assistant,
+        team=team or event.get("team", ""),
+    )

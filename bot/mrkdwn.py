@@ -1,0 +1,185 @@
+"""Markdown (what the model writes) -> Slack mrkdwn, from markdown-it-py's token stream.
+
+Every piece of text is escaped (&, <, >), so model output can never produce a
+`<!channel>`, a `<@U123>` mention or a disguised link; only http(s) links are
+turned into Slack links.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+_INDENT = "    "
+_SAFE_SCHEMES = ("http://", "https://")
+
+
+def escape(text: str) -> str:
+    """Escape the three characters Slack treats as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def safe_url(url: str) -> str | None:
+    """The URL ready for `<url|text>`, or None if it is not http(s)."""
+    url = url.strip()
+    if not url.lower().startswith(_SAFE_SCHEMES):
+        return None
+    # "|" would end the URL part of a Slack link; < > & must not appear raw.
+    return escape(quote(url, safe=":/?#[]@!$&'()*+,;=%~-._"))
+
+
+def _parser() -> MarkdownIt:
+    # html off: raw HTML from the model is shown as (escaped) text, never interpreted.
+    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+
+
+def to_mrkdwn(markdown: str) -> str:
+    """Convert Markdown to Slack mrkdwn; empty input gives ""."""
+    if not markdown or not markdown.strip():
+        return ""
+    tokens = _parser().parse(markdown)
+    return _BlockRenderer().render(tokens).strip("\n")
+
+
+class _BlockRenderer:
+    """Walks block tokens, keeping the list / quote nesting as a prefix stack."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+        self.lists: list[list[int | None]] = []  # per open list: [next number or None]
+        self.quote_depth = 0
+        self.pending_item_prefix: str | None = None
+        self.table_row: list[str] = []
+        self.in_table = False
+        self.in_heading = False
+
+    def render(self, tokens: list[Token]) -> str:
+        for token in tokens:
+            self._block(token)
+        return "".join(self.out)
+
+    # -- helpers -------------------------------------------------------------
+    def _line_prefix(self) -> str:
+        return "> " * self.quote_depth
+
+    def _emit_lines(self, text: str) -> None:
+        """Emit a block's text, honouring list indentation and quote markers."""
+        indent = _INDENT * max(len(self.lists) - 1, 0) if self.lists else ""
+        lines = text.split("\n")
+        for index, line in enumerate(lines):
+            if index == 0 and self.pending_item_prefix is not None:
+                line = indent + self.pending_item_prefix + line
+                self.pending_item_prefix = None
+            elif self.lists:
+                line = indent + "   " + line if line else line
+            self.out.append(self._line_prefix() + line + "\n")
+
+    def _blank_line(self) -> None:
+        # Inside lists and quotes paragraphs stay together: a blank line would end them.
+        if not self.lists and not self.quote_depth and self.out and self.out[-1] != "\n":
+            self.out.append("\n")
+
+    # -- blocks --------------------------------------------------------------
+    def _block(self, token: Token) -> None:
+        kind = token.type
+        if kind == "inline":
+            text = render_inline(token.children or [])
+            if self.in_table:
+                self.table_row.append(text)
+            elif self.in_heading:
+                # mrkdwn has no headings: a bold line reads the same.
+                self._emit_lines(f"*{text.strip('*')}*" if text else "")
+            else:
+                self._emit_lines(text)
+        elif kind == "heading_open":
+            self.in_heading = True
+        elif kind == "heading_close" or kind == "paragraph_close":
+            self.in_heading = False
+            self._blank_line()
+        elif kind == "bullet_list_open":
+            self.lists.append([None])
+        elif kind == "ordered_list_open":
+            start = token.attrGet("start")
+            self.lists.append([int(start) if start is not None else 1])
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            self.lists.pop()
+            if not self.lists:
+                self.out.append("\n")
+        elif kind == "list_item_open":
+            number = self.lists[-1][0]
+            if number is None:
+                self.pending_item_prefix = "• "
+            else:
+                self.pending_item_prefix = f"{number}. "
+                self.lists[-1][0] = number + 1
+        elif kind == "list_item_close":
+            self.pending_item_prefix = None
+        elif kind == "blockquote_open":
+            self.quote_depth += 1
+        elif kind == "blockquote_close":
+            self.quote_depth -= 1
+            self._blank_line()
+        elif kind in ("fence", "code_block"):
+            body = escape(token.content.rstrip("\n"))
+            self._emit_lines(f"```\n{body}\n```")
+            self._blank_line()
+        elif kind == "hr":
+            self._emit_lines("──────────")
+            self._blank_line()
+        elif kind == "table_open":
+            self.in_table = True
+        elif kind == "tr_open":
+            self.table_row = []
+        elif kind == "tr_close":
+            self._emit_lines(" | ".join(self.table_row))
+            self.table_row = []
+        elif kind == "table_close":
+            self.in_table = False
+            self._blank_line()
+        elif kind == "html_block":
+            self._emit_lines(escape(token.content.rstrip("\n")))
+            self._blank_line()
+
+
+def render_inline(children: list[Token]) -> str:
+    """Render inline tokens (a paragraph's content) as mrkdwn."""
+    out: list[str] = []
+    link_stack: list[tuple[str | None, int]] = []  # (safe url, output position)
+    for token in children:
+        kind = token.type
+        if kind == "text":
+            out.append(escape(token.content))
+        elif kind == "code_inline":
+            # Backticks inside code cannot be escaped in mrkdwn; keep the span readable.
+            out.append("`" + escape(token.content.replace("`", "'")) + "`")
+        elif kind in ("softbreak", "hardbreak"):
+            out.append("\n")
+        elif kind == "strong_open" or kind == "strong_close":
+            out.append("*")
+        elif kind == "em_open" or kind == "em_close":
+            out.append("_")
+        elif kind == "s_open" or kind == "s_close":
+            out.append("~")
+        elif kind == "link_open":
+            link_stack.append((safe_url(token.attrGet("href") or ""), len(out)))
+        elif kind == "link_close":
+            url, start = link_stack.pop() if link_stack else (None, len(out))
+            label = "".join(out[start:])
+            del out[start:]
+            out.append(_link(url, label))
+        elif kind == "image":
+            url = safe_url(token.attrGet("src") or "")
+            out.append(_link(url, escape(token.content or "image")))
+        elif kind == "html_inline":
+            out.append(escape(token.content))
+    return "".join(out)
+
+
+def _link(url: str | None, label: str) -> str:
+    if url is None:
+        return label
+    # A "|" in the label is fine; formatting markers inside Slack links are not.
+    label = label.strip("*_~") or url
+    return f"<{url}|{label}>" if label != url else f"<{url}>"

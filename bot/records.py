@@ -1,0 +1,197 @@
+"""Answer and feedback records in SQLite: what was asked, what was answered, 👍/👎.
+
+One connection guarded by a lock: sqlite3 objects must not be used by two
+threads at once, and the worker pool writes from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from knowledge.errors import KnowledgeError
+from knowledge.types import Answer
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    user_id TEXT, channel TEXT, thread_ts TEXT, message_ts TEXT,
+    question TEXT NOT NULL, answer TEXT NOT NULL, status TEXT NOT NULL,
+    sources TEXT NOT NULL, timings TEXT NOT NULL, note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS answers_thread ON answers (channel, thread_ts);
+CREATE INDEX IF NOT EXISTS answers_status ON answers (status, created_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    answer_id TEXT NOT NULL REFERENCES answers (id),
+    created_at REAL NOT NULL,
+    user_id TEXT, value INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_time ON feedback (created_at);
+"""
+
+
+class RecordsError(KnowledgeError):
+    """The feedback database cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One 👍/👎 with the answer it was about."""
+
+    created_at: float
+    value: int  # +1 or -1
+    user_id: str
+    question: str
+    answer: str
+    status: str
+    channel: str
+    thread_ts: str
+
+
+@dataclass(frozen=True)
+class AnswerRow:
+    id: str
+    created_at: float
+    question: str
+    status: str
+    user_id: str
+    channel: str
+    thread_ts: str
+    sources: list
+
+
+class Records:
+    """The answers/feedback database; raises RecordsError if it cannot be opened."""
+
+    def __init__(self, *, path: Path | str) -> None:
+        self._lock = threading.Lock()
+        try:
+            if str(path) != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise RecordsError(f"cannot open the feedback database {path}: {error}") from error
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as error:
+                raise RecordsError(f"feedback database error: {error}") from error
+
+    def record_answer(
+        self, answer: Answer, *, user_id: str = "", channel: str = "", thread_ts: str = ""
+    ) -> str:
+        """Store one answer; returns its id (what the feedback buttons carry)."""
+        record_id = uuid.uuid4().hex[:16]
+        sources = json.dumps([c.to_dict() for c in answer.citations], ensure_ascii=False)
+        self._execute(
+            "INSERT INTO answers (id, created_at, user_id, channel, thread_ts, message_ts, question,"
+            " answer, status, sources, timings, note) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?)",
+            (
+                record_id, time.time(), user_id, channel, thread_ts, answer.question,
+                answer.text, answer.status, sources, json.dumps(answer.timings_ms), answer.note,
+            ),
+        )
+        return record_id
+
+    def set_message_ts(self, record_id: str, message_ts: str) -> None:
+        self._execute("UPDATE answers SET message_ts = ? WHERE id = ?", (message_ts, record_id))
+
+    def record_feedback(self, answer_id: str, *, user_id: str, value: int) -> bool:
+        """Store a 👍 (+1) or 👎 (-1); False when the answer id is unknown."""
+        if value not in (1, -1):
+            raise ValueError("feedback value must be +1 or -1")
+        if not self._execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)):
+            return False
+        self._execute(
+            "INSERT INTO feedback (answer_id, created_at, user_id, value) VALUES (?, ?, ?, ?)",
+            (answer_id, time.time(), user_id, value),
+        )
+        return True
+
+    def answered_thread(self, channel: str, thread_ts: str) -> bool:
+        """Whether the bot answered in this thread (so follow-ups need no mention)."""
+        if not channel or not thread_ts:
+            return False
+        return bool(
+            self._execute(
+                "SELECT 1 FROM answers WHERE channel = ? AND thread_ts = ? LIMIT 1", (channel, thread_ts)
+            )
+        )
+
+    def recent_feedback(self, limit: int = 20) -> list[FeedbackRow]:
+        rows = self._execute(
+            "SELECT f.created_at, f.value, f.user_id, a.question, a.answer, a.status, a.channel,"
+            " a.thread_ts FROM feedback f JOIN answers a ON a.id = f.answer_id"
+            " ORDER BY f.created_at DESC, f.id DESC LIMIT ?",
+            (limit,),
+        )
+        return [FeedbackRow(*row) for row in rows]
+
+    def abstained(self, limit: int = 20) -> list[AnswerRow]:
+        """Recent questions answered "not in the docs" (status abstained): gaps in the docs."""
+        return self._answers("WHERE status = 'abstained'", limit)
+
+    def recent_answers(self, limit: int = 20) -> list[AnswerRow]:
+        return self._answers("", limit)
+
+    def _answers(self, where: str, limit: int) -> list[AnswerRow]:
+        rows = self._execute(
+            "SELECT id, created_at, question, status, user_id, channel, thread_ts, sources"
+            f" FROM answers {where} ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [AnswerRow(*row[:7], json.loads(row[7])) for row in rows]
+
+    def totals(self) -> dict[str, int]:
+        answers, abstained = self._execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'abstained'), 0) FROM answers"
+        )[0]
+        up, down = self._execute(
+            "SELECT COALESCE(SUM(value > 0), 0), COALESCE(SUM(value < 0), 0) FROM feedback"
+        )[0]
+        return {"answers": answers, "abstained": abstained, "helpful": up, "not_helpful": down}
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
+
+
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_feedback_report(records: Records, limit: int = 20) -> str:
+    """The `supportbot feedback` text: totals, recent 👍/👎, questions the docs did not answer."""
+    totals = records.totals()
+    lines = [
+        f"Answers: {totals['answers']}  (not in the docs: {totals['abstained']})"
+        f"  Feedback: {totals['helpful']} helpful, {totals['not_helpful']} not helpful",
+        "",
+        f"Recent feedback (latest {limit}):",
+    ]
+    feedback = records.recent_feedback(limit)
+    lines += [
+        f"  {_when(row.created_at)} UTC  {'+1' if row.value > 0 else '-1'}  [{row.status}]  {_short(row.question)}"
+        for row in feedback
+    ] or ["  (none)"]
+    lines += ["", f"Questions answered \"not in the docs\" (latest {limit}):"]
+    lines += [
+        f"  {_when(row.created_at)} UTC  {_short(row.question)}" for row in records.abstained(limit)
+    ] or ["  (none)"]
+    return "\n".join(lines)

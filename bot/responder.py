@@ -1,0 +1,221 @@
+"""Answer one Slack question: show progress, stream, post the answer, record it.
+
+`start` runs on the event thread (a placeholder message, or the assistant
+pane's status) so the person sees at once that the bot is on it; `finish`
+runs on a worker and replaces the placeholder with the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.blocks import answer_messages, progress_message
+from bot.history import thread_history
+from bot.mrkdwn import escape
+from bot.records import Records
+from bot.settings import BotSettings
+from knowledge.errors import KnowledgeError
+from knowledge.types import Answer
+
+log = logging.getLogger(__name__)
+
+BUSY_TEXT = "I'm busy with other questions right now — please try again in a minute."
+ASSISTANT_STATUS = "is looking through the docs…"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question as it arrived from Slack, and where its answer goes."""
+
+    text: str
+    channel: str
+    user: str
+    thread_ts: str  # the thread the answer is posted in
+    message_ts: str  # the question's own message
+    assistant: bool = False  # the assistant pane: status line instead of a placeholder
+    team: str = ""
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def in_thread(self) -> bool:
+        return self.thread_ts != self.message_ts
+
+
+@dataclass
+class Progress:
+    """What `start` put on screen, so `finish` can replace it."""
+
+    placeholder_ts: str = ""  # the message that becomes the answer ("" until posted)
+    status_set: bool = False
+
+
+class Responder:
+    """The Slack side of answering: progress, streaming, final blocks, errors."""
+
+    def __init__(
+        self,
+        *,
+        kb,
+        client: WebClient,
+        records: Records,
+        settings: BotSettings,
+        bot_user_id: str = "",
+        bot_id: str = "",
+    ) -> None:
+        self._kb = kb
+        self._client = client
+        self._records = records
+        self._settings = settings
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+
+    # -- on the event thread ------------------------------------------------
+    def start(self, question: Question) -> Progress:
+        """Show that the question was seen; Slack failures are logged, never raised."""
+        progress = Progress()
+        if question.assistant:
+            try:
+                self._client.assistant_threads_setStatus(
+                    channel_id=question.channel, thread_ts=question.thread_ts, status=ASSISTANT_STATUS
+                )
+                progress.status_set = True
+                return progress
+            except SlackApiError as error:
+                # Not an assistant thread after all (a plain DM thread): use a placeholder.
+                log.info("assistant.threads.setStatus failed (%s); posting a placeholder", _code(error))
+        progress.placeholder_ts = self._post(question, {"text": escape(self._settings.placeholder_text)})
+        return progress
+
+    def busy(self, question: Question, progress: Progress) -> None:
+        """Tell the person the pool is full (instead of silence)."""
+        self._deliver(question, progress, [{"text": BUSY_TEXT}])
+
+    # -- on a worker -------------------------------------------------------
+    def finish(self, question: Question, progress: Progress) -> Answer | None:
+        """Answer and post; errors become a short reply (KnowledgeError text, or an error id)."""
+        try:
+            history = self._history(question)
+            stream = _Stream(self, question, progress)
+            answer = self._kb.ask(question.text, history=history, on_delta=stream.on_delta)
+        except KnowledgeError as error:
+            self._deliver(question, progress, [{"text": escape(str(error))}])
+            return None
+        except Exception:
+            self._apologise(question, progress, "answering failed")
+            return None
+        try:
+            record_id = self._records.record_answer(
+                answer, user_id=question.user, channel=question.channel, thread_ts=question.thread_ts
+            )
+            first_ts = self._deliver(question, progress, answer_messages(answer, record_id=record_id))
+            if first_ts:
+                self._records.set_message_ts(record_id, first_ts)
+        except Exception:
+            self._apologise(question, progress, "posting the answer failed")
+            return None
+        log.info(
+            "answered channel=%s thread=%s status=%s in %.0f ms",
+            question.channel, question.thread_ts, answer.status,
+            (time.monotonic() - question.received_at) * 1000,
+        )
+        return answer
+
+    def _history(self, question: Question):
+        if not question.in_thread:
+            return []
+        return thread_history(
+            self._client,
+            channel=question.channel,
+            thread_ts=question.thread_ts,
+            before_ts=question.message_ts,
+            bot_user_id=self.bot_user_id,
+            bot_id=self.bot_id,
+            skip_texts=frozenset({self._settings.placeholder_text, BUSY_TEXT}),
+            include_other_bots=not self._settings.ignore_bot_messages,
+            max_messages=self._settings.history_max_messages,
+            max_chars=self._settings.history_max_chars,
+        )
+
+    def _apologise(self, question: Question, progress: Progress, what: str) -> None:
+        error_id = uuid.uuid4().hex[:8]
+        # The traceback and the id go to the log only; the person gets the id to quote.
+        log.exception("%s error_id=%s channel=%s thread=%s", what, error_id, question.channel, question.thread_ts)
+        text = f"Sorry, something went wrong while answering. (error id: `{error_id}`)"
+        try:
+            self._deliver(question, progress, [{"text": text}])
+        except Exception:
+            log.exception("could not post the apology error_id=%s", error_id)
+
+    # -- Slack calls -------------------------------------------------------
+    def _post(self, question: Question, message: dict) -> str:
+        try:
+            response = self._client.chat_postMessage(
+                channel=question.channel, thread_ts=question.thread_ts, **message
+            )
+            return response.get("ts", "")
+        except SlackClientError as error:
+            log.warning("chat.postMessage failed: %s", _code(error))
+            return ""
+
+    def _deliver(self, question: Question, progress: Progress, messages: list[dict]) -> str:
+        """Replace the placeholder with the first message, post the rest; the first ts."""
+        first_ts = ""
+        for index, message in enumerate(messages):
+            if index == 0 and progress.placeholder_ts:
+                self._client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+                first_ts = progress.placeholder_ts
+            else:
+                response = self._client.chat_postMessage(
+                    channel=question.channel, thread_ts=question.thread_ts, **message
+                )
+                first_ts = first_ts or response.get("ts", "")
+        return first_ts
+
+
+class _Stream:
+    """Throttled chat.update as the model's text arrives (Slack allows ~1 update/s)."""
+
+    def __init__(self, responder: Responder, question: Question, progress: Progress) -> None:
+        self._responder = responder
+        self._question = question
+        self._progress = progress
+        self._text = ""
+        self._last = 0.0
+        self._interval = responder._settings.stream_update_interval
+        self._lock = threading.Lock()
+
+    def on_delta(self, delta: str) -> None:
+        with self._lock:
+            self._text += delta
+            now = time.monotonic()
+            if now - self._last < self._interval:
+                return
+            self._last = now
+            self._push()
+
+    def _push(self) -> None:
+        responder, question, progress = self._responder, self._question, self._progress
+        message = progress_message(self._text, placeholder=responder._settings.placeholder_text)
+        try:
+            if progress.placeholder_ts:
+                responder._client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+            else:
+                response = responder._client.chat_postMessage(
+                    channel=question.channel, thread_ts=question.thread_ts, **message
+                )
+                progress.placeholder_ts = response.get("ts", "")
+        except SlackClientError as error:
+            # Streaming is a courtesy: a rate-limited update is skipped, the final post still happens.
+            log.info("streaming update skipped: %s", _code(error))
+
+
+def _code(error: SlackClientError) -> str:
+    response = getattr(error, "response", None)
+    return str(response.get("error")) if response is not None else type(error).__name__

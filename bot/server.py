@@ -1,0 +1,97 @@
+"""Run the bot: Socket Mode when SLACK_APP_TOKEN is set, else the HTTP Events API.
+
+HTTP mode serves Bolt's WSGI adapter with waitress (a production WSGI server);
+Bolt verifies each request's signature and timestamp (401 otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress.server import create_server
+
+from bot.app import SlackSetupError, SupportBot, build_app
+from bot.settings import BotSettings
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+
+_SETUP_HELP = (
+    "Slack is not configured. Set SLACK_BOT_TOKEN (xoxb-...) and either SLACK_APP_TOKEN "
+    "(xapp-..., Socket Mode: no public URL needed) or SLACK_SIGNING_SECRET (HTTP mode: Slack "
+    "posts to http(s)://YOUR_HOST:PORT/slack/events) in .env. Create the app from manifest.yaml "
+    "at https://api.slack.com/apps. Without Slack, `supportbot chat` answers in the terminal."
+)
+
+
+def check_slack_settings(settings: BotSettings) -> str:
+    """"socket" or "http"; raises SlackSetupError saying what to set."""
+    if not settings.slack_bot_token.get_secret_value():
+        raise SlackSetupError(_SETUP_HELP)
+    if settings.slack_app_token.get_secret_value():
+        return "socket"
+    if settings.slack_signing_secret.get_secret_value():
+        return "http"
+    raise SlackSetupError(_SETUP_HELP)
+
+
+def socket_mode_handler(bot: SupportBot, settings: BotSettings) -> SocketModeHandler:
+    """The Socket Mode connection (call .connect() / .start(); .close() to stop)."""
+    # The bot's own WebClient, so apps.connections.open also goes to SLACK_API_URL.
+    return SocketModeHandler(bot.app, app_token=settings.slack_app_token.get_secret_value(), web_client=bot.client)
+
+
+def wsgi_app(bot: SupportBot):
+    """A WSGI application serving POST /slack/events (and 404 elsewhere)."""
+    handler = SlackRequestHandler(bot.app)
+
+    def application(environ, start_response):
+        if environ.get("PATH_INFO") != EVENTS_PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        return handler(environ, start_response)
+
+    return application
+
+
+def http_server(bot: SupportBot, settings: BotSettings, *, host: str | None = None, port: int | None = None):
+    """A waitress server (not yet running: .run() blocks, .close() stops; .effective_port)."""
+    return create_server(
+        wsgi_app(bot),
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        threads=settings.http_threads,
+        ident="supportbot",
+    )
+
+
+def serve(settings: BotSettings, kb) -> None:
+    """Serve until interrupted; raises SlackSetupError when Slack settings are missing."""
+    mode = check_slack_settings(settings)
+    bot = build_app(settings, kb)
+    try:
+        if mode == "socket":
+            log.info("connecting to Slack in Socket Mode")
+            socket_mode_handler(bot, settings).start()  # blocks until interrupted
+        else:
+            server = http_server(bot, settings)
+            log.info("listening for Slack events on http://%s:%s%s", settings.host, server.effective_port, EVENTS_PATH)
+            try:
+                server.run()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.close()
+    finally:
+        bot.close()
+
+
+def serve_in_thread(server) -> threading.Thread:
+    """Run a waitress server on a daemon thread (tests, embedding)."""
+    thread = threading.Thread(target=server.run, name="http-server", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,68 @@
+"""The bot's settings: the knowledge settings plus Slack and operations.
+
+Read from the environment and `.env` like `KnowledgeSettings`; every field is
+listed in `.env.example` with its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from knowledge.settings import KnowledgeSettings
+
+DEFAULT_SUGGESTED_PROMPTS = (
+    "What is Milvus Lite and when should I use it?",
+    "How do I choose an index type?",
+    "Why is my search slower than expected?",
+)
+
+
+class BotSettings(KnowledgeSettings):
+    """Everything `supportbot run` needs: knowledge, Slack connection, operations."""
+
+    # Slack connection: an app token selects Socket Mode, else a signing secret
+    # selects the HTTP Events API (see bot.server.serve).
+    slack_bot_token: SecretStr = SecretStr("")  # xoxb-..., for the Web API
+    slack_app_token: SecretStr = SecretStr("")  # xapp-..., for Socket Mode
+    slack_signing_secret: SecretStr = SecretStr("")  # verifies HTTP requests from Slack
+    slack_api_url: str = "https://slack.com/api/"  # Web API base URL (tests, proxies)
+    host: str = "0.0.0.0"  # HTTP mode: the address the server listens on
+    port: int = Field(default=3000, ge=0, le=65535)  # HTTP mode: the port
+    http_threads: int = Field(default=8, ge=1)  # HTTP mode: waitress request threads
+
+    # Work: answers run in a bounded pool so a burst cannot exhaust the machine.
+    bot_workers: int = Field(default=4, ge=1)  # questions answered at the same time
+    bot_queue_size: int = Field(default=16, ge=0)  # waiting questions before "busy"
+
+    # Per-person limits (bot.limits); 0 turns a limit off.
+    user_rate_per_minute: int = Field(default=6, ge=0)  # questions a person may ask a minute
+    user_max_concurrent: int = Field(default=1, ge=0)  # questions of one person answered at once
+
+    # Behaviour
+    answer_thread_followups: bool = True  # answer replies in threads it answered, no @ needed
+    ignore_bot_messages: bool = True  # never answer other bots (avoids bot loops)
+    history_max_messages: int = Field(default=12, ge=0)  # earlier thread messages used
+    history_max_chars: int = Field(default=6000, ge=0)  # and their total length
+    stream_update_interval: float = Field(default=1.0, ge=0.2)  # seconds between chat.update
+    placeholder_text: str = "Looking through the docs…"
+    suggested_prompts: tuple[str, ...] = DEFAULT_SUGGESTED_PROMPTS  # assistant pane; JSON list
+    dedupe_ttl_seconds: float = Field(default=600.0, gt=0)  # how long event ids are kept
+    dedupe_max_entries: int = Field(default=10_000, ge=1)
+
+    # Records
+    feedback_db: Path = Path("data/feedback.sqlite")  # answers and 👍/👎, SQLite
+
+    # Operations
+    log_level: str = "INFO"
+    log_json: bool = False  # JSON log lines (for log shippers) instead of plain text
+    log_questions: bool = False  # put question text in logs (else its length and a hash)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        # slack_sdk joins base_url + method name, so the slash is required.
+        value = value.strip() or "https://slack.com/api/"
+        return value if value.endswith("/") else value + "/"
