@@ -27,7 +27,7 @@ from knowledge.types import Answer
 
 log = logging.getLogger(__name__)
 
-STAGES = ("embed", "search", "rerank", "model", "slack", "total")
+STAGES = ("rewrite", "embed", "search", "rerank", "model", "slack", "total")
 # Seconds: from a cached embedding (ms) to a slow model answer (minutes).
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
