@@ -54,6 +54,7 @@ OUTPUT_FIELDS = [
 ]  # fmt: skip
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 SEARCH_EF = 128
+QUERY_WINDOW = 16384  # Milvus caps offset + limit of one query
 
 
 class VectorStore:
@@ -339,10 +340,13 @@ class VectorStore:
         }
 
     def _iterate(self, name: str, fields: list[str]) -> Iterator[dict]:
+        total = self.count(collection=name)
+        if total <= QUERY_WINDOW:
+            # One query: the iterator warns on every use with Milvus Lite (no mvccTs).
+            yield from self._call(self._client.query, name, filter="", output_fields=fields, limit=max(total, 1))
+            return
         try:
-            iterator = self._client.query_iterator(
-                name, batch_size=1000, filter="", output_fields=fields
-            )
+            iterator = self._client.query_iterator(name, batch_size=1000, filter="", output_fields=fields)
             while batch := iterator.next():
                 yield from batch
             iterator.close()

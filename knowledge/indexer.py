@@ -1,0 +1,242 @@
+"""Refresh or rebuild the index: sources -> chunks -> vectors -> store, one at a time.
+
+A refresh reads and chunks every source before it writes anything, embeds
+only chunks whose content hash differs from the index's, upserts each batch
+as soon as it is embedded and deletes removed chunks last. A failure or a
+kill part-way leaves every served chunk valid (old or new), and the next
+refresh, comparing hashes again, finishes the work. A rebuild (asked for, or
+forced by another embedding model) fills a staging collection beside the
+serving one and switches the alias in one step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from knowledge.chunking import chunk_document
+from knowledge.errors import RefreshInProgressError
+from knowledge.settings import KnowledgeSettings
+from knowledge.sources import parse_sources, read_documents
+from knowledge.store import VectorStore
+from knowledge.types import Chunk, RefreshReport
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "refresh.lock"
+EMBED_BATCHES_PER_MODEL_BATCH = 4  # upsert after each few model batches: progress survives a crash
+
+
+class Indexer:
+    """Keeps the vector store in step with KNOWLEDGE_SOURCES.
+
+    `store` is used as given (and not closed); otherwise `store_factory()` opens a
+    store per refresh, or one is built from the settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: KnowledgeSettings,
+        embedder,
+        store: VectorStore | None = None,
+        store_factory: Callable[[], VectorStore] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self._store = store
+        self._store_factory = store_factory or self._default_store
+        self.batch_size = batch_size or settings.embedding_batch_size * EMBED_BATCHES_PER_MODEL_BATCH
+        self._lock = threading.Lock()
+        self._started_at: float | None = None
+        self.last_report: RefreshReport | None = None
+        self.last_run_at: float | None = None
+
+    def _default_store(self) -> VectorStore:
+        return VectorStore(
+            uri=self.settings.milvus_target,
+            token=self.settings.milvus_token.get_secret_value(),
+            collection=self.settings.milvus_collection,
+            dimension=self.embedder.dimension,
+            model_id=self.embedder.model_id,
+        )
+
+    @property
+    def running_since(self) -> float | None:
+        """When the refresh in this process started, None when none runs."""
+        return self._started_at
+
+    # ---- single flight ---------------------------------------------------------------
+
+    def refresh(self, *, rebuild: bool = False, progress: bool = False) -> RefreshReport:
+        """Bring the index up to date with the sources (rebuild it when asked or needed).
+
+        Raises RefreshInProgressError when a refresh runs in this or another process,
+        SourceError for unreadable sources, StoreError subclasses from Milvus.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise _in_progress(self._started_at or time.time())
+        try:
+            with self._process_lock():
+                self._started_at = time.time()
+                try:
+                    report = self._refresh(rebuild=rebuild, progress=progress)
+                finally:
+                    self._started_at = None
+            self.last_report = report
+            self.last_run_at = time.time()
+            return report
+        finally:
+            self._lock.release()
+
+    def _process_lock(self):
+        """An exclusive flock on DATA_DIR/refresh.lock, so the CLI and the bot never overlap."""
+        return _FileLock(Path(self.settings.data_dir) / LOCK_FILE)
+
+    # ---- the work --------------------------------------------------------------------
+
+    def _refresh(self, *, rebuild: bool, progress: bool) -> RefreshReport:
+        started = time.perf_counter()
+        # Read and chunk everything before any write: a bad source changes nothing.
+        documents = read_documents(
+            parse_sources(self.settings.knowledge_sources), cache_dir=self.settings.cache_dir
+        )
+        chunks = self._chunks(documents)
+        store = self._store or self._store_factory()
+        try:
+            if rebuild or store.needs_rebuild:
+                if store.needs_rebuild and not rebuild:
+                    logger.warning("%s Rebuilding.", store.mismatch)
+                report = self._rebuild(store, chunks, progress=progress)
+            else:
+                report = self._update(store, chunks, progress=progress)
+        finally:
+            if self._store is None:
+                store.close()
+        report.documents = len(documents)
+        report.chunks = len(chunks)
+        report.seconds = time.perf_counter() - started
+        logger.info("refresh done: %s", report.to_dict())
+        return report
+
+    def _chunks(self, documents) -> list[Chunk]:
+        settings = self.settings
+        unique: dict[str, Chunk] = {}
+        for document in documents:
+            for chunk in chunk_document(
+                document,
+                max_tokens=settings.chunk_max_tokens,
+                overlap_tokens=settings.chunk_overlap_tokens,
+                min_tokens=settings.chunk_min_tokens,
+                url_template=settings.docs_base_url,
+                count_tokens=self.embedder.count_tokens,
+            ):
+                if chunk.id in unique:
+                    logger.warning("duplicate chunk id %s; keeping the first", chunk.id)
+                    continue
+                unique[chunk.id] = chunk
+        return list(unique.values())
+
+    def _update(self, store: VectorStore, chunks: list[Chunk], *, progress: bool) -> RefreshReport:
+        indexed = store.content_hashes()
+        wanted = {chunk.id for chunk in chunks}
+        changed = [c for c in chunks if indexed.get(c.id) != c.content_hash]
+        stale = [chunk_id for chunk_id in indexed if chunk_id not in wanted]
+        added = sum(1 for c in changed if c.id not in indexed)
+        self._embed_and_upsert(store, changed, collection=None, progress=progress)
+        # Deletes last: until the new chunks are in, the old ones keep answering.
+        store.delete(stale)
+        if changed or stale:
+            store.flush()
+        return RefreshReport(
+            added=added,
+            updated=len(changed) - added,
+            deleted=len(stale),
+            unchanged=len(chunks) - len(changed),
+            collection=store.physical_name() or store.name,
+        )
+
+    def _rebuild(self, store: VectorStore, chunks: list[Chunk], *, progress: bool) -> RefreshReport:
+        previous = {} if store.needs_rebuild else store.content_hashes()
+        staging = store.create_staging()
+        self._embed_and_upsert(store, chunks, collection=staging, progress=progress)
+        store.switch_to(staging)  # one step: searches see the old or the new, never a mix
+        added = sum(1 for c in chunks if c.id not in previous)
+        return RefreshReport(
+            added=added,
+            updated=len(chunks) - added,
+            deleted=sum(1 for chunk_id in previous if chunk_id not in {c.id for c in chunks}),
+            rebuilt=True,
+            collection=staging,
+        )
+
+    def _embed_and_upsert(
+        self, store: VectorStore, chunks: Sequence[Chunk], *, collection: str | None, progress: bool
+    ) -> None:
+        if not chunks:
+            return
+        bar = _progress_bar(len(chunks)) if progress else None
+        try:
+            for start in range(0, len(chunks), self.batch_size):
+                batch = chunks[start : start + self.batch_size]
+                vectors = self.embedder.embed_documents([c.search_text for c in batch])
+                store.upsert(batch, vectors, collection=collection)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+class _FileLock:
+    """Non-blocking exclusive flock; the holder writes its start time into the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            started = _read_started(fd)
+            os.close(fd)
+            raise _in_progress(started) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{time.time():.3f} {os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_started(fd: int) -> float:
+    try:
+        return float(os.pread(fd, 64, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+def _in_progress(started_at: float) -> RefreshInProgressError:
+    since = datetime.fromtimestamp(started_at).strftime("%H:%M:%S")
+    return RefreshInProgressError(f"A refresh is already running since {since}", started_at=started_at)
+
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="Embedding", unit="chunk")

@@ -1,0 +1,272 @@
+"""Indexer refresh / rebuild over a copy of the FAQ folder, into real Milvus Lite files."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from knowledge.chunking import chunk_document
+from knowledge.errors import RefreshInProgressError, SourceError
+from knowledge.indexer import Indexer
+from knowledge.settings import KnowledgeSettings
+from knowledge.sources import parse_sources, read_documents
+from knowledge.store import VectorStore
+from tests.fixtures.milvus import HashingEmbedder
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FILES = ["product_faq.md", "performance_faq.md", "troubleshooting.md"]
+BATCH = 8
+
+
+@pytest.fixture
+def docs(tmp_path, corpus_en) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copy(corpus_en / "faq" / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path, docs, milvus_lite_uri) -> KnowledgeSettings:
+    return KnowledgeSettings(
+        _env_file=None,
+        knowledge_sources=f"faq={docs}::*.md",
+        data_dir=tmp_path / "data",
+        milvus_uri=milvus_lite_uri,
+        milvus_collection="support_docs",
+    )
+
+
+@pytest.fixture
+def embedder() -> HashingEmbedder:
+    return HashingEmbedder(dimension=64)
+
+
+def open_store(settings: KnowledgeSettings, embedder: HashingEmbedder) -> VectorStore:
+    return VectorStore(
+        uri=settings.milvus_target,
+        collection=settings.milvus_collection,
+        dimension=embedder.dimension,
+        model_id=embedder.model_id,
+    )
+
+
+@pytest.fixture
+def store(settings, embedder):
+    store = open_store(settings, embedder)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def indexer(settings, embedder, store) -> Indexer:
+    return Indexer(settings=settings, embedder=embedder, store=store, batch_size=BATCH)
+
+
+def expected_hashes(settings: KnowledgeSettings, embedder: HashingEmbedder) -> dict[str, str]:
+    """What a complete index of the sources holds: chunk id -> content hash."""
+    documents = read_documents(parse_sources(settings.knowledge_sources), cache_dir=settings.cache_dir)
+    hashes = {}
+    for document in documents:
+        for chunk in chunk_document(
+            document,
+            max_tokens=settings.chunk_max_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens,
+            min_tokens=settings.chunk_min_tokens,
+            url_template=settings.docs_base_url,
+            count_tokens=embedder.count_tokens,
+        ):
+            hashes.setdefault(chunk.id, chunk.content_hash)
+    return hashes
+
+
+def sources_of(store: VectorStore) -> dict[str, str]:
+    """search_text -> source path of every indexed chunk."""
+    return {c.search_text: c.source for c in store.get(list(store.content_hashes()))}
+
+
+def test_first_refresh_adds_everything_then_nothing_changes(indexer, store, embedder, settings):
+    report = indexer.refresh()
+    expected = expected_hashes(settings, embedder)
+    assert report.documents == len(FILES)
+    assert report.chunks == report.added == len(expected) > 10
+    assert (report.updated, report.deleted, report.unchanged, report.rebuilt) == (0, 0, 0, False)
+    assert store.content_hashes() == expected
+    assert indexer.last_report is report and indexer.last_run_at
+    hits = store.search_bm25("common.security.authorizationEnabled", limit=3)
+    assert hits  # the corpus mentions it; BM25 must find an exact identifier
+
+    calls = embedder.calls
+    again = indexer.refresh()
+    assert embedder.calls == calls  # nothing re-embedded
+    assert (again.added, again.updated, again.deleted, again.unchanged) == (0, 0, 0, len(expected))
+
+
+def test_editing_one_file_re_embeds_only_its_chunks(indexer, store, embedder, docs, settings):
+    indexer.refresh()
+    path = docs / "performance_faq.md"
+    path.write_text(path.read_text().replace("Milvus", "Milvus (the database)"))
+    embedder.embedded.clear()
+    report = indexer.refresh()
+    assert report.updated + report.added > 0 and report.unchanged > 0
+    assert len(embedder.embedded) == report.added + report.updated
+    indexed = sources_of(store)
+    assert {indexed[text] for text in embedder.embedded} == {"performance_faq.md"}
+    assert store.content_hashes() == expected_hashes(settings, embedder)
+
+
+def test_deleting_a_file_removes_its_chunks(indexer, store, embedder, docs, settings):
+    indexer.refresh()
+    before = sum(1 for s in sources_of(store).values() if s == "troubleshooting.md")
+    (docs / "troubleshooting.md").unlink()
+    report = indexer.refresh()
+    assert report.deleted == before > 0 and report.added == report.updated == 0
+    assert "troubleshooting.md" not in set(sources_of(store).values())
+    assert store.content_hashes() == expected_hashes(settings, embedder)
+
+
+def test_bad_source_changes_nothing(indexer, store, settings, docs):
+    indexer.refresh()
+    count = store.count()
+    shutil.rmtree(docs)
+    with pytest.raises(SourceError):
+        indexer.refresh()
+    assert store.count() == count
+
+
+def test_failure_halfway_keeps_old_index_and_next_refresh_completes(indexer, store, embedder, docs, settings):
+    indexer.refresh()
+    old_count = store.count()
+    for name in FILES:
+        path = docs / name
+        path.write_text(path.read_text().replace("the", "THE"))
+    embedder.fail_on_call = embedder.calls + 3  # the third batch of this refresh fails
+    with pytest.raises(RuntimeError, match="embedder failed"):
+        indexer.refresh()
+    # questions still get answers: nothing was deleted, each row is old or new
+    assert store.count() >= old_count
+    assert store.search_bm25("index", limit=3)
+    embedder.fail_on_call = None
+    embedded_before = len(embedder.embedded)
+    report = indexer.refresh()
+    assert store.content_hashes() == expected_hashes(settings, embedder)
+    # the batches upserted before the failure are not embedded again
+    assert 0 < report.added + report.updated == len(embedder.embedded) - embedded_before
+    assert report.unchanged >= 2 * BATCH
+
+
+def test_rebuild_switches_atomically_while_searching(indexer, store, embedder, settings):
+    indexer.refresh()
+    old = store.physical_name()
+    embedder.delay = 0.05  # keep the rebuild running while the searcher works
+    vector = embedder.embed_query("how do I scale query nodes")
+    results: list[int] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        while not stop.is_set():
+            results.append(len(store.search_hybrid(vector, "query node", limit=5)))
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    try:
+        report = indexer.refresh(rebuild=True)
+    finally:
+        stop.set()
+        searcher.join(timeout=30)
+    assert report.rebuilt and report.collection != old
+    assert store.physical_name() == report.collection
+    assert old not in store._client.list_collections()
+    assert len(results) > 5 and min(results) == 5  # never empty, never short
+    assert store.content_hashes() == expected_hashes(settings, embedder)
+
+
+def test_new_embedding_model_forces_rebuild(indexer, store, settings):
+    indexer.refresh()
+    bigger = HashingEmbedder(dimension=32, model_id="test/hashing-32")
+    bigger_store = open_store(settings, bigger)
+    assert bigger_store.needs_rebuild
+    report = Indexer(settings=settings, embedder=bigger, store=bigger_store).refresh()
+    assert report.rebuilt and not bigger_store.needs_rebuild
+    assert bigger_store.count() == report.chunks
+    assert bigger_store.search_dense(bigger.embed_query("memory"), limit=1)
+
+
+def test_concurrent_refreshes_are_refused(indexer, embedder, settings, store):
+    embedder.delay = 0.2
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            indexer.refresh()
+        except BaseException as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    first = threading.Thread(target=run)
+    first.start()
+    deadline = time.time() + 20
+    while embedder.calls == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    try:
+        with pytest.raises(RefreshInProgressError, match=r"already running since \d\d:\d\d:\d\d") as same:
+            indexer.refresh()
+        # another Indexer (the CLI beside the bot) meets the lock file
+        other = Indexer(settings=settings, embedder=embedder, store=store)
+        with pytest.raises(RefreshInProgressError) as cross:
+            other.refresh()
+        assert abs(cross.value.started_at - same.value.started_at) < 5
+    finally:
+        first.join(timeout=60)
+    assert not errors and indexer.last_report is not None
+    embedder.delay = 0
+    assert indexer.refresh().unchanged == indexer.last_report.chunks  # lock released
+
+
+def test_killed_refresh_then_rerun_ends_consistent(settings, embedder, docs):
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from knowledge.indexer import Indexer
+            from knowledge.settings import KnowledgeSettings
+            from tests.fixtures.milvus import HashingEmbedder
+
+            class Announcing(HashingEmbedder):
+                def embed_documents(self, texts, *, progress=False):
+                    if self.calls == 2:
+                        print("halfway", flush=True)
+                    return super().embed_documents(texts, progress=progress)
+
+            settings = KnowledgeSettings(
+                _env_file=None, knowledge_sources={settings.knowledge_sources!r},
+                data_dir={str(settings.data_dir)!r}, milvus_uri={settings.milvus_uri!r},
+                milvus_collection={settings.milvus_collection!r},
+            )
+            embedder = Announcing(dimension=64)
+            embedder.delay = 0.3
+            Indexer(settings=settings, embedder=embedder, batch_size={BATCH}).refresh()
+            print("finished", flush=True)
+        """)],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "halfway"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    store = open_store(settings, embedder)  # the Lite file and the refresh lock are free again
+    try:
+        partial = store.count()
+        report = Indexer(settings=settings, embedder=embedder, store=store, batch_size=BATCH).refresh()
+        assert report.unchanged == partial and report.added == report.chunks - partial
+        assert store.content_hashes() == expected_hashes(settings, embedder)
+    finally:
+        store.close()
