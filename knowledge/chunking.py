@@ -419,7 +419,7 @@ def chunk_document(doc: Document, *, max_tokens: int, overlap_tokens: int, min_t
                    url_template: str, count_tokens: TokenCounter | None = None,
                    parser: MarkdownIt | None = None) -> list[Chunk]:
     """Split one Markdown document into chunks (see the module docstring); [] when empty."""
-    count = count_tokens or estimate_tokens
+    count = _memoised(count_tokens or estimate_tokens)
     text = doc.text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
     if not text.strip():
         return []
@@ -454,6 +454,19 @@ def chunk_document(doc: Document, *, max_tokens: int, overlap_tokens: int, min_t
             digest = hashlib.sha256(f"{chunk.search_text}\n{url}".encode("utf-8")).hexdigest()
             chunks.append(replace(chunk, content_hash=digest))
     return chunks
+
+
+def _memoised(count: TokenCounter) -> TokenCounter:
+    # The same block is measured several times while packing; a real tokenizer is not free.
+    sizes: dict[str, int] = {}
+
+    def cached(text: str) -> int:
+        size = sizes.get(text)
+        if size is None:
+            size = sizes[text] = count(text)
+        return size
+
+    return cached
 
 
 def chunk_documents(docs: Iterable[Document], **options) -> list[Chunk]:

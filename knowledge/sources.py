@@ -336,6 +336,8 @@ def _save(response: requests.Response, target: Path, folder: Path) -> None:
         with os.fdopen(fd, "wb") as out:
             for block in response.iter_content(_CHUNK_BYTES):
                 out.write(block)
+        if not zipfile.is_zipfile(tmp_name):  # e.g. an HTML error or login page: never cache it
+            raise _DownloadFailed("the server did not send a zip file")
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

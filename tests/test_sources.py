@@ -202,6 +202,15 @@ def test_bad_zip_raises_source_error(tmp_path):
         read_documents(parse_sources(str(bad)), cache_dir=tmp_path)
 
 
+def test_corrupt_zip_member_raises_source_error_naming_the_file(tmp_path):
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as out:
+        out.writestr("en/faq/a.md", "# A\n\nOriginal answer text.\n")
+    archive.write_bytes(archive.read_bytes().replace(b"Original", b"Tampered"))  # CRC now wrong
+    with pytest.raises(SourceError, match=r"Source 'docs' .*cannot read en/faq/a.md"):
+        read_documents(parse_sources(str(archive)), cache_dir=tmp_path)
+
+
 def test_missing_zip_raises_source_error(tmp_path):
     with pytest.raises(SourceError, match="zip file not found"):
         read_documents(parse_sources(str(tmp_path / "gone.zip")), cache_dir=tmp_path)
@@ -221,6 +230,14 @@ class _ZipServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 etag = '"' + hashlib.sha256(server.payload).hexdigest()[:16] + '"'
+                if self.path == "/dl/login.zip":  # a proxy or login page answering 200 with HTML
+                    body = b"<html>please log in</html>"
+                    server.requests.append((self.path, 200, dict(self.headers)))
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if self.path != "/dl/milvus_docs.zip":
                     status = 404
                 elif self.headers.get("If-None-Match") == etag:
@@ -302,6 +319,13 @@ def test_failed_download_raises_one_line_source_error_with_url_and_reason(zip_se
     message = str(error.value)
     assert url in message and "HTTP 404" in message
     assert "secret" not in message and "\n" not in message
+
+
+def test_html_answer_is_not_cached_as_a_zip(zip_server, tmp_path):
+    url = f"{zip_server.base}/dl/login.zip"
+    with pytest.raises(SourceError, match="did not send a zip file"):
+        read_documents(parse_sources(url), cache_dir=tmp_path)
+    assert not list((tmp_path / "downloads").iterdir())  # no zip, no meta, no temp file
 
 
 def test_unreachable_server_raises_source_error(tmp_path, monkeypatch):
