@@ -20,6 +20,8 @@ MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 _DEDUPE_MARGIN = 5
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
+# A shorter shared seam is more likely coincidence than overlap.
+_MIN_OVERLAP_CHARS = 16
 
 
 @dataclass
@@ -217,12 +219,13 @@ def join_overlapping(first: str, second: str) -> str:
     if not second:
         return first
     tail_start = max(0, len(first) - _MAX_OVERLAP_CHARS)
-    probe = second[: min(len(second), 24)]
-    for match in re.finditer(re.escape(probe), first[tail_start:]):
-        start = tail_start + match.start()
-        shared = first[start:]
-        if second.startswith(shared):
-            return first + second[len(shared):]
+    probe = second[:_MIN_OVERLAP_CHARS]
+    if len(probe) == _MIN_OVERLAP_CHARS:
+        for match in re.finditer(re.escape(probe), first[tail_start:]):
+            start = tail_start + match.start()
+            shared = first[start:]
+            if second.startswith(shared):
+                return first + second[len(shared):]
     return f"{first.rstrip()}\n\n{second.lstrip()}"
 
 
