@@ -229,3 +229,26 @@ def test_unreachable_server_error_hides_credentials():
         )  # fmt: skip
     assert "s3cret" not in str(caught.value)
     assert "127.0.0.1:9" in str(caught.value)
+
+
+def test_content_hashes_pages_through_large_collections(store, chunks, monkeypatch):
+    import knowledge.store
+
+    monkeypatch.setattr(knowledge.store, "QUERY_WINDOW", 2)  # force the query iterator
+    assert store.content_hashes() == {c.id: c.content_hash for c in chunks}
+
+
+def test_jieba_analyzer_finds_chinese_keywords(milvus_lite_uri, embedder):
+    store = VectorStore(
+        uri=milvus_lite_uri, collection="zh", dimension=64, model_id=embedder.model_id, analyzer="jieba"
+    )
+    try:
+        zh = [
+            make_chunk("index", "向量索引可以加快相似性搜索的速度。"),
+            make_chunk("storage", "Milvus 使用对象存储保存向量数据，使用 etcd 保存元数据。"),
+        ]
+        store.upsert(zh, embedder.embed_documents([c.search_text for c in zh]))
+        hits = store.search_bm25("对象存储", limit=2)
+        assert hits and hits[0].chunk.source == "faq/storage.md"
+    finally:
+        store.close()
