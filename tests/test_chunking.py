@@ -123,16 +123,15 @@ def test_anchors_are_github_slugs_deduplicated_or_explicit():
         "## Tuning {#custom-tuning}\n\nD.\n\n## Índice_2 (beta)\n\nE.\n"
     )
     chunks = chunk(doc)
-    assert [c.anchor for c in chunks] == [
-        "",
+    assert [c.anchor for c in chunks] == [  # the bare title makes no chunk of its own
         "where-does-milvus-store-data",
         "setup",
         "setup-1",
         "custom-tuning",
         "índice_2-beta",
     ]
-    assert chunks[4].heading_path == ("Tuning",)
-    assert chunks[4].text.startswith("## Tuning\n")
+    assert chunks[3].heading_path == ("Tuning",)
+    assert chunks[3].text.startswith("## Tuning\n")
     assert slugify("Use `pymilvus` v2.4 — now!") == "use-pymilvus-v24--now"
 
 
@@ -296,6 +295,13 @@ def test_tiny_last_child_merges_back_into_its_previous_sibling():
     assert chunks[1].text.endswith("### Child B\n\nTiny.")
 
 
+def test_bare_heading_that_cannot_merge_is_dropped_not_a_chunk_of_its_own():
+    doc = "# Guide\n\n## Build RAG\n\n### Prepare\n\n" + words(120, "prep") + "\n"
+    chunks = chunk(doc, max_tokens=120, overlap_tokens=0, min_tokens=20)
+    assert chunks and all(c.heading_path == ("Build RAG", "Prepare") for c in chunks)
+    assert chunks[0].breadcrumb == "Guide › Build RAG › Prepare"
+
+
 def test_merging_never_exceeds_the_budget():
     doc = "## A\n\nTiny.\n\n## B\n\n" + words(95, "b") + "\n"
     chunks = chunk(doc, max_tokens=100, min_tokens=20)
@@ -317,7 +323,7 @@ def test_ids_are_stable_unique_short_and_survive_edits_elsewhere():
     edited = chunk(doc.replace("a1 ", "a1 changed "))
     assert [c.id for c in edited] == [c.id for c in first]
     changed = [i for i, (x, y) in enumerate(zip(first, edited)) if x.content_hash != y.content_hash]
-    assert changed == [1]  # only section A's hash moved
+    assert changed == [0]  # only section A's hash moved
 
     other_source = chunk(doc, source="guide/other.md")
     assert not {c.id for c in other_source} & {c.id for c in first}
@@ -326,7 +332,7 @@ def test_ids_are_stable_unique_short_and_survive_edits_elsewhere():
 def test_chunk_documents_chunks_each_document():
     docs = [Document(source=f"d{i}.md", text=f"# D{i}\n\n## S\n\nBody {i}.\n") for i in range(3)]
     chunks = chunk_documents(docs, max_tokens=350, overlap_tokens=40, min_tokens=0, url_template=URL)
-    assert [c.source for c in chunks] == ["d0.md", "d0.md", "d1.md", "d1.md", "d2.md", "d2.md"]
+    assert [(c.source, c.heading_path) for c in chunks] == [(f"d{i}.md", ("S",)) for i in range(3)]
 
 
 # --------------------------------------------------------------------------- the shared corpus
