@@ -13,7 +13,7 @@ class Document:
     """One file read from a source, before chunking."""
 
     source: str  # path relative to the source root, e.g. "faq/product_faq.md"
-    text: str  # raw file text (front matter, comments, includes still in place)
+    text: str  # file text with includes resolved (front matter and comments still in place)
     source_name: str = "docs"  # the name of the KNOWLEDGE_SOURCES entry it came from
 
 
