@@ -1,0 +1,186 @@
+"""Qwen3-Reranker scoring: P("yes") that a passage answers the query, as the model card computes it.
+
+The prompt, truncation and yes/no softmax follow the model card exactly
+(`reference_scores` is its code, kept for tests and the benchmark). The fast
+path differs only in how much it computes: the final hidden state of the last
+position through the two LM-head rows for "no" and "yes" (not 151k-word logits
+at every position), on length-sorted batches so little is spent on padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from collections.abc import Sequence
+
+import torch
+from cachetools import LRUCache
+
+from knowledge.errors import ModelLoadError
+from knowledge.runtime import choose_device, choose_dtype, resolve_model_source
+
+PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
+    'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+SCORE_CACHE_SIZE = 4096
+
+
+def format_pair(instruction: str, query: str, document: str) -> str:
+    """The model card's user message for one (query, document) pair."""
+    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+
+
+@torch.no_grad()
+def reference_scores(model, tokenizer, query: str, docs: Sequence[str], instruction: str, max_length: int) -> list[float]:
+    """The model card's scoring, unchanged: full logits for the whole batch, P(yes) at the last position."""
+    prefix_tokens = tokenizer.encode(PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(SUFFIX, add_special_tokens=False)
+    pairs = [format_pair(instruction, query, doc) for doc in docs]
+    inputs = tokenizer(
+        pairs,
+        padding=False,
+        truncation="longest_first",
+        return_attention_mask=False,
+        max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+    )
+    for i, ele in enumerate(inputs["input_ids"]):
+        inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
+    with warnings.catch_warnings():  # the card passes max_length to pad(), which ignores it and says so
+        warnings.simplefilter("ignore", UserWarning)
+        inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+    for key in inputs:
+        inputs[key] = inputs[key].to(model.device)
+    token_false_id = tokenizer.convert_tokens_to_ids("no")
+    token_true_id = tokenizer.convert_tokens_to_ids("yes")
+    batch_scores = model(**inputs).logits[:, -1, :]
+    true_vector = batch_scores[:, token_true_id]
+    false_vector = batch_scores[:, token_false_id]
+    batch_scores = torch.stack([false_vector, true_vector], dim=1)
+    batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
+    return batch_scores[:, 1].exp().tolist()
+
+
+class Reranker:
+    """Scores passages against a query with a Qwen3 reranker; safe to call from several threads."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        instruction: str,
+        max_tokens: int,
+        batch_size: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_size: int = SCORE_CACHE_SIZE,
+    ) -> None:
+        """Load tokenizer and model once. `max_tokens` bounds the whole model input, as the model
+        card's max_length does (the document, last in the prompt, is what gets cut).
+
+        Raises ModelLoadError (one line) when the model is missing, broken or not a yes/no reranker.
+        """
+        self.model_id = model.strip()
+        self.instruction = instruction
+        self.max_tokens = max_tokens
+        self.batch_size = max(1, batch_size)
+        self.device = choose_device(device)
+        self.dtype = choose_dtype(dtype, device=self.device)
+        source = resolve_model_source(model, role="Reranker model", setting="RERANKER_MODEL")
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, local_files_only=True)
+        except Exception as error:  # missing weights, bad config, unknown architecture
+            raise ModelLoadError(f"Reranker model {self.model_id!r} could not be loaded: {_first_line(error)}") from error
+        self.model.to(self.device).eval()
+        self._no_id, self._yes_id = self._answer_token_ids()
+        self._prefix_ids = self.tokenizer.encode(PREFIX, add_special_tokens=False)
+        self._suffix_ids = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
+        self._body_budget = max_tokens - len(self._prefix_ids) - len(self._suffix_ids)
+        if self._body_budget < 8:
+            raise ModelLoadError(f"RERANK_MAX_TOKENS={max_tokens} leaves no room for the query and document.")
+        # The two LM-head rows that matter, as float32: logits for "no" and "yes" from the last hidden state.
+        head = self.model.get_output_embeddings().weight
+        self._answer_rows = head[[self._no_id, self._yes_id]].detach().float()
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._lock = threading.Lock()
+        self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))
+        self._cache_lock = threading.Lock()
+        self.forward_calls = 0  # how many batches ran through the model (tests and metrics read it)
+
+    def score(self, query: str, documents: Sequence[str]) -> list[float]:
+        """P("yes") for each document, in input order; repeated (query, document) pairs hit a cache."""
+        if not documents:
+            return []
+        keys = [(query, _text_hash(doc)) for doc in documents]
+        scores: list[float | None] = [None] * len(documents)
+        with self._cache_lock:
+            for i, key in enumerate(keys):
+                scores[i] = self._cache.get(key)
+        missing = [i for i, score in enumerate(scores) if score is None]
+        if missing:
+            fresh = self._score_uncached(query, [documents[i] for i in missing])
+            with self._cache_lock:
+                for i, value in zip(missing, fresh):
+                    scores[i] = value
+                    self._cache[keys[i]] = value
+        return [float(score) for score in scores]
+
+    def warm_up(self) -> None:
+        """Score one short pair (bypassing the cache) so the first real question is not slow."""
+        self._score_uncached("How do I get started?", ["Install the package, then run it."])
+
+    def _score_uncached(self, query: str, documents: Sequence[str]) -> list[float]:
+        with self._lock:
+            encoded = self.tokenizer(
+                [format_pair(self.instruction, query, doc) for doc in documents],
+                add_special_tokens=False,
+                truncation=True,
+                max_length=self._body_budget,
+            )["input_ids"]
+            sequences = [self._prefix_ids + ids + self._suffix_ids for ids in encoded]
+            # Longest first, so each batch holds similar lengths and the first batch shows peak memory.
+            order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+            scores = [0.0] * len(sequences)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                for index, value in zip(batch, self._score_batch([sequences[i] for i in batch])):
+                    scores[index] = value
+            return scores
+
+    @torch.inference_mode()
+    def _score_batch(self, sequences: list[list[int]]) -> list[float]:
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, ids in enumerate(sequences):  # left padding: every last position is a real token
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        self.forward_calls += 1
+        hidden = self.model.base_model(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False
+        ).last_hidden_state[:, -1, :]
+        logits = hidden.float() @ self._answer_rows.T  # (batch, 2): [no, yes]
+        return torch.softmax(logits, dim=-1)[:, 1].tolist()
+
+    def _answer_token_ids(self) -> tuple[int, int]:
+        ids = []
+        for word in ("no", "yes"):
+            token_id = self.tokenizer.convert_tokens_to_ids(word)
+            if token_id is None or token_id == self.tokenizer.unk_token_id:
+                raise ModelLoadError(f"Reranker model {self.model_id!r} has no single token for {word!r}.")
+            ids.append(int(token_id))
+        return ids[0], ids[1]
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,171 @@
+"""Embedder: real sentence-transformers loading of a tiny Qwen3 embedding model, and MiniLM for quality."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from knowledge.embedder import Embedder
+from knowledge.errors import ModelLoadError
+from tests.fixtures.models import QUERY_PROMPT
+
+TEXTS = [
+    "Milvus stores inserted data in object storage as incremental logs.",
+    "etcd",
+    "向量数据库是什么？",
+    "How do I upgrade the index type of a collection that already holds a few million vectors?",
+    "MinIO, S3, GCS, Azure Blob",
+    "What is the maximum dimension?",
+    "A much longer passage. " * 30,
+    "no",
+    "Metadata are generated within Milvus and stored in etcd.",
+    "Partitions split a collection.",
+]
+
+
+def test_loads_through_sentence_transformers_and_reads_the_dimension(tiny_embedder):
+    assert isinstance(tiny_embedder._model, SentenceTransformer)
+    assert tiny_embedder.dimension == 64
+    assert tiny_embedder.embed_query("hello").shape == (64,)
+    assert tiny_embedder.embed_documents(["a", "b"]).shape == (2, 64)
+
+
+def test_vectors_are_normalized_float32(tiny_embedder):
+    vectors = np.vstack([tiny_embedder.embed_documents(TEXTS), tiny_embedder.embed_query("Where is data kept?")])
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_query_prompt_is_applied_to_queries_only(tiny_embedder):
+    text = "Where does Milvus store data?"
+    query = tiny_embedder.embed_query(text)
+    document = tiny_embedder.embed_documents([text])[0]
+    assert not np.allclose(query, document, atol=1e-3)
+    # Exactly the model's query prompt, prepended: the same as embedding the prompted text as a document.
+    prompted = tiny_embedder.embed_documents([QUERY_PROMPT + text])[0]
+    np.testing.assert_allclose(query, prompted, atol=1e-5)
+
+
+def test_without_prompts_queries_and_documents_match(tiny_embedder_no_prompts_path):
+    embedder = Embedder(model=str(tiny_embedder_no_prompts_path), device="cpu", dtype="float32")
+    text = "Where does Milvus store data?"
+    np.testing.assert_allclose(embedder.embed_query(text), embedder.embed_documents([text])[0], atol=1e-5)
+
+
+def test_batched_documents_keep_input_order(tiny_embedder):
+    batched = tiny_embedder.embed_documents(TEXTS)  # batch_size 4, sorted by length inside encode
+    one_by_one = np.vstack([tiny_embedder.embed_documents([text]) for text in TEXTS])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    # The rows are distinct, so a permutation could not pass the check above.
+    similarity = batched @ batched.T
+    assert (similarity[~np.eye(len(TEXTS), dtype=bool)] < 0.9999).all()
+
+
+def test_empty_document_list_returns_an_empty_matrix(tiny_embedder):
+    calls = tiny_embedder.encode_calls
+    assert tiny_embedder.embed_documents([]).shape == (0, 64)
+    assert tiny_embedder.encode_calls == calls
+
+
+def test_query_cache_returns_the_same_vector_without_running_the_model(tiny_embedder):
+    first = tiny_embedder.embed_query("a question asked twice")
+    calls = tiny_embedder.encode_calls
+    second = tiny_embedder.embed_query("a question asked twice")
+    assert second is first
+    assert tiny_embedder.encode_calls == calls
+    assert not second.flags.writeable  # a caller cannot corrupt the cached vector
+    tiny_embedder.embed_query("a different question")
+    assert tiny_embedder.encode_calls == calls + 1
+
+
+def test_warm_up_runs_the_model(tiny_embedder):
+    calls = tiny_embedder.encode_calls
+    tiny_embedder.warm_up()
+    assert tiny_embedder.encode_calls == calls + 1
+
+
+def test_concurrent_calls_from_several_threads_agree_with_sequential_ones(tiny_embedder_path):
+    embedder = Embedder(model=str(tiny_embedder_path), device="cpu", dtype="float32", batch_size=3)
+    expected_docs = embedder.embed_documents(TEXTS)
+    expected_queries = [embedder.embed_documents([QUERY_PROMPT + t])[0] for t in TEXTS]
+    errors: list[BaseException] = []
+    results: dict[int, tuple] = {}
+    barrier = threading.Barrier(6)
+
+    def work(worker: int) -> None:
+        try:
+            barrier.wait()
+            docs = embedder.embed_documents(TEXTS)
+            queries = [embedder.embed_query(t) for t in TEXTS[worker:] + TEXTS[:worker]]
+            counts = [embedder.count_tokens(t) for t in TEXTS]
+            results[worker] = (docs, queries, counts)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(results) == 6
+    for worker, (docs, queries, counts) in results.items():
+        np.testing.assert_allclose(docs, expected_docs, atol=1e-5)
+        rotated = expected_queries[worker:] + expected_queries[:worker]
+        np.testing.assert_allclose(np.vstack(queries), np.vstack(rotated), atol=1e-5)
+        assert counts == [embedder.count_tokens(t) for t in TEXTS]
+
+
+def test_count_tokens_uses_the_model_tokenizer_without_truncation(tiny_embedder):
+    tokenizer = tiny_embedder._model.tokenizer
+    text = "How is data stored in Milvus? 向量数据库"
+    assert tiny_embedder.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert tiny_embedder.count_tokens("") == 0
+    long_text = "Milvus stores inserted data as incremental logs. " * 400
+    assert tiny_embedder.count_tokens(long_text) > tiny_embedder._model.max_seq_length
+
+
+def test_progress_bar_option_embeds_the_same(tiny_embedder):
+    np.testing.assert_allclose(
+        tiny_embedder.embed_documents(TEXTS[:3], progress=True), tiny_embedder.embed_documents(TEXTS[:3]), atol=1e-6
+    )
+
+
+def test_missing_model_folder_is_a_quick_one_line_error(tmp_path):
+    missing = str(tmp_path / "absent")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        Embedder(model=missing, device="cpu")
+    assert time.monotonic() - started < 2
+    assert "\n" not in str(caught.value) and missing in str(caught.value)
+
+
+def test_uncached_hub_model_offline_is_a_quick_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        Embedder(model="acme-test/not-a-real-embedding-model", device="cpu")
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert "\n" not in message and "acme-test/not-a-real-embedding-model" in message
+    assert "EMBEDDING_MODEL" in message
+
+
+def test_broken_model_folder_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "modules.json").write_text("[]")
+    with pytest.raises(ModelLoadError) as caught:
+        Embedder(model=str(tmp_path), device="cpu")
+    assert "\n" not in str(caught.value) and "could not be loaded" in str(caught.value)
+
+
+def test_minilm_ranks_a_paraphrase_above_an_unrelated_sentence(minilm_path):
+    embedder = Embedder(model=str(minilm_path), device="cpu", dtype="float32")
+    assert embedder.dimension == 384
+    query = embedder.embed_query("How is data stored in milvus?")
+    related, unrelated = embedder.embed_documents(
+        ["Where does Milvus store data?", "The weather in Lisbon is sunny in July."]
+    )
+    assert float(query @ related) > float(query @ unrelated) + 0.2

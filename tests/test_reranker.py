@@ -1,0 +1,169 @@
+"""Reranker: the fast yes/no path against the model card's scoring, on a tiny Qwen3ForCausalLM."""
+
+import math
+import threading
+import time
+
+import pytest
+
+from knowledge.errors import ModelLoadError
+from knowledge.reranker import Reranker, reference_scores
+from knowledge.settings import DEFAULT_RERANK_INSTRUCTION
+
+QUERY = "How is data stored in Milvus?"
+DOCS = [
+    "Milvus stores inserted data in object storage as incremental logs.",
+    "etcd",
+    "Metadata are generated within Milvus; each module keeps its own metadata in etcd. " * 6,
+    "向量数据库把数据存储在对象存储中。",
+    "The quick brown fox jumps over the lazy dog.",
+    "Milvus supports MinIO, AWS S3, Google Cloud Storage and Azure Blob Storage. " * 3,
+    "no",
+]
+
+
+def _reranker(path, *, dtype="float32", max_tokens=512, batch_size=3):
+    return Reranker(
+        model=str(path),
+        instruction=DEFAULT_RERANK_INSTRUCTION,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        device="cpu",
+        dtype=dtype,
+    )
+
+
+def _reference(reranker, query, docs, max_length=None):
+    return reference_scores(
+        reranker.model, reranker.tokenizer, query, docs, DEFAULT_RERANK_INSTRUCTION, max_length or reranker.max_tokens
+    )
+
+
+def test_fast_path_equals_the_model_card_scoring_in_float32(tiny_reranker):
+    fast = tiny_reranker._score_uncached(QUERY, DOCS)
+    reference = _reference(tiny_reranker, QUERY, DOCS)
+    assert max(abs(a - b) for a, b in zip(fast, reference)) <= 1e-4
+    assert all(0.0 < score < 1.0 for score in fast)
+
+
+def test_fast_path_equals_the_model_card_scoring_in_bfloat16(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path, dtype="bfloat16")
+    fast = reranker._score_uncached(QUERY, DOCS)
+    reference = _reference(reranker, QUERY, DOCS)
+    assert max(abs(a - b) for a, b in zip(fast, reference)) <= 0.02
+
+
+def test_scores_come_back_in_input_order_whatever_the_lengths(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path, batch_size=2)
+    alone = [reranker._score_uncached(QUERY, [doc])[0] for doc in DOCS]
+    # Distinct scores, so any reordering would show.
+    assert min(abs(a - b) for i, a in enumerate(alone) for b in alone[i + 1 :]) > 1e-5
+    together = reranker.score(QUERY, DOCS)
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(together, alone))
+    reversed_docs = list(reversed(DOCS))
+    reranker_fresh = _reranker(tiny_reranker_path, batch_size=4)
+    assert all(
+        math.isclose(a, b, abs_tol=1e-5) for a, b in zip(reranker_fresh.score(QUERY, reversed_docs), reversed(alone))
+    )
+
+
+def test_length_sorted_batches_of_batch_size(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path, batch_size=3)
+    reranker.score(QUERY, DOCS)
+    assert reranker.forward_calls == math.ceil(len(DOCS) / 3)
+
+
+def test_documents_are_truncated_to_max_tokens_like_the_model_card(tiny_reranker_path):
+    head = "Milvus keeps inserted data in object storage. " * 20
+    doc_a, doc_b = head + "Tail one about etcd.", head + "Completely different ending, 中文。"
+    short = _reranker(tiny_reranker_path, max_tokens=96)
+    a, b = short.score(QUERY, [doc_a, doc_b])
+    assert a == pytest.approx(b, abs=1e-6)  # the differing tails were cut off
+    reference = _reference(short, QUERY, [doc_a, doc_b], max_length=96)
+    assert max(abs(x - y) for x, y in zip([a, b], reference)) <= 1e-4
+    long = _reranker(tiny_reranker_path, max_tokens=1024)
+    a_full, b_full = long.score(QUERY, [doc_a, doc_b])
+    assert abs(a_full - b_full) > 1e-6
+
+
+def test_max_tokens_too_small_for_the_prompt_is_refused(tiny_reranker_path):
+    with pytest.raises(ModelLoadError, match="RERANK_MAX_TOKENS"):
+        _reranker(tiny_reranker_path, max_tokens=16)
+
+
+def test_empty_document_list_returns_nothing_without_running_the_model(tiny_reranker):
+    calls = tiny_reranker.forward_calls
+    assert tiny_reranker.score(QUERY, []) == []
+    assert tiny_reranker.forward_calls == calls
+
+
+def test_repeated_pairs_come_from_the_cache(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path, batch_size=8)
+    first = reranker.score(QUERY, DOCS[:4])
+    calls = reranker.forward_calls
+    assert reranker.score(QUERY, DOCS[:4]) == first
+    assert reranker.forward_calls == calls
+    # Only the unseen document is scored; the cached ones keep their places.
+    mixed = reranker.score(QUERY, [DOCS[4], DOCS[0], DOCS[2]])
+    assert reranker.forward_calls == calls + 1
+    assert mixed[1] == first[0] and mixed[2] == first[2]
+    # Another query is another key.
+    reranker.score("Where is metadata kept?", DOCS[:1])
+    assert reranker.forward_calls == calls + 2
+
+
+def test_concurrent_scoring_from_several_threads(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path, batch_size=2, max_tokens=256)
+    queries = [f"{QUERY} ({i})" for i in range(5)]
+    expected = {q: _reference(reranker, q, DOCS) for q in queries}
+    results: dict[str, list[float]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(queries))
+
+    def work(query: str) -> None:
+        try:
+            barrier.wait()
+            results[query] = reranker.score(query, DOCS)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in queries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    for query in queries:
+        assert max(abs(a - b) for a, b in zip(results[query], expected[query])) <= 1e-4
+
+
+def test_warm_up_scores_without_filling_the_cache(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path)
+    reranker.warm_up()
+    assert reranker.forward_calls == 1
+    assert len(reranker._cache) == 0
+
+
+def test_missing_model_folder_is_a_quick_one_line_error(tmp_path):
+    missing = str(tmp_path / "absent-reranker")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        _reranker(missing)
+    assert time.monotonic() - started < 2
+    assert "\n" not in str(caught.value) and missing in str(caught.value)
+
+
+def test_uncached_hub_model_offline_is_a_quick_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        _reranker("acme-test/not-a-real-reranker")
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert "\n" not in message and "acme-test/not-a-real-reranker" in message and "RERANKER_MODEL" in message
+
+
+def test_folder_without_weights_is_a_one_line_error(tiny_tokenizer_dir):
+    with pytest.raises(ModelLoadError) as caught:
+        _reranker(tiny_tokenizer_dir)
+    assert "\n" not in str(caught.value) and "could not be loaded" in str(caught.value)
