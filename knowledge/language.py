@@ -6,23 +6,23 @@ import re
 
 # CJK Unified Ideographs (+ extension A, compatibility ideographs): Chinese characters.
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# Anything that counts as "a character of text": letters and digits of any script.
-_WORD_CHAR = re.compile(r"[^\W_]", re.UNICODE)
+# Units of text: one Han character, or one run of other letters/digits (a word).
+_UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
-# A question is Chinese when at least this share of its letters are Han characters;
-# a Chinese sentence naming "Milvus" or "IVF_FLAT" stays well above it.
-ZH_RATIO = 0.2
+# A question is Chinese when at least this share of its units are Han characters.
+# Counting a Latin word as one unit keeps "Milvus 支持 Windows 吗？" Chinese.
+ZH_RATIO = 0.4
 
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese (简体中文)"}
 
 
 def detect_language(text: str) -> str:
-    """Return "zh" when the text is mostly Chinese characters, else "en"."""
-    letters = _WORD_CHAR.findall(text)
-    if not letters:
+    """Return "zh" when at least ZH_RATIO of the text's units are Han characters, else "en"."""
+    units = _UNIT.findall(text)
+    if not units:
         return "en"
-    han = sum(1 for ch in letters if _HAN.match(ch))
-    return "zh" if han / len(letters) >= ZH_RATIO else "en"
+    han = sum(1 for unit in units if _HAN.fullmatch(unit))
+    return "zh" if han / len(units) >= ZH_RATIO else "en"
 
 
 def language_name(code: str) -> str:

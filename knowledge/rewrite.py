@@ -38,7 +38,11 @@ def concatenated_query(question: str, history: Sequence[Turn]) -> str:
     for text in reversed(recent):
         if budget <= 0:
             break
-        piece = text[-budget:] if len(text) > budget else text  # the end is closest to now
+        piece = text
+        if len(text) > budget:
+            # Keep the end (closest to now), starting at a word boundary.
+            piece = text[-budget:]
+            piece = piece.split(None, 1)[1] if len(piece.split(None, 1)) == 2 else piece
         context.insert(0, piece)
         budget -= len(piece)
     return "\n".join([*context, question])

@@ -185,3 +185,21 @@ def test_rewrite_query_asks_the_model(fake_openai):
     assert "Can I run Milvus on x86?" in content and "What about ARM?" in content
     assert answerer.rewrite_query("What about ARM?", []) == "What about ARM?"
     assert len(fake_openai.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("How is data stored in milvus?", "en"),
+        ("Milvus 的数据存储在哪里？", "zh"),
+        ("Milvus 支持 Windows 吗？", "zh"),  # English names inside a Chinese sentence
+        ("IVF_FLAT 和 FLAT 有什么区别", "zh"),
+        ("What does the word 向量 mean in Milvus?", "en"),
+        ("", "en"),
+        ("¿Dónde se guardan los datos?", "en"),  # other languages fall back to "en"
+    ],
+)
+def test_detect_language(text, expected):
+    from knowledge.language import detect_language
+
+    assert detect_language(text) == expected
