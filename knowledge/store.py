@@ -124,7 +124,14 @@ class VectorStore:
         target = self.physical_name()
         if target is None:
             target = self._create_physical()
-            self._call(self._client.create_alias, target, self.name)
+            try:
+                self._client.create_alias(target, self.name)
+            except MilvusException:
+                # Another process created the serving collection at the same moment: use theirs.
+                self._call(self._client.drop_collection, target)
+                target = self.physical_name()
+                if target is None:
+                    raise StoreError(f"Cannot create the Milvus alias {self.name}") from None
         self._load(target)
         self.supports_hybrid = self._server_hybrid and self._has_bm25(target)
         self.mismatch = self._mismatch(target)
