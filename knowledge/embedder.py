@@ -107,7 +107,10 @@ class Embedder:
                 normalize_embeddings=True,
                 convert_to_numpy=True,
             )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        # Normalizing again in float32: under bfloat16 the model's own Normalize is only ~1e-2 exact.
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _untruncated_copy(tokenizer):

@@ -38,6 +38,15 @@ def test_vectors_are_normalized_float32(tiny_embedder):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+def test_bfloat16_vectors_are_normalized_in_float32_too(tiny_embedder_path, tiny_embedder):
+    embedder = Embedder(model=str(tiny_embedder_path), device="cpu", dtype="bfloat16")
+    vectors = np.vstack([embedder.embed_documents(TEXTS), embedder.embed_query("Where is data kept?")])
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Close to the float32 model: the same model, only rounded.
+    assert (np.sum(vectors[:-1] * tiny_embedder.embed_documents(TEXTS), axis=1) > 0.99).all()
+
+
 def test_query_prompt_is_applied_to_queries_only(tiny_embedder):
     text = "Where does Milvus store data?"
     query = tiny_embedder.embed_query(text)
