@@ -146,7 +146,7 @@ class _BlockRenderer:
 def render_inline(children: list[Token]) -> str:
     """Render inline tokens (a paragraph's content) as mrkdwn."""
     out: list[str] = []
-    link_stack: list[tuple[str | None, int]] = []  # (safe url, output position)
+    link_stack: list[tuple[str | None, int, bool]] = []  # (safe url, output position, autolink)
     for token in children:
         kind = token.type
         if kind == "text":
@@ -163,12 +163,13 @@ def render_inline(children: list[Token]) -> str:
         elif kind == "s_open" or kind == "s_close":
             out.append("~")
         elif kind == "link_open":
-            link_stack.append((safe_url(token.attrGet("href") or ""), len(out)))
+            link_stack.append((safe_url(token.attrGet("href") or ""), len(out), token.markup == "autolink"))
         elif kind == "link_close":
-            url, start = link_stack.pop() if link_stack else (None, len(out))
+            url, start, autolink = link_stack.pop() if link_stack else (None, len(out), False)
             label = "".join(out[start:])
             del out[start:]
-            out.append(_link(url, label))
+            # <https://x> stays a bare link: its text is its (encoded) URL, nothing to disguise.
+            out.append(f"<{url}>" if autolink and url else _link(url, label))
         elif kind == "image":
             url = safe_url(token.attrGet("src") or "")
             out.append(_link(url, escape(token.content or "image")))
@@ -182,4 +183,4 @@ def _link(url: str | None, label: str) -> str:
         return label
     # A "|" in the label is fine; formatting markers inside Slack links are not.
     label = label.strip("*_~") or url
-    return f"<{url}|{label}>" if label != url else f"<{url}>"
+    return f"<{url}>" if label == url else f"<{url}|{label}>"

@@ -1,0 +1,89 @@
+"""Block Kit answers: sources numbered like the markers, Slack's size limits, balanced code fences."""
+
+from bot.blocks import (
+    BLOCK_LIMIT,
+    FEEDBACK_DOWN,
+    FEEDBACK_UP,
+    SECTION_LIMIT,
+    answer_messages,
+    progress_message,
+    split_text,
+)
+from knowledge.types import Answer, Citation
+
+
+def _citations(n):
+    return [Citation(i, f"Doc {i}", ("Part", f"Sub {i}"), f"https://milvus.io/docs/d{i}.md#s{i}", f"d{i}.md")
+            for i in range(1, n + 1)]
+
+
+def _sections(message):
+    return [b["text"]["text"] for b in message["blocks"] if b["type"] == "section"]
+
+
+def test_answer_with_sources_and_feedback_buttons():
+    answer = Answer(question="q", text="Use **etcd** [1] and MinIO [2].", status="answered", citations=_citations(2))
+    [message] = answer_messages(answer, record_id="rec1")
+    texts = _sections(message)
+    assert texts[0] == "Use *etcd* [1] and MinIO [2]."
+    assert texts[1] == ("*Sources*\n[1] <https://milvus.io/docs/d1.md#s1|Doc 1 › Part › Sub 1>\n"
+                        "[2] <https://milvus.io/docs/d2.md#s2|Doc 2 › Part › Sub 2>")
+    actions = message["blocks"][-1]
+    assert actions["type"] == "actions"
+    assert [e["action_id"] for e in actions["elements"]] == [FEEDBACK_UP, FEEDBACK_DOWN]
+    assert {e["value"] for e in actions["elements"]} == {"rec1"}
+    assert message["text"].startswith("Use *etcd* [1]")
+
+
+def test_source_titles_are_escaped_and_unsafe_urls_dropped():
+    citation = Citation(1, "<!channel> & co", (), "javascript:alert(1)", "x.md")
+    answer = Answer(question="q", text="x [1]", status="answered", citations=[citation])
+    text = _sections(answer_messages(answer)[0])[1]
+    assert text == "*Sources*\n[1] &lt;!channel&gt; &amp; co"
+
+
+def test_note_shown_and_no_buttons_without_record():
+    answer = Answer(question="q", text="passages", status="retrieval_only", note="No model configured.")
+    [message] = answer_messages(answer)
+    assert message["blocks"][-1]["type"] == "context"
+    assert all(b["type"] != "actions" for b in message["blocks"])
+
+
+def test_long_answer_split_within_limits():
+    paragraphs = [f"Paragraph {i} " + "word " * 300 for i in range(200)]  # ~300 KB of text
+    answer = Answer(question="q", text="\n\n".join(paragraphs), status="answered", citations=_citations(3))
+    messages = answer_messages(answer, record_id="r")
+    assert len(messages) > 1
+    for message in messages:
+        assert len(message["blocks"]) <= BLOCK_LIMIT
+        assert all(len(t) <= SECTION_LIMIT for t in _sections(message))
+        assert len(message["text"]) <= 3000
+    joined = "\n\n".join(t for m in messages for t in _sections(m) if not t.startswith("*Sources*"))
+    assert joined.replace("\n\n", " ").split() == "\n\n".join(paragraphs).split()
+    # sources and buttons come once, at the very end
+    assert messages[-1]["blocks"][-1]["type"] == "actions"
+    assert sum(t.startswith("*Sources*") for m in messages for t in _sections(m)) == 1
+
+
+def test_code_fence_is_closed_and_reopened_across_a_split():
+    code = "\n".join(f"line {i} <x>" for i in range(600))
+    text = f"Intro\n\n```\n{code}\n```\n\nAfter."
+    parts = split_text(text, 1000)
+    assert len(parts) > 3
+    for part in parts:
+        assert len(part) <= 1000
+        assert part.count("```") % 2 == 0
+    assert parts[1].startswith("```\n")
+    assert parts[-1].endswith("After.")
+
+
+def test_single_huge_line_is_cut_without_breaking_entities():
+    text = "&amp;" * 2000
+    parts = split_text(text, 3000)
+    assert all(len(p) <= 3000 for p in parts)
+    assert "".join(parts) == text
+
+
+def test_progress_message():
+    assert progress_message("", placeholder="Looking…")["text"] == "Looking…"
+    assert progress_message("Partial **bo", placeholder="x")["text"].endswith(" …")

@@ -1,0 +1,28 @@
+"""The terminal chat: the same answer path, history kept between turns, numbered sources."""
+
+import io
+import json
+
+from bot.chat import run_chat
+
+
+def test_chat_streams_answers_keeps_history_and_prints_sources(make_kb, fake_openai):
+    kb = make_kb(abstain_threshold=0.0)
+    fake_openai.default_text = "Milvus keeps data in object storage [1]."
+    output = io.StringIO()
+    answered = run_chat(kb, io.StringIO("How does Milvus store data?\n\nAnd the metadata?\nexit\nnot asked\n"),
+                        output)
+    text = output.getvalue()
+    assert answered == 2
+    assert text.count("bot> Milvus keeps data in object storage [1].") == 2
+    assert "Sources:\n  [1] " in text and "https://docs.example/" in text
+    assert "not asked" not in text
+    # the second question went to the model with the first turn as history
+    assert "How does Milvus store data?" in json.dumps(fake_openai.requests[-1])
+
+
+def test_chat_shows_knowledge_errors_and_ends_at_eof(make_kb):
+    kb = make_kb(refresh=False)
+    output = io.StringIO()
+    assert run_chat(kb, io.StringIO("x" * 5000 + "\n"), output) == 0
+    assert "(error) The question is too long" in output.getvalue()

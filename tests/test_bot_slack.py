@@ -1,0 +1,324 @@
+"""End to end: the real Bolt app over a fake Slack (Socket Mode and signed HTTP) and a real
+KnowledgeBase (tiny models, Milvus Lite, fake OpenAI)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bot.app import build_app
+from bot.blocks import BLOCK_LIMIT, FEEDBACK_DOWN, FEEDBACK_UP, SECTION_LIMIT
+from bot.responder import ASSISTANT_STATUS, BUSY_TEXT
+from bot.server import EVENTS_PATH, http_server, serve_in_thread, socket_mode_handler
+from bot.settings import BotSettings
+from tests.fixtures.slack_fake import BOT_USER_ID
+
+pytestmark = pytest.mark.timeout(120)
+
+QUESTION = "How does Milvus store data?"
+
+
+class RunningBot:
+    def __init__(self, bot, settings, *, url: str = ""):
+        self.bot = bot
+        self.settings = settings
+        self.url = url
+
+    @property
+    def records(self):
+        return self.bot.services.records
+
+
+@pytest.fixture
+def start_bot(fake_slack, tmp_path):
+    """start_bot(kb, mode="socket"|"http", **BotSettings overrides) -> RunningBot (stopped at teardown)."""
+    cleanups = []
+
+    def start(kb, *, mode: str = "socket", **overrides) -> RunningBot:
+        values = dict(
+            slack_bot_token=fake_slack.bot_token,
+            slack_api_url=fake_slack.api_url,
+            feedback_db=tmp_path / f"feedback{len(cleanups)}.sqlite",
+            stream_update_interval=0.2,
+        )
+        if mode == "socket":
+            values["slack_app_token"] = fake_slack.app_token
+        else:
+            values["slack_signing_secret"] = fake_slack.signing_secret
+        values.update(overrides)
+        settings = BotSettings(_env_file=None, **values)
+        bot = build_app(settings, kb)
+        cleanups.append(bot.close)
+        if mode == "socket":
+            handler = socket_mode_handler(bot, settings)
+            handler.connect()
+            cleanups.append(handler.close)
+            fake_slack.wait_connected()
+            return RunningBot(bot, settings)
+        server = http_server(bot, settings, host="127.0.0.1", port=0)
+        serve_in_thread(server)
+        cleanups.append(server.close)
+        return RunningBot(bot, settings, url=f"http://127.0.0.1:{server.effective_port}{EVENTS_PATH}")
+
+    yield start
+    for cleanup in reversed(cleanups):
+        cleanup()
+
+
+def _in_thread(channel, thread_ts):
+    return lambda call: call.params.get("channel") == channel and call.params.get("thread_ts") == thread_ts
+
+
+def _final(fake, channel, *, count=1, timeout=30):
+    """The final answers: chat.update / chat.postMessage calls that carry blocks."""
+    def has_blocks(call):
+        return call.params.get("channel") == channel and call.params.get("blocks")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [c for m in ("chat.update", "chat.postMessage") for c in fake.calls(m) if has_blocks(c)]
+        if len(found) >= count or time.monotonic() > deadline:
+            assert len(found) >= count, f"no final answer in {channel}"
+            return sorted(found, key=lambda c: c.at)
+        time.sleep(0.02)
+
+
+def _blocks(call):
+    blocks = call.params["blocks"]
+    return json.loads(blocks) if isinstance(blocks, str) else blocks
+
+
+def _section_texts(call):
+    return [b["text"]["text"] for b in _blocks(call) if b["type"] == "section"]
+
+
+def _record_id(call):
+    [actions] = [b for b in _blocks(call) if b["type"] == "actions"]
+    return actions["elements"][0]["value"]
+
+
+def test_channel_mention_follow_up_retry_feedback_dm_and_assistant(make_kb, fake_openai, fake_slack, start_bot,
+                                                                   record_property):
+    kb = make_kb(abstain_threshold=0.0)
+    fake_openai.default_text = "Milvus keeps **data** in object storage [1] and metadata in etcd [2]."
+    running = start_bot(kb)
+
+    # A mention in a channel: placeholder at once, then the answer in the thread under the question.
+    sent = time.monotonic()
+    mention = fake_slack.mention(QUESTION, channel="C1")
+    event_id = "EvMENTION1"
+    envelope = fake_slack.send_event(mention, event_id=event_id)
+    assert fake_slack.wait_ack(envelope)
+    placeholders = fake_slack.wait_for("chat.postMessage", where=_in_thread("C1", mention["ts"]))
+    assert placeholders[-1].params["text"] == running.settings.placeholder_text
+    final = _final(fake_slack, "C1")[0]
+    first_visible, answered = placeholders[-1].at - sent, final.at - sent
+    record_property("mention_first_visible_s", round(first_visible, 3))
+    record_property("mention_answer_s", round(answered, 3))
+    print(f"\nmention: placeholder after {first_visible:.3f}s, answer after {answered:.3f}s")
+    assert first_visible < 2.0
+    body, sources = _section_texts(final)
+    assert body == "Milvus keeps *data* in object storage [1] and metadata in etcd [2]."
+    source_numbers = [line.split("]")[0] + "]" for line in sources.splitlines()[1:]]
+    assert source_numbers == ["[1]", "[2]"]  # the markers' numbers, in order
+    assert all(line.split("] ", 1)[1].startswith("<https://docs.example/") for line in sources.splitlines()[1:])
+
+    # Slack retries the same event: acknowledged, never answered again.
+    retry = fake_slack.send_event(mention, event_id=event_id, retry_attempt=1)
+    assert fake_slack.wait_ack(retry)
+    same_id = fake_slack.send_event(mention, event_id=event_id)
+    assert fake_slack.wait_ack(same_id)
+
+    # A follow-up in the thread, no mention: history from conversations.replies reaches the model.
+    requests_before = len(fake_openai.requests)
+    follow_up = fake_slack.message_event("And how is it backed up?", channel="C1", thread_ts=mention["ts"])
+    sent = time.monotonic()
+    fake_slack.send_event(follow_up)
+    fake_slack.wait_for("conversations.replies", where=lambda c: c.params.get("ts") == mention["ts"])
+    follow_up_answer = _final(fake_slack, "C1", count=2)[-1]
+    record_property("follow_up_answer_s", round(follow_up_answer.at - sent, 3))
+    print(f"follow-up: answer after {follow_up_answer.at - sent:.3f}s")
+    later = json.dumps(fake_openai.requests[requests_before:])
+    assert QUESTION in later and "object storage" in later  # the earlier user and assistant turns
+    assert len(fake_slack.wait_for("chat.postMessage", where=_in_thread("C1", mention["ts"]))) == 2
+
+    # The same follow-up as an app_mention too (Slack sends both): answered once.
+    fake_slack.send_event({**follow_up, "type": "app_mention"})
+    time.sleep(0.5)
+    assert len(_final(fake_slack, "C1")) == 2
+
+    # Edits, deletions and other bots are ignored.
+    fake_slack.send_event(fake_slack.message_event("edited", channel="C1", thread_ts=mention["ts"],
+                                                   subtype="message_changed"))
+    fake_slack.send_event(fake_slack.message_event("beep", channel="D9", channel_type="im", bot_id="BOTHER"))
+    time.sleep(0.5)
+    assert not fake_slack.calls("chat.postMessage") or all(
+        c.params.get("channel") != "D9" for c in fake_slack.calls("chat.postMessage"))
+    assert len(fake_slack.calls("chat.postMessage")) == 2
+
+    # 👍 on the first answer is recorded in SQLite and thanked privately.
+    record_id = _record_id(final)
+    fake_slack.send_action(fake_slack.action_payload(FEEDBACK_UP, record_id, channel="C1", message_ts=final.params["ts"]))
+    fake_slack.wait_for("chat.postEphemeral")
+    [feedback] = running.records.recent_feedback(5)
+    assert (feedback.value, feedback.question, feedback.thread_ts) == (1, QUESTION, mention["ts"])
+
+    # A direct message: every message is a question (Slack rate-limits the first post: retried).
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    dm = fake_slack.message_event("What is Milvus?", channel="D1", channel_type="im")
+    fake_slack.send_event(dm)
+    assert len(fake_slack.wait_for("chat.postMessage", 2, where=_in_thread("D1", dm["ts"]))) == 2
+    assert _final(fake_slack, "D1")
+
+    # The assistant pane: suggested prompts when a thread starts, status while working.
+    thread_ts = fake_slack.next_ts()
+    fake_slack.send_event({"type": "assistant_thread_started", "event_ts": thread_ts, "assistant_thread": {
+        "user_id": "U1", "channel_id": "D2", "thread_ts": thread_ts, "context": {}}})
+    [prompts] = fake_slack.wait_for("assistant.threads.setSuggestedPrompts")
+    assert [p["message"] for p in prompts.params["prompts"]] == list(running.settings.suggested_prompts)
+    question = fake_slack.message_event(QUESTION, channel="D2", channel_type="im", thread_ts=thread_ts)
+    fake_slack.send_event(question)
+    [status] = fake_slack.wait_for("assistant.threads.setStatus")
+    assert (status.params["channel_id"], status.params["thread_ts"], status.params["status"]) == (
+        "D2", thread_ts, ASSISTANT_STATUS)
+    answer = _final(fake_slack, "D2")[0]
+    assert answer.params.get("thread_ts", thread_ts) == thread_ts
+    assert running.records.totals()["answers"] == 4
+
+
+def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_bot):
+    kb = make_kb(abstain_threshold=0.0)
+    running = start_bot(kb, bot_workers=1, bot_queue_size=0)
+
+    # One worker, no queue: while the model is slow, the next question gets a "busy" reply, not silence.
+    fake_openai.hang(2.0)
+    first = fake_slack.mention(QUESTION, channel="C2")
+    fake_slack.send_event(first)
+    fake_slack.wait_for("chat.postMessage", where=_in_thread("C2", first["ts"]))
+    second = fake_slack.mention("What is a partition?", channel="C2")
+    fake_slack.send_event(second)
+    [busy] = fake_slack.wait_for("chat.update", where=lambda c: c.params.get("text") == BUSY_TEXT)
+    [busy_thread] = [m for m in fake_slack.messages("C2") if m["ts"] == busy.params["ts"]]
+    assert busy_thread["thread_ts"] == second["ts"]  # the placeholder under the 2nd question says "busy"
+    [answer] = _final(fake_slack, "C2")  # the first still gets its answer
+    assert [m for m in fake_slack.messages("C2") if m["ts"] == answer.params["ts"]][0]["thread_ts"] == first["ts"]
+
+    # The model fails: the retrieved passages are shown with the knowledge layer's note.
+    fake_openai.fail(500, times=2)  # the first try and the one retry (openai_max_retries=1)
+    failing = fake_slack.mention(QUESTION, channel="C3")
+    fake_slack.send_event(failing)
+    final = _final(fake_slack, "C3")[0]
+    context = [b for b in _blocks(final) if b["type"] == "context"]
+    assert context and context[0]["elements"][0]["text"]
+    assert running.records.recent_answers(1)[0].status == "retrieval_only"
+
+    # An empty question: the knowledge layer's message, as-is.
+    empty = fake_slack.mention("", channel="C4")
+    fake_slack.send_event(empty)
+    [reply] = fake_slack.wait_for("chat.update", where=lambda c: c.params.get("channel") == "C4")
+    assert reply.params["text"].startswith("Please ask a question")
+
+    # A very long answer: split within Slack's limits, sources and buttons at the end.
+    fake_openai.reply("\n\n".join(f"Paragraph {i} [1]: " + "lorem ipsum " * 250 for i in range(60)))
+    long_q = fake_slack.mention(QUESTION, channel="C5")
+    fake_slack.send_event(long_q)
+    parts = _final(fake_slack, "C5", count=2)
+    for part in parts:
+        assert len(_blocks(part)) <= BLOCK_LIMIT
+        assert all(len(t) <= SECTION_LIMIT for t in _section_texts(part))
+    assert _blocks(parts[-1])[-1]["type"] == "actions"
+    assert _section_texts(parts[-1])[-1].startswith("*Sources*\n[1] <https://docs.example/")
+
+
+class _Broken:
+    """A KnowledgeBase whose retrieval blows up unexpectedly (a bug, a dead disk)."""
+
+    def ask(self, question, **kwargs):
+        raise RuntimeError("index file vanished: /secret/path")
+
+
+def test_unexpected_failure_apologises_with_error_id(fake_slack, start_bot, caplog):
+    start_bot(_Broken())
+    event = fake_slack.mention(QUESTION, channel="C6")
+    fake_slack.send_event(event)
+    [reply] = fake_slack.wait_for("chat.update", where=lambda c: c.params.get("channel") == "C6")
+    text = reply.params["text"]
+    assert text.startswith("Sorry, something went wrong") and "error id: `" in text
+    assert "secret" not in text and "vanished" not in text
+    error_id = text.split("`")[1]
+    assert len(error_id) == 8
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_http_mode_signatures(make_kb, fake_slack, start_bot):
+    kb = make_kb(abstain_threshold=0.0)
+    running = start_bot(kb, mode="http")
+    event = fake_slack.mention(QUESTION, channel="C7")
+    body = json.dumps(fake_slack.event_body(event)).encode()
+
+    bad = fake_slack.post_signed(running.url, body, "application/json", secret="wrong-secret")
+    stale = fake_slack.post_signed(running.url, body, "application/json", timestamp=int(time.time()) - 600)
+    assert (bad[0], stale[0]) == (401, 401)
+    time.sleep(0.3)
+    assert not fake_slack.calls("chat.postMessage")
+
+    sent = time.monotonic()
+    assert fake_slack.send_event(event, via="http", url=running.url) == 200
+    ack_time = time.monotonic() - sent
+    final = _final(fake_slack, "C7")[0]
+    assert ack_time < 1.0  # acknowledged before the answer is worked out
+    assert fake_slack.send_event(event, via="http", url=running.url, retry_attempt=1) == 200
+    status = fake_slack.send_action(fake_slack.action_payload(FEEDBACK_DOWN, _record_id(final), channel="C7"),
+                                    via="http", url=running.url)
+    assert status == 200
+    fake_slack.wait_for("chat.postEphemeral")
+    assert running.records.totals()["not_helpful"] == 1
+    assert len(_final(fake_slack, "C7")) == 1
+    assert fake_slack.calls("auth.test")[0].headers["authorization"] == f"Bearer {fake_slack.bot_token}"
+
+
+
+class _Slow:
+    """Streams ten deltas over ~1.5 s, like a model writing."""
+
+    def ask(self, question, *, history=(), source_names=None, on_delta=None):
+        from knowledge.types import Answer
+
+        for i in range(10):
+            time.sleep(0.15)
+            on_delta(f"part {i} ")
+        return Answer(question=question, text="done", status="answered")
+
+
+def test_streaming_updates_are_throttled(fake_slack, start_bot):
+    start_bot(_Slow(), stream_update_interval=0.5)
+    event = fake_slack.mention(QUESTION, channel="C8")
+    fake_slack.send_event(event)
+    final = _final(fake_slack, "C8")[0]
+    progress = [c for c in fake_slack.calls("chat.update") if c.params.get("channel") == "C8" and not c.params.get("blocks")]
+    assert 2 <= len(progress) <= 4  # ~1.5 s of deltas at most one update per 0.5 s
+    assert all(b.at - a.at >= 0.45 for a, b in zip(progress, progress[1:]))
+    assert progress[-1].params["text"].endswith(" …") and _section_texts(final) == ["done"]
+
+
+def test_serve_without_slack_settings_says_what_to_set(tmp_path):
+    from bot.app import SlackSetupError
+    from bot.server import serve
+
+    with pytest.raises(SlackSetupError, match="SLACK_BOT_TOKEN.*SLACK_APP_TOKEN.*SLACK_SIGNING_SECRET"):
+        serve(BotSettings(_env_file=None, slack_bot_token="", slack_app_token="", slack_signing_secret="",
+                          feedback_db=tmp_path / "f.sqlite"), kb=None)
+    with pytest.raises(SlackSetupError, match="SLACK_APP_TOKEN"):
+        serve(BotSettings(_env_file=None, slack_bot_token="xoxb-1", slack_app_token="", slack_signing_secret="",
+                          feedback_db=tmp_path / "f.sqlite"), kb=None)
+
+
+def test_rejected_token_is_a_clear_error(fake_slack, tmp_path):
+    from bot.app import SlackSetupError
+
+    fake_slack.fail_next("auth.test", status=200, error="invalid_auth", retry_after=None)
+    settings = BotSettings(_env_file=None, slack_bot_token="xoxb-bad", slack_app_token="xapp-1",
+                           slack_api_url=fake_slack.api_url, feedback_db=tmp_path / "f.sqlite")
+    with pytest.raises(SlackSetupError, match="invalid_auth"):
+        build_app(settings, kb=None)
