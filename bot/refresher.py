@@ -1,0 +1,448 @@
+"""Keep the index fresh from inside the bot: a scheduled refresh and on-demand runs.
+
+A Milvus Lite file can be open in one process only, so the refresh runs in the
+serving process. One refresh at a time: the schedule and `/reindex` share one
+claim here (a friendly "already running since ..." instead of an exception),
+and the indexer's own thread + file lock still guards against the CLI.
+
+REINDEX_SCHEDULE accepts:
+  "0 3 * * *"              a 5-field crontab (minute hour day month weekday) in the
+                           server's time zone; weekday 0 and 7 are Sunday, as in cron
+  "every 6h", "6h", "30m"  an interval: a number and s / m / h / d (also "min", "hours", ...)
+  "interval:3600"          an interval in seconds
+  "never" / "off" / ""     no scheduled refresh (`/reindex` still works)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.mrkdwn import escape as _escape
+from knowledge.errors import KnowledgeError, RefreshInProgressError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEDULE = "0 3 * * *"  # daily at 03:00, when nobody asks questions
+JOB_ID = "reindex"
+SCHEDULE_BY = "the schedule"
+# Seconds after the start at which a person gets a "still running" note (a
+# response_url takes at most five messages, so keep this short).
+DEFAULT_PROGRESS_AFTER = (60.0, 300.0)
+
+Notify = Callable[[str], None]
+
+_OFF = {"", "never", "off", "none", "disabled", "false", "0"}
+_INTERVAL = re.compile(
+    r"^(?:every\s+)?(\d+(?:\.\d+)?)\s*"
+    r"(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days)$"
+)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ScheduleError(KnowledgeError):
+    """REINDEX_SCHEDULE is not a crontab, an interval or "never"."""
+
+
+def parse_schedule(value: str, *, timezone=None) -> BaseTrigger | None:
+    """The APScheduler trigger for a REINDEX_SCHEDULE value, None for "never".
+
+    Raises ScheduleError with the accepted forms when the value is none of them.
+    """
+    text = " ".join(value.strip().lower().split())
+    if text in _OFF:
+        return None
+    seconds = _interval_seconds(text)
+    if seconds is not None:
+        if seconds <= 0:
+            raise ScheduleError(f"REINDEX_SCHEDULE={value!r}: the interval must be positive")
+        return IntervalTrigger(seconds=seconds, timezone=timezone)
+    fields = text.split(" ")
+    try:
+        if len(fields) != 5:
+            raise ValueError(f"a crontab has 5 fields, this has {len(fields)}")
+        minute, hour, day, month, weekday = fields
+        return CronTrigger(
+            minute=minute, hour=hour, day=day, month=month,
+            day_of_week=_cron_weekdays(weekday), timezone=timezone,
+        )
+    except ValueError as error:
+        raise ScheduleError(
+            f"REINDEX_SCHEDULE={value!r} is not valid ({error}); use a crontab like '0 3 * * *', "
+            "an interval like 'every 6h', '30m' or 'interval:3600', or 'never'"
+        ) from None
+
+
+def _interval_seconds(text: str) -> float | None:
+    if text.startswith("interval:"):
+        try:
+            return float(text.removeprefix("interval:").strip())
+        except ValueError:
+            raise ScheduleError(f"REINDEX_SCHEDULE={text!r}: 'interval:' needs a number of seconds") from None
+    match = _INTERVAL.match(text)
+    if match is None:
+        return None
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)[0]]
+
+
+def _cron_weekdays(field_: str) -> str:
+    """Cron weekday numbers (0 and 7 = Sunday) as names, which APScheduler 3.x reads unambiguously.
+
+    APScheduler 3.x counts from Monday=0, so "0 3 * * 0" would run on Mondays;
+    numbers, ranges and steps are expanded to day names, names pass through.
+    """
+    if field_ == "*":
+        return field_
+    days: list[str] = []
+    for part in field_.split(","):
+        match = re.fullmatch(r"(\*|\d+)(?:-(\d+))?(?:/(\d+))?", part)
+        if match is None:  # names such as "mon-fri": APScheduler reads them as cron does
+            days.append(part)
+            continue
+        first, last, step = match.groups()
+        if first == "*":
+            start, end = 0, 6
+        else:
+            start = int(first)
+            end = int(last) if last is not None else (6 if step else start)
+        if not 0 <= start <= 7 or not 0 <= end <= 7 or start > end or (step is not None and int(step) < 1):
+            raise ValueError(f"weekday {part!r} is out of range 0-7")
+        days.extend(_CRON_WEEKDAYS[day] for day in range(start, end + 1, int(step or 1)))
+    return ",".join(dict.fromkeys(days))
+
+
+@dataclass
+class RunRecord:
+    """One refresh: who started it, when, and what came of it."""
+
+    by: str
+    rebuild: bool
+    started_at: float
+    finished_at: float | None = None
+    report: dict | None = None  # RefreshReport.to_dict() when it succeeded
+    error: str = ""  # a one-line reason when it failed
+    skipped: str = ""  # why nothing ran (another process held the refresh lock)
+
+    @property
+    def ok(self) -> bool:
+        return self.report is not None
+
+    def to_dict(self) -> dict:
+        return {
+            "by": self.by, "rebuild": self.rebuild, "started_at": self.started_at,
+            "finished_at": self.finished_at, "ok": self.ok, "report": self.report,
+            "error": self.error, "skipped": self.skipped,
+        }
+
+
+@dataclass
+class _State:
+    running: RunRecord | None = None
+    thread: threading.Thread | None = None
+    last: RunRecord | None = None
+    closed: bool = False
+
+
+class Refresher:
+    """Runs index refreshes in this process: on REINDEX_SCHEDULE and on request.
+
+    `kb` needs `refresh(rebuild=...) -> RefreshReport` and `status() -> dict`
+    (knowledge.pipeline.KnowledgeBase). Raises ScheduleError for a bad schedule.
+    """
+
+    def __init__(
+        self,
+        *,
+        kb,
+        schedule: str = DEFAULT_SCHEDULE,
+        metrics=None,
+        clock: Callable[[], float] = time.time,
+        timezone=None,
+        misfire_grace_seconds: int = 3600,
+        progress_after: tuple[float, ...] = DEFAULT_PROGRESS_AFTER,
+    ) -> None:
+        self.kb = kb
+        self.schedule = schedule
+        self.metrics = metrics
+        self.clock = clock
+        self.misfire_grace_seconds = misfire_grace_seconds
+        self.progress_after = tuple(sorted(progress_after))
+        self._trigger = parse_schedule(schedule, timezone=timezone)  # fail at start-up, not at 3 am
+        self._timezone = timezone
+        self._scheduler: BackgroundScheduler | None = None
+        self._lock = threading.Lock()
+        self._state = _State()
+
+    # ---- schedule --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler with its one job (nothing when the schedule is "never")."""
+        if self._trigger is None:
+            log.info("scheduled index refresh is off (REINDEX_SCHEDULE=%r)", self.schedule)
+            return
+        if self._scheduler is not None:
+            return
+        options = {"timezone": self._timezone} if self._timezone is not None else {}
+        scheduler = BackgroundScheduler(daemon=True, **options)
+        scheduler.add_job(
+            self._scheduled_run,
+            self._trigger,
+            id=JOB_ID,
+            name="index refresh",
+            coalesce=True,  # after a pause, several missed runs become one
+            misfire_grace_time=self.misfire_grace_seconds,
+            max_instances=1,  # never two scheduled runs at once
+            replace_existing=True,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("scheduled index refresh: %s, next at %s", self.schedule, _clock_text(self.next_run_at))
+
+    @property
+    def next_run_at(self) -> float | None:
+        """When the scheduled refresh runs next (epoch seconds), None when not scheduled."""
+        scheduler = self._scheduler
+        job = scheduler.get_job(JOB_ID) if scheduler is not None else None
+        when = getattr(job, "next_run_time", None)
+        return when.timestamp() if when is not None else None
+
+    def _scheduled_run(self) -> None:
+        record = self._claim(by=SCHEDULE_BY, rebuild=False)
+        if isinstance(record, str):
+            log.info("scheduled refresh skipped: %s", record)
+            self._record_metric("busy")
+            return
+        self._run(record, notify=None)
+
+    # ---- on request ------------------------------------------------------------------
+
+    def request(self, rebuild: bool = False, notify: Notify | None = None, *, by: str = "") -> str:
+        """Start a refresh in a background thread; returns at once with what happened.
+
+        `notify` receives "still running" notes and the final summary (or a
+        one-line failure). Never raises for a busy refresher: it says since when.
+        """
+        record = self._claim(by=by or "someone", rebuild=rebuild)
+        if isinstance(record, str):
+            self._record_metric("busy")
+            return record
+        thread = threading.Thread(
+            target=self._run, args=(record,), kwargs={"notify": notify}, name="index-refresh", daemon=True
+        )
+        with self._lock:
+            self._state.thread = thread
+        thread.start()
+        kind = "full rebuild" if rebuild else "incremental refresh"
+        return f"Refresh started ({kind}). I'll post the summary here when it's done."
+
+    def run_now(self, *, rebuild: bool = False, by: str = "") -> RunRecord | str:
+        """Refresh in the calling thread; the finished RunRecord, or why none ran."""
+        record = self._claim(by=by or "someone", rebuild=rebuild)
+        if isinstance(record, str):
+            self._record_metric("busy")
+            return record
+        return self._run(record, notify=None)
+
+    def _claim(self, *, by: str, rebuild: bool) -> RunRecord | str:
+        """A new running RunRecord, or the friendly reason none may start."""
+        with self._lock:
+            if self._state.closed:
+                return "The bot is shutting down; try again in a minute."
+            running = self._state.running
+            if running is not None:
+                return busy_message(running.started_at, running.by)
+            self._state.running = RunRecord(by=by, rebuild=rebuild, started_at=self.clock())
+            return self._state.running
+
+    def _run(self, record: RunRecord, *, notify: Notify | None) -> RunRecord:
+        done = threading.Event()
+        if notify is not None and self.progress_after:
+            threading.Thread(
+                target=self._progress_notes, args=(record, notify, done), name="refresh-progress", daemon=True
+            ).start()
+        started = time.perf_counter()
+        message = ""
+        try:
+            report = self.kb.refresh(rebuild=record.rebuild)
+            record.report = report.to_dict()
+            message = summary(record.report)
+            log.info("index refresh by %s done: %s", record.by, record.report)
+            self._record_metric("ok", chunks=record.report.get("chunks"))
+        except RefreshInProgressError as error:
+            # Another process (the CLI) holds the refresh lock: nothing was done here.
+            record.skipped = busy_message(error.started_at, "another process")
+            message = record.skipped + " Nothing was changed."
+            log.info("index refresh by %s skipped: %s", record.by, record.skipped)
+            self._record_metric("busy")
+        except Exception as error:  # noqa: BLE001 - any failure is recorded, reported, survived
+            seconds = time.perf_counter() - started
+            record.error = one_line(error)
+            message = (
+                f"Index refresh failed after {seconds:.1f} s: {record.error} "
+                "The index keeps serving what it had; the next refresh retries."
+            )
+            # A KnowledgeError is an expected failure (bad source, Milvus down): no traceback.
+            log.error("index refresh by %s failed: %s", record.by, record.error,
+                      exc_info=not isinstance(error, KnowledgeError))
+            self._record_metric("failed")
+        finally:
+            done.set()
+            record.finished_at = self.clock()
+            with self._lock:
+                self._state.running = None
+                self._state.thread = None
+                if not record.skipped:
+                    self._state.last = record
+        if notify is not None:
+            _safe_notify(notify, message)
+        return record
+
+    def _progress_notes(self, record: RunRecord, notify: Notify, done: threading.Event) -> None:
+        began = time.monotonic()
+        for after in self.progress_after:
+            if done.wait(max(0.0, after - (time.monotonic() - began))):
+                return
+            kind = "Rebuilding" if record.rebuild else "Refreshing"
+            _safe_notify(notify, f"{kind} the index… still running ({_duration(time.monotonic() - began)} so far).")
+
+    def _record_metric(self, result: str, *, chunks: int | None = None) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.record_refresh(result, chunks=chunks)
+        except Exception:  # noqa: BLE001 - metrics must never break a refresh
+            log.exception("recording the refresh metric failed")
+
+    # ---- status ----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Last run (time, counts or error), the running one, the next scheduled run, the index."""
+        with self._lock:
+            running, last = self._state.running, self._state.last
+        result = {
+            "schedule": self.schedule,
+            "scheduled": self._trigger is not None,
+            "next_run_at": self.next_run_at,
+            "running": running is not None,
+            "running_since": running.started_at if running else None,
+            "running_by": running.by if running else "",
+            "running_rebuild": running.rebuild if running else False,
+            "last_run": last.to_dict() if last else None,
+            "chunks": None,
+            "collection": "",
+            "sources": [],
+            "index_error": "",
+        }
+        try:
+            index = self.kb.status()
+        except Exception as error:  # noqa: BLE001 - a status page must answer even when Milvus does not
+            result["index_error"] = one_line(error)
+            return result
+        result["chunks"] = index.get("chunks")
+        result["collection"] = index.get("collection", "")
+        result["sources"] = list(index.get("sources") or [])
+        return result
+
+    def format_status(self) -> str:
+        """The status as Slack mrkdwn lines."""
+        return format_status(self.status())
+
+    # ---- shutdown --------------------------------------------------------------------
+
+    def shutdown(self, *, timeout: float = 0.0) -> None:
+        """Stop the schedule and refuse new runs; wait up to `timeout` s for a running one."""
+        with self._lock:
+            self._state.closed = True
+            thread = self._state.thread
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if thread is not None and timeout > 0:
+            thread.join(timeout)
+
+
+# ---- texts ------------------------------------------------------------------------------
+
+def busy_message(started_at: float, by: str) -> str:
+    """"A refresh is already running since 14:03 UTC (started by …)."."""
+    return f"A refresh is already running since {_clock_text(started_at)} (started by {by})."
+
+
+def summary(report: dict) -> str:
+    """One line for a finished refresh: what changed, how big the index is, how long it took."""
+    kind = "rebuilt" if report.get("rebuilt") else "refreshed"
+    return (
+        f"Index {kind} in {report.get('seconds', 0.0):.1f} s: {report.get('added', 0)} added, "
+        f"{report.get('updated', 0)} updated, {report.get('deleted', 0)} deleted, "
+        f"{report.get('unchanged', 0)} unchanged ({report.get('chunks', 0)} chunks from "
+        f"{report.get('documents', 0)} documents)."
+    )
+
+
+def format_status(status: dict) -> str:
+    """Slack mrkdwn for `Refresher.status()`."""
+    lines = ["*Index status*"]
+    if status.get("index_error"):
+        lines.append(f"• Index: unavailable ({_escape(status['index_error'])})")
+    else:
+        where = f" in `{_escape(status['collection'])}`" if status.get("collection") else ""
+        lines.append(f"• Chunks: {status.get('chunks') or 0:,}{where}")
+    for source in status.get("sources") or []:
+        glob = f" ({_escape(source.get('glob', ''))})" if source.get("glob") else ""
+        lines.append(f"• Source `{_escape(source.get('name', ''))}`: {_escape(source.get('location', ''))}{glob}")
+    if status.get("running"):
+        kind = "rebuild" if status.get("running_rebuild") else "refresh"
+        lines.append(
+            f"• Running: a {kind} since {_clock_text(status['running_since'])} (started by {status['running_by']})"
+        )
+    last = status.get("last_run")
+    if last is None:
+        lines.append("• Last refresh: none since the bot started")
+    elif last["ok"]:
+        lines.append(f"• Last refresh: {_clock_text(last['finished_at'], day=True)} by {last['by']}. "
+                     + summary(last["report"]))
+    else:
+        lines.append(f"• Last refresh *failed* {_clock_text(last['finished_at'], day=True)} "
+                     f"(started by {last['by']}): {_escape(last['error'])}")
+    if status.get("scheduled"):
+        lines.append(f"• Next scheduled refresh: {_clock_text(status.get('next_run_at'), day=True)} "
+                     f"(`{_escape(status['schedule'])}`)")
+    else:
+        lines.append("• Scheduled refresh: off (REINDEX_SCHEDULE=never)")
+    return "\n".join(lines)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (its class name when it has none)."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _safe_notify(notify: Notify, message: str) -> None:
+    try:
+        notify(message)
+    except Exception:  # noqa: BLE001 - a lost Slack message must not kill the refresh thread
+        log.warning("could not deliver a refresh notice", exc_info=True)
+
+
+def _clock_text(timestamp: float | None, *, day: bool = False) -> str:
+    if timestamp is None:
+        return "not scheduled"
+    moment = datetime.fromtimestamp(timestamp).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M %Z" if day else "%H:%M %Z")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+

@@ -1,0 +1,327 @@
+"""Refresher: the schedule, single flight, failures, status — over a real KnowledgeBase."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from datetime import datetime
+
+import pytest
+
+from bot.observability import Metrics
+from bot.refresher import (
+    SCHEDULE_BY,
+    Refresher,
+    ScheduleError,
+    busy_message,
+    parse_schedule,
+)
+from knowledge.errors import SourceError
+
+
+class Observed:
+    """A real KnowledgeBase whose refresh can be held at a gate and whose overlap is measured."""
+
+    def __init__(self, kb, *, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.kb = kb
+        self.delay = delay
+        self.gate = gate
+        self.calls = 0
+        self.active = 0
+        self.max_active = 0
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def refresh(self, *, rebuild: bool = False, progress: bool = False):
+        with self._lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        self.entered.set()
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(20), "test gate never opened"
+            time.sleep(self.delay)
+            return self.kb.refresh(rebuild=rebuild, progress=progress)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def status(self) -> dict:
+        return self.kb.status()
+
+
+class Inbox:
+    """A notify callable that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, text: str) -> None:
+        with self._changed:
+            self.messages.append(text)
+            self._changed.notify_all()
+
+    def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [m for m in self.messages if m.startswith(prefix)]
+                if found:
+                    return found[-1]
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no message starting {prefix!r}; got {self.messages}"
+                self._changed.wait(remaining)
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def counter(metrics: Metrics, result: str) -> float:
+    return metrics.registry.get_sample_value("supportbot_refresh_total", {"result": result}) or 0.0
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(process_metrics=False)
+
+
+@pytest.fixture
+def refreshers():
+    made: list[Refresher] = []
+
+    def make(**kwargs) -> Refresher:
+        refresher = Refresher(**kwargs)
+        made.append(refresher)
+        return refresher
+
+    yield make
+    for refresher in made:
+        refresher.shutdown(timeout=20)
+
+
+# ---- REINDEX_SCHEDULE -----------------------------------------------------------------
+
+def test_schedule_forms() -> None:
+    assert parse_schedule("never") is None
+    assert parse_schedule("  OFF ") is None
+    assert parse_schedule("") is None
+    for value, seconds in [("every 6h", 21600), ("30m", 1800), ("every 1s", 1), ("interval:3600", 3600),
+                           ("every 2 days", 172800), ("90 sec", 90)]:
+        assert parse_schedule(value).interval.total_seconds() == seconds, value
+    nightly = parse_schedule("0 3 * * *", timezone="UTC")
+    after = datetime.fromisoformat("2026-11-25T12:00:00+00:00")
+    assert nightly.get_next_fire_time(None, after).isoformat() == "2026-11-26T03:00:00+00:00"
+    for bad in ("sometimes", "0 3 * *", "61 3 * * *", "interval:soon", "every 0m", "0 3 * * 9"):
+        with pytest.raises(ScheduleError, match="REINDEX_SCHEDULE"):
+            parse_schedule(bad)
+
+
+def test_cron_weekdays_count_from_sunday_as_in_cron() -> None:
+    wednesday = datetime.fromisoformat("2026-11-25T12:00:00+00:00")
+    for value, expected in [("0 3 * * 0", "2026-11-29"), ("0 3 * * 7", "2026-11-29"),
+                            ("0 3 * * 1", "2026-11-30"), ("0 3 * * 1-5", "2026-11-26"),
+                            ("0 3 * * sun", "2026-11-29"), ("0 3 * * 6,0", "2026-11-28")]:
+        fire = parse_schedule(value, timezone="UTC").get_next_fire_time(None, wednesday)
+        assert fire.date().isoformat() == expected, value
+
+
+def test_a_bad_schedule_fails_at_construction(make_kb) -> None:
+    with pytest.raises(ScheduleError):
+        Refresher(kb=make_kb(refresh=False), schedule="at dawn")
+
+
+# ---- the scheduler --------------------------------------------------------------------
+
+def test_scheduler_fires_on_its_interval_and_runs_never_overlap(make_kb, metrics, refreshers) -> None:
+    kb = Observed(make_kb(), delay=1.5)  # each run outlasts the 1 s interval
+    refresher = refreshers(kb=kb, schedule="every 1s", metrics=metrics)
+    assert refresher.next_run_at is None
+    refresher.start()
+    assert refresher.next_run_at is not None and refresher.status()["scheduled"]
+    wait_until(lambda: counter(metrics, "ok") >= 2, timeout=20)
+    refresher.shutdown(timeout=10)
+    assert kb.calls >= 2
+    assert kb.max_active == 1
+    last = refresher.status()["last_run"]
+    assert last["ok"] and last["by"] == SCHEDULE_BY and last["report"]["chunks"] > 0
+    assert metrics.registry.get_sample_value("supportbot_index_chunks") == last["report"]["chunks"]
+
+
+def test_never_schedules_nothing_but_requests_still_work(make_kb, refreshers) -> None:
+    kb = Observed(make_kb())
+    refresher = refreshers(kb=kb, schedule="never")
+    refresher.start()
+    time.sleep(1.2)
+    assert kb.calls == 0
+    assert refresher.next_run_at is None
+    assert refresher.status()["scheduled"] is False
+    assert "Scheduled refresh: off" in refresher.format_status()
+    inbox = Inbox()
+    assert refresher.request(False, inbox).startswith("Refresh started")
+    assert "0 added" in inbox.wait_for("Index refreshed in")
+    assert kb.calls == 1
+
+
+def test_a_scheduled_run_is_skipped_while_a_request_runs(make_kb, metrics, refreshers) -> None:
+    gate = threading.Event()
+    kb = Observed(make_kb(), gate=gate)
+    refresher = refreshers(kb=kb, schedule="every 1s", metrics=metrics)
+    inbox = Inbox()
+    refresher.request(True, inbox, by="<@UADMIN>")
+    assert kb.entered.wait(10)
+    refresher.start()
+    wait_until(lambda: counter(metrics, "busy") >= 1, timeout=10)
+    assert kb.calls == 1  # the scheduler found the request running and did nothing
+    gate.set()
+    assert "Index rebuilt in" in inbox.wait_for("Index rebuilt")
+
+
+# ---- single flight on request ---------------------------------------------------------
+
+def test_two_requests_at_once_one_runs_the_other_is_told_since_when(make_kb, metrics, refreshers) -> None:
+    started_at = datetime.fromisoformat("2026-11-25T14:03:00+00:00").timestamp()
+    gate = threading.Event()
+    kb = Observed(make_kb(), gate=gate)
+    refresher = refreshers(kb=kb, schedule="never", metrics=metrics, clock=lambda: started_at)
+    inbox = Inbox()
+    barrier = threading.Barrier(6)
+    answers: list[str] = []
+
+    def ask(user: str) -> None:
+        barrier.wait()
+        answers.append(refresher.request(False, inbox, by=f"<@{user}>"))
+
+    threads = [threading.Thread(target=ask, args=(f"U{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    started = [a for a in answers if a.startswith("Refresh started")]
+    busy = [a for a in answers if a.startswith("A refresh is already running since")]
+    assert len(started) == 1 and len(busy) == 5
+    since = datetime.fromtimestamp(started_at).astimezone().strftime("%H:%M")
+    assert all(f"since {since} " in a and "(started by <@U" in a for a in busy)
+    assert refresher.run_now() == busy[0]  # the scheduler's path hears the same
+    status = refresher.status()
+    assert status["running"] and status["running_since"] == started_at
+    assert "Running: a refresh since" in refresher.format_status()
+
+    gate.set()
+    inbox.wait_for("Index refreshed in")
+    assert kb.calls == 1
+    assert counter(metrics, "busy") == 6 and counter(metrics, "ok") == 1
+    wait_until(lambda: not refresher.status()["running"])
+    assert refresher.request(False, inbox).startswith("Refresh started")  # free again
+
+
+def test_busy_message_names_who_started_it() -> None:
+    at = datetime.fromisoformat("2026-11-25T03:00:00+00:00").timestamp()
+    text = busy_message(at, SCHEDULE_BY)
+    assert text.startswith("A refresh is already running since ")
+    assert text.endswith("(started by the schedule).")
+
+
+def test_a_refresh_in_another_process_is_reported_not_raised(make_kb, metrics, refreshers) -> None:
+    kb = make_kb()
+    lock_path = kb.settings.data_dir / "refresh.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what `supportbot index` holds while it runs
+        os.pwrite(fd, b"1795600000.0 4242\n", 0)
+        refresher = refreshers(kb=kb, schedule="never", metrics=metrics)
+        inbox = Inbox()
+        assert refresher.request(False, inbox).startswith("Refresh started")
+        message = inbox.wait_for("A refresh is already running since")
+        assert message.endswith("(started by another process). Nothing was changed.")
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert refresher.status()["last_run"] is None
+    assert counter(metrics, "busy") == 1
+
+
+# ---- failures ---------------------------------------------------------------------------
+
+def test_a_failure_is_recorded_and_reported_and_the_next_run_succeeds(
+    make_kb, small_corpus, metrics, refreshers
+) -> None:
+    kb = make_kb(sources=small_corpus)
+    chunks = kb.status()["chunks"]
+    before = [c.chunk.id for c in kb.ask("How is data stored?").candidates]
+    refresher = refreshers(kb=kb, schedule="never", metrics=metrics)
+    hidden = small_corpus.with_name("moved-away")
+    small_corpus.rename(hidden)  # the source disappears: the refresh must fail cleanly
+    inbox = Inbox()
+    refresher.request(False, inbox, by="<@UADMIN>")
+    failure = inbox.wait_for("Index refresh failed after")
+    assert "\n" not in failure and "Traceback" not in failure
+    assert "the next refresh retries" in failure
+    status = refresher.status()
+    assert status["last_run"]["ok"] is False and status["last_run"]["error"]
+    assert status["last_run"]["error"] in failure
+    assert "Last refresh *failed*" in refresher.format_status()
+    assert counter(metrics, "failed") == 1
+    # The serving index is as it was.
+    assert kb.status()["chunks"] == chunks
+    assert [c.chunk.id for c in kb.ask("How is data stored?").candidates] == before
+
+    hidden.rename(small_corpus)
+    record = refresher.run_now(by="<@UADMIN>")
+    assert record.ok and record.report["unchanged"] == chunks
+    assert refresher.status()["last_run"]["ok"] is True
+    assert counter(metrics, "ok") == 1 and counter(metrics, "failed") == 1
+
+
+def test_the_error_kind_is_what_the_indexer_raised(make_kb, small_corpus, refreshers) -> None:
+    kb = make_kb(sources=small_corpus)
+    small_corpus.rename(small_corpus.with_name("gone"))
+    with pytest.raises(SourceError) as raised:
+        kb.refresh()
+    record = refreshers(kb=kb, schedule="never").run_now()
+    assert record.error == " ".join(str(raised.value).split())
+
+
+# ---- progress, status, shutdown ----------------------------------------------------------
+
+def test_progress_notes_while_a_long_refresh_runs(make_kb, refreshers) -> None:
+    kb = Observed(make_kb(), delay=0.8)
+    refresher = refreshers(kb=kb, schedule="never", progress_after=(0.2,))
+    inbox = Inbox()
+    refresher.request(False, inbox)
+    inbox.wait_for("Index refreshed in")
+    assert inbox.messages[0].startswith("Refreshing the index… still running")
+    assert len(inbox.messages) == 2
+
+
+def test_status_shows_the_index_and_the_schedule(make_kb, small_corpus, refreshers) -> None:
+    kb = make_kb(sources=small_corpus)
+    refresher = refreshers(kb=kb, schedule="0 3 * * *")
+    refresher.start()
+    refresher.run_now(by="<@UADMIN>")
+    status = refresher.status()
+    assert status["chunks"] == kb.status()["chunks"] > 0
+    assert status["sources"][0]["location"] == str(small_corpus)
+    assert datetime.fromtimestamp(status["next_run_at"]).astimezone().strftime("%H:%M") == "03:00"
+    text = refresher.format_status()
+    assert f"Chunks: {status['chunks']:,} in `support_docs`" in text
+    assert "by <@UADMIN>. Index refreshed in" in text
+    assert "03:00" in text and "`0 3 * * *`" in text
+
+
+def test_after_shutdown_no_refresh_starts(make_kb, refreshers) -> None:
+    kb = Observed(make_kb())
+    refresher = refreshers(kb=kb, schedule="every 1s")
+    refresher.start()
+    refresher.shutdown()
+    assert refresher.next_run_at is None
+    assert "shutting down" in refresher.request(False, Inbox())
+    time.sleep(1.2)
+    assert kb.calls == 0
