@@ -12,6 +12,8 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 
 from bot import listeners
 from bot.dedupe import SeenKeys
+from bot.limits import UserLimiter
+from bot.observability import Metrics
 from bot.records import Records
 from bot.responder import Responder
 from bot.services import Services
@@ -50,7 +52,9 @@ def web_client(settings: BotSettings) -> WebClient:
     )
 
 
-def build_app(settings: BotSettings, kb, *, records: Records | None = None) -> SupportBot:
+def build_app(
+    settings: BotSettings, kb, *, records: Records | None = None, metrics: Metrics | None = None
+) -> SupportBot:
     """Wire the Bolt app; raises SlackSetupError when the token is missing or rejected."""
     token = settings.slack_bot_token.get_secret_value()
     if not token:
@@ -75,7 +79,9 @@ def build_app(settings: BotSettings, kb, *, records: Records | None = None) -> S
         logger=logging.getLogger("slack_bolt"),
     )
     records = records or Records(path=settings.feedback_db)
+    metrics = metrics or Metrics(process_metrics=False)
     responder = Responder(
+        metrics=metrics,
         kb=kb,
         client=client,
         records=records,
@@ -90,6 +96,8 @@ def build_app(settings: BotSettings, kb, *, records: Records | None = None) -> S
         pool=WorkerPool(workers=settings.bot_workers, queue_size=settings.bot_queue_size),
         seen=SeenKeys(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries),
         responder=responder,
+        limiter=UserLimiter(per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent),
+        metrics=metrics,
     )
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))

@@ -18,7 +18,9 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import answer_messages, progress_message
 from bot.history import thread_history
+from bot.logging_setup import question_log_fields
 from bot.mrkdwn import escape
+from bot.observability import Metrics
 from bot.records import Records
 from bot.settings import BotSettings
 from knowledge.errors import KnowledgeError
@@ -68,8 +70,10 @@ class Responder:
         settings: BotSettings,
         bot_user_id: str = "",
         bot_id: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
         self._kb = kb
+        self._metrics = metrics or Metrics(process_metrics=False)
         self._client = client
         self._records = records
         self._settings = settings
@@ -93,6 +97,10 @@ class Responder:
         progress.placeholder_ts = self._post(question, {"text": escape(self._settings.placeholder_text)})
         return progress
 
+    def refuse(self, question: Question, text: str) -> None:
+        """A per-person limit said no: say so in the thread (nothing else was posted)."""
+        self._post(question, {"text": escape(text)})
+
     def busy(self, question: Question, progress: Progress) -> None:
         """Tell the person the pool is full (instead of silence)."""
         self._deliver(question, progress, [{"text": BUSY_TEXT}])
@@ -105,7 +113,11 @@ class Responder:
             stream = _Stream(self, question, progress)
             answer = self._kb.ask(question.text, history=history, on_delta=stream.on_delta)
         except KnowledgeError as error:
-            self._deliver(question, progress, [{"text": escape(str(error))}])
+            self._metrics.record_error(type(error).__name__)
+            try:
+                self._deliver(question, progress, [{"text": escape(str(error))}])
+            except Exception:
+                self._apologise(question, progress, "posting the error message failed")
             return None
         except Exception:
             self._apologise(question, progress, "answering failed")
@@ -114,7 +126,8 @@ class Responder:
             record_id = self._records.record_answer(
                 answer, user_id=question.user, channel=question.channel, thread_ts=question.thread_ts
             )
-            first_ts = self._deliver(question, progress, answer_messages(answer, record_id=record_id))
+            with self._metrics.time_stage("slack"):
+                first_ts = self._deliver(question, progress, answer_messages(answer, record_id=record_id))
             if first_ts:
                 self._records.set_message_ts(record_id, first_ts)
         except Exception:
@@ -124,6 +137,7 @@ class Responder:
             "answered channel=%s thread=%s status=%s in %.0f ms",
             question.channel, question.thread_ts, answer.status,
             (time.monotonic() - question.received_at) * 1000,
+            extra=question_log_fields(question.text, log_questions=self._settings.log_questions),
         )
         return answer
 
@@ -145,6 +159,7 @@ class Responder:
 
     def _apologise(self, question: Question, progress: Progress, what: str) -> None:
         error_id = uuid.uuid4().hex[:8]
+        self._metrics.record_error("unexpected")
         # The traceback and the id go to the log only; the person gets the id to quote.
         log.exception("%s error_id=%s channel=%s thread=%s", what, error_id, question.channel, question.thread_ts)
         text = f"Sorry, something went wrong while answering. (error id: `{error_id}`)"

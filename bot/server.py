@@ -14,6 +14,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from waitress.server import create_server
 
 from bot.app import SlackSetupError, SupportBot, build_app
+from bot.observability import Metrics, ObservabilityServer
 from bot.settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,14 @@ def http_server(bot: SupportBot, settings: BotSettings, *, host: str | None = No
 def serve(settings: BotSettings, kb) -> None:
     """Serve until interrupted; raises SlackSetupError when Slack settings are missing."""
     mode = check_slack_settings(settings)
-    bot = build_app(settings, kb)
+    metrics = Metrics()
+    bot = build_app(settings, kb, metrics=metrics)
+    observability = None
+    if settings.metrics_port:
+        observability = ObservabilityServer(
+            metrics=metrics, port=settings.metrics_port, host=settings.host, readiness=lambda: _index_ready(kb)
+        ).start()
+        log.info("metrics and health checks on port %s", observability.port)
     try:
         if mode == "socket":
             log.info("connecting to Slack in Socket Mode")
@@ -87,7 +95,14 @@ def serve(settings: BotSettings, kb) -> None:
             finally:
                 server.close()
     finally:
+        if observability is not None:
+            observability.stop()
         bot.close()
+
+
+def _index_ready(kb) -> tuple[bool, str]:
+    chunks = kb.status().get("chunks", 0)
+    return (True, "") if chunks else (False, "the docs index is empty")
 
 
 def serve_in_thread(server) -> threading.Thread:

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 
 from bot.dedupe import SeenKeys
+from bot.limits import UserLimiter
+from bot.observability import Metrics
 from bot.records import Records
 from bot.responder import Question, Responder
 from bot.settings import BotSettings
@@ -22,6 +24,8 @@ class Services:
     pool: WorkerPool
     seen: SeenKeys
     responder: Responder
+    limiter: UserLimiter
+    metrics: Metrics
 
     def ask(self, question: Question) -> bool:
         """Queue a question (once per Slack message); False if it was a duplicate."""
@@ -29,11 +33,32 @@ class Services:
         if not self.seen.first_time(f"msg:{question.channel}:{question.message_ts}"):
             log.debug("duplicate message %s/%s ignored", question.channel, question.message_ts)
             return False
+        self.metrics.questions.inc()
+        user_key = f"{question.team}:{question.user}"
+        decision = self.limiter.try_acquire(user_key)
+        if not decision.allowed:
+            log.info("per-user limit (%s) for %s", decision.reason, user_key)
+            self.metrics.record_error(f"user_{decision.reason}")
+            self.responder.refuse(question, decision.message)
+            return True
         progress = self.responder.start(question)
-        if self.pool.submit(self.responder.finish, question, progress) is None:
+        if self.pool.submit(self._answer, question, progress, user_key) is None:
+            self.limiter.release(user_key)
             log.warning("worker pool full: busy reply to %s/%s", question.channel, question.message_ts)
+            self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)
+            return True
+        self.metrics.queue_depth.inc()
         return True
+
+    def _answer(self, question: Question, progress, user_key: str) -> None:
+        self.metrics.queue_depth.dec()
+        try:
+            answer = self.responder.finish(question, progress)
+        finally:
+            self.limiter.release(user_key)
+        if answer is not None:
+            self.metrics.observe_answer(answer)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)

@@ -42,6 +42,8 @@ def start_bot(fake_slack, tmp_path):
             slack_api_url=fake_slack.api_url,
             feedback_db=tmp_path / f"feedback{len(cleanups)}.sqlite",
             stream_update_interval=0.2,
+            user_rate_per_minute=0,  # per-person limits off unless a test turns them on
+            user_max_concurrent=0,
         )
         if mode == "socket":
             values["slack_app_token"] = fake_slack.app_token
@@ -322,3 +324,26 @@ def test_rejected_token_is_a_clear_error(fake_slack, tmp_path):
                            slack_api_url=fake_slack.api_url, feedback_db=tmp_path / "f.sqlite")
     with pytest.raises(SlackSetupError, match="invalid_auth"):
         build_app(settings, kb=None)
+
+
+def test_per_person_limit_refuses_politely_and_metrics_count(fake_slack, start_bot):
+    from bot.limits import BUSY_MESSAGE
+
+    running = start_bot(_Slow(), user_max_concurrent=1)
+    first = fake_slack.mention(QUESTION, channel="C9", user="U7")
+    fake_slack.send_event(first)
+    fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", first["ts"]))
+    second = fake_slack.mention("Another one?", channel="C9", user="U7")
+    fake_slack.send_event(second)
+    [refusal] = fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", second["ts"]))
+    assert refusal.params["text"] == BUSY_MESSAGE.replace("&", "&amp;")
+    other = fake_slack.mention("Someone else asks", channel="C9", user="U8")
+    fake_slack.send_event(other)
+    assert len(_final(fake_slack, "C9", count=2)) == 2  # U7's first and U8's question
+
+    metrics = running.bot.services.metrics
+    body, _ = metrics.render()
+    text = body.decode()
+    assert "supportbot_questions_total 3.0" in text
+    assert 'supportbot_answers_total{status="answered"} 2.0' in text
+    assert 'supportbot_errors_total{kind="user_busy"} 1.0' in text
