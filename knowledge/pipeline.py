@@ -217,7 +217,8 @@ class KnowledgeBase:
         from knowledge.sources import parse_sources
 
         with self._lock:
-            last = self._last_refresh
+            # Refreshes run through the indexer directly (a scheduler) count too.
+            last = self._last_refresh or getattr(self.indexer, "last_report", None)
         try:
             sources = [
                 {"name": spec.name, "location": spec.location, "glob": spec.glob}
