@@ -7,6 +7,7 @@ Bolt verifies each request's signature and timestamp (401 otherwise).
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -15,6 +16,7 @@ from waitress.server import create_server
 
 from bot.app import SlackSetupError, SupportBot, build_app
 from bot.observability import Metrics, ObservabilityServer
+from bot.refresher import Refresher
 from bot.settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -70,34 +72,57 @@ def http_server(bot: SupportBot, settings: BotSettings, *, host: str | None = No
     )
 
 
-def serve(settings: BotSettings, kb) -> None:
-    """Serve until interrupted; raises SlackSetupError when Slack settings are missing."""
+def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> None:
+    """Serve until interrupted (Ctrl-C, SIGTERM) or `stop` is set.
+
+    Raises SlackSetupError when Slack settings are missing or the token is
+    rejected, ScheduleError for a bad REINDEX_SCHEDULE.
+    """
     mode = check_slack_settings(settings)
+    stop = stop or threading.Event()
+    _stop_on_sigterm(stop)
     metrics = Metrics()
+    # Milvus Lite opens in one process only, so scheduled and /reindex refreshes run here.
+    refresher = Refresher(kb=kb, schedule=settings.reindex_schedule, metrics=metrics)
     bot = build_app(settings, kb, metrics=metrics)
+    bot.services.refresher = refresher
     observability = None
-    if settings.metrics_port:
-        observability = ObservabilityServer(
-            metrics=metrics, port=settings.metrics_port, host=settings.host, readiness=lambda: _index_ready(kb)
-        ).start()
-        log.info("metrics and health checks on port %s", observability.port)
     try:
+        refresher.start()
+        if settings.metrics_port:
+            observability = ObservabilityServer(
+                metrics=metrics, port=settings.metrics_port, host=settings.host,
+                readiness=lambda: _index_ready(kb),
+            ).start()
         if mode == "socket":
             log.info("connecting to Slack in Socket Mode")
-            socket_mode_handler(bot, settings).start()  # blocks until interrupted
+            handler = socket_mode_handler(bot, settings)
+            handler.connect()
+            try:
+                stop.wait()
+            finally:
+                handler.close()
         else:
             server = http_server(bot, settings)
             log.info("listening for Slack events on http://%s:%s%s", settings.host, server.effective_port, EVENTS_PATH)
+            serve_in_thread(server)
             try:
-                server.run()
-            except KeyboardInterrupt:
-                pass
+                stop.wait()
             finally:
                 server.close()
+    except KeyboardInterrupt:
+        log.info("interrupted: shutting down")
     finally:
+        refresher.shutdown(timeout=5)
         if observability is not None:
             observability.stop()
         bot.close()
+
+
+def _stop_on_sigterm(stop: threading.Event) -> None:
+    """`docker stop` sends SIGTERM: finish cleanly as for Ctrl-C (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
 
 def _index_ready(kb) -> tuple[bool, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
@@ -12,6 +13,9 @@ from bot.records import Records
 from bot.responder import Question, Responder
 from bot.settings import BotSettings
 from bot.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from bot.refresher import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ class Services:
     responder: Responder
     limiter: UserLimiter
     metrics: Metrics
+    refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
 
     def ask(self, question: Question) -> bool:
         """Queue a question (once per Slack message); False if it was a duplicate."""

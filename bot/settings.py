@@ -51,6 +51,11 @@ class BotSettings(KnowledgeSettings):
     dedupe_ttl_seconds: float = Field(default=600.0, gt=0)  # how long event ids are kept
     dedupe_max_entries: int = Field(default=10_000, ge=1)
 
+    # Index refresh inside the bot (bot.refresher) and who may ask for one (/reindex)
+    reindex_schedule: str = "0 3 * * *"  # crontab, "every 6h", or "never" (see bot.refresher)
+    admin_user_ids: str = ""  # comma-separated Slack user ids allowed to /reindex
+    admins_from_slack: bool = True  # workspace admins and owners (users.info) may /reindex too
+
     # Records
     feedback_db: Path = Path("data/feedback.sqlite")  # answers and 👍/👎, SQLite
 

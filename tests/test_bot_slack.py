@@ -347,3 +347,58 @@ def test_per_person_limit_refuses_politely_and_metrics_count(fake_slack, start_b
     assert "supportbot_questions_total 3.0" in text
     assert 'supportbot_answers_total{status="answered"} 2.0' in text
     assert 'supportbot_errors_total{kind="user_busy"} 1.0' in text
+
+
+@pytest.mark.parametrize("mode", ["socket", "http"])
+def test_serve_runs_until_stopped(mode, fake_slack, tmp_path, unused_port):
+    import threading
+    import urllib.request
+
+    from bot.server import serve
+
+    class _KB(_Slow):
+        def status(self):
+            return {"chunks": 3}
+
+    values = dict(slack_bot_token=fake_slack.bot_token, slack_api_url=fake_slack.api_url, host="127.0.0.1",
+                  feedback_db=tmp_path / "f.sqlite", reindex_schedule="never", metrics_port=unused_port())
+    if mode == "socket":
+        values["slack_app_token"] = fake_slack.app_token
+    else:
+        values.update(slack_signing_secret=fake_slack.signing_secret, port=unused_port())
+    settings = BotSettings(_env_file=None, **values)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(settings, _KB()), kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/readyz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "serve() did not come up"
+                time.sleep(0.1)
+        event = fake_slack.mention(QUESTION, channel="C10")
+        if mode == "socket":
+            fake_slack.send_event(event)
+        else:
+            assert fake_slack.send_event(event, via="http", url=f"http://127.0.0.1:{settings.port}{EVENTS_PATH}") == 200
+        assert _section_texts(_final(fake_slack, "C10")[0]) == ["done"]
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def unused_port():
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick
