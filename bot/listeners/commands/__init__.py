@@ -1,11 +1,13 @@
-"""Slash commands. `/reindex` (in the manifest) is added here by its own module."""
+"""Slash commands, one module each; `register` wires them all."""
 
 from __future__ import annotations
 
 from slack_bolt import App
 
+from bot.listeners.commands import reindex
 from bot.services import Services
 
 
 def register(app: App, services: Services) -> None:
-    """Register every slash command listener (none yet besides what modules add)."""
+    """Register every slash command listener."""
+    reindex.register(app, services)
