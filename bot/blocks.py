@@ -15,6 +15,7 @@ from knowledge.types import Answer, Citation
 SECTION_LIMIT = 3000
 BLOCK_LIMIT = 50
 FALLBACK_LIMIT = 3000  # the notification / screen-reader text
+SOURCES_TITLE = "*Sources*"
 FEEDBACK_UP = "feedback_up"
 FEEDBACK_DOWN = "feedback_down"
 _FENCE = "```"
@@ -108,7 +109,7 @@ def sources_blocks(citations: Sequence[Citation]) -> list[dict]:
     if not citations:
         return []
     lines = [source_line(c) for c in sorted(citations, key=lambda c: c.number)]
-    return [section(part) for part in split_text("*Sources*\n" + "\n".join(lines))]
+    return [section(part) for part in split_text(SOURCES_TITLE + "\n" + "\n".join(lines))]
 
 
 def feedback_block(record_id: str) -> dict:

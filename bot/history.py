@@ -13,6 +13,7 @@ from knowledge.types import Turn
 
 log = logging.getLogger(__name__)
 
+SOURCES_HEADING = "\n\n*Sources*\n"  # as bot.blocks writes it into the fallback text
 _REPLIES_PAGE = 200  # one page: the budget is far smaller than a page in practice
 
 
@@ -65,7 +66,11 @@ def thread_history(
         own = message.get("user") == bot_user_id or (bot_id and message.get("bot_id") == bot_id)
         if not own and message.get("bot_id") and not include_other_bots:
             continue
-        text = clean_text(message.get("text", ""), bot_user_id=bot_user_id)
+        text = message.get("text", "")
+        if own:
+            # The answer's source list is noise for the rewrite; the [n] markers stay.
+            text = text.split(SOURCES_HEADING, 1)[0]
+        text = clean_text(text, bot_user_id=bot_user_id)
         if not text or text in skip_texts:
             continue
         if len(turns) >= max_messages or used + len(text) > max_chars:

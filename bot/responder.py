@@ -91,7 +91,7 @@ class Responder:
                 )
                 progress.status_set = True
                 return progress
-            except SlackApiError as error:
+            except SlackClientError as error:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
                 log.info("assistant.threads.setStatus failed (%s); posting a placeholder", _code(error))
         progress.placeholder_ts = self._post(question, {"text": escape(self._settings.placeholder_text)})
@@ -102,8 +102,11 @@ class Responder:
         self._post(question, {"text": escape(text)})
 
     def busy(self, question: Question, progress: Progress) -> None:
-        """Tell the person the pool is full (instead of silence)."""
-        self._deliver(question, progress, [{"text": BUSY_TEXT}])
+        """Tell the person the pool is full (instead of silence); Slack failures are logged."""
+        try:
+            self._deliver(question, progress, [{"text": BUSY_TEXT}])
+        except SlackClientError as error:
+            log.warning("could not post the busy reply: %s", _code(error))
 
     # -- on a worker -------------------------------------------------------
     def finish(self, question: Question, progress: Progress) -> Answer | None:
@@ -184,13 +187,15 @@ class Responder:
         first_ts = ""
         for index, message in enumerate(messages):
             if index == 0 and progress.placeholder_ts:
-                self._client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
-                first_ts = progress.placeholder_ts
-            else:
-                response = self._client.chat_postMessage(
-                    channel=question.channel, thread_ts=question.thread_ts, **message
-                )
-                first_ts = first_ts or response.get("ts", "")
+                try:
+                    self._client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+                    first_ts = progress.placeholder_ts
+                    continue
+                except SlackApiError as error:
+                    # The placeholder was deleted (or cannot be edited): post the answer anew.
+                    log.info("chat.update of the placeholder failed (%s); posting instead", _code(error))
+            response = self._client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, **message)
+            first_ts = first_ts or response.get("ts", "")
         return first_ts
 
 

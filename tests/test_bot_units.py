@@ -68,3 +68,34 @@ def test_settings_defaults_and_api_url(monkeypatch):
     assert settings.bot_workers == 2 and settings.port == 3000 and settings.answer_thread_followups
     assert str(settings.feedback_db) == "data/feedback.sqlite"
     assert "xoxb" not in repr(BotSettings(_env_file=None, slack_bot_token="xoxb-secret"))
+
+
+def test_thread_history_roles_budget_and_skips(fake_slack):
+    from slack_sdk import WebClient
+
+    from bot.history import thread_history
+    from tests.fixtures.slack_fake import BOT_ID, BOT_USER_ID
+
+    client = WebClient(token="xoxb-1", base_url=fake_slack.api_url)
+    root = fake_slack.add_message("C1", text=f"<@{BOT_USER_ID}> first question")
+    fake_slack.add_message("C1", text="first answer [1]\n\n*Sources*\n[1] <https://x|X>", user=BOT_USER_ID,
+                           thread_ts=root["ts"], bot_id=BOT_ID)
+    fake_slack.add_message("C1", text="another bot says hi", user="UOTHERBOT", thread_ts=root["ts"], bot_id="BX")
+    fake_slack.add_message("C1", text="second question", thread_ts=root["ts"])
+    current = fake_slack.add_message("C1", text="third question", thread_ts=root["ts"])
+    fake_slack.add_message("C1", text="Looking through the docs…", user=BOT_USER_ID, thread_ts=root["ts"],
+                           bot_id=BOT_ID)
+
+    def history(**kwargs):
+        return [(t.role, t.text) for t in thread_history(
+            client, channel="C1", thread_ts=root["ts"], before_ts=current["ts"], bot_user_id=BOT_USER_ID,
+            bot_id=BOT_ID, **kwargs)]
+
+    assert history() == [("user", "first question"), ("assistant", "first answer [1]"),
+                         ("user", "second question")]
+    assert history(include_other_bots=True)[2] == ("user", "another bot says hi")
+    assert history(max_messages=2) == [("assistant", "first answer [1]"), ("user", "second question")]
+    assert history(max_chars=len("second question") + 5) == [("user", "second question")]
+    assert history(max_messages=0) == []
+    fake_slack.fail_next("conversations.replies", status=200, error="channel_not_found", retry_after=None)
+    assert history() == []  # answering without context beats not answering
