@@ -16,6 +16,8 @@ from cachetools import TTLCache
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.settings import BotSettings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SECONDS = 300.0  # a demoted admin loses access within five minutes
@@ -49,14 +51,14 @@ def parse_user_ids(value: str | Iterable[str]) -> frozenset[str]:
     return frozenset(ids)
 
 
-def is_admin(user_id: str, *, settings, client: WebClient, cache: AdminCache | None = None) -> bool:
+def is_admin(user_id: str, *, settings: BotSettings, client: WebClient, cache: AdminCache | None = None) -> bool:
     """True when `user_id` may run admin commands; never raises (a failed lookup means no)."""
     if not user_id:
         return False
-    listed = parse_user_ids(getattr(settings, "admin_user_ids", "") or "")
+    listed = parse_user_ids(settings.admin_user_ids)
     if listed:
         return user_id.upper() in listed
-    if not getattr(settings, "admins_from_slack", True):
+    if not settings.admins_from_slack:
         return False
     known = cache.get(user_id) if cache is not None else None
     if known is not None:

@@ -28,13 +28,6 @@ NEW_SECTION = (
 )
 
 
-class AdminSettings(BotSettings):
-    """BotSettings with the two admin fields exactly as bot/settings.py declares them."""
-
-    admin_user_ids: str = ""
-    admins_from_slack: bool = True
-
-
 class WorkspaceSlack(FakeSlack):
     """The fake Slack, with users.info reporting workspace admins and owners."""
 
@@ -62,7 +55,7 @@ def start_bot(slack, make_kb, tmp_path):
     running = []
 
     def start(kb, *, refresher: bool = True, **overrides):
-        settings = AdminSettings(
+        settings = BotSettings(
             _env_file=None,
             slack_bot_token=slack.bot_token,
             slack_app_token=slack.app_token,
@@ -187,7 +180,7 @@ def test_without_a_refresher_the_command_says_so(slack, start_bot, make_kb) -> N
 
 def test_reindex_status_over_the_http_events_api(slack, make_kb, tmp_path) -> None:
     kb = make_kb()
-    settings = AdminSettings(
+    settings = BotSettings(
         _env_file=None, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
         slack_api_url=slack.api_url, feedback_db=tmp_path / "feedback.sqlite", admin_user_ids=ADMIN,
     )
@@ -218,10 +211,10 @@ def test_admin_ids_parse_and_lookup_failures_mean_no(slack) -> None:
     assert parse_user_ids(" U1,u2  <@U3> ;W4 ") == {"U1", "U2", "U3", "W4"}
     assert parse_user_ids("") == frozenset()
     client = WebClient(token=slack.bot_token, base_url=slack.api_url)
-    listed = AdminSettings(_env_file=None, admin_user_ids="U1")
+    listed = BotSettings(_env_file=None, admin_user_ids="U1")
     assert is_admin("U1", settings=listed, client=client) and not is_admin(BOSS, settings=listed, client=client)
     assert not is_admin("", settings=listed, client=client)
-    open_settings = AdminSettings(_env_file=None)
+    open_settings = BotSettings(_env_file=None)
     slack.fail_next("users.info", status=200, error="missing_scope", retry_after=None)
     cache = AdminCache(ttl=60)
     assert not is_admin(BOSS, settings=open_settings, client=client, cache=cache)  # failure: no, not cached
