@@ -112,10 +112,13 @@ class Reranker:
         self._cache_lock = threading.Lock()
         self.forward_calls = 0  # how many batches ran through the model (tests and metrics read it)
 
-    def score(self, query: str, documents: Sequence[str]) -> list[float]:
-        """P("yes") for each document, in input order; repeated (query, document) pairs hit a cache."""
+    def score(self, query: str, documents: Sequence[str], *, use_cache: bool = True) -> list[float]:
+        """P("yes") for each document, in input order; repeated (query, document) pairs hit a cache
+        (`use_cache=False` always runs the model and leaves the cache alone, for benchmarks)."""
         if not documents:
             return []
+        if not use_cache:
+            return self._score_uncached(query, documents)
         keys = [(query, _text_hash(doc)) for doc in documents]
         scores: list[float | None] = [None] * len(documents)
         with self._cache_lock:

@@ -40,7 +40,7 @@ def _reference(reranker, query, docs, max_length=None):
 
 
 def test_fast_path_equals_the_model_card_scoring_in_float32(tiny_reranker):
-    fast = tiny_reranker._score_uncached(QUERY, DOCS)
+    fast = tiny_reranker.score(QUERY, DOCS, use_cache=False)
     reference = _reference(tiny_reranker, QUERY, DOCS)
     assert max(abs(a - b) for a, b in zip(fast, reference)) <= 1e-4
     assert all(0.0 < score < 1.0 for score in fast)
@@ -48,14 +48,14 @@ def test_fast_path_equals_the_model_card_scoring_in_float32(tiny_reranker):
 
 def test_fast_path_equals_the_model_card_scoring_in_bfloat16(tiny_reranker_path):
     reranker = _reranker(tiny_reranker_path, dtype="bfloat16")
-    fast = reranker._score_uncached(QUERY, DOCS)
+    fast = reranker.score(QUERY, DOCS, use_cache=False)
     reference = _reference(reranker, QUERY, DOCS)
     assert max(abs(a - b) for a, b in zip(fast, reference)) <= 0.02
 
 
 def test_scores_come_back_in_input_order_whatever_the_lengths(tiny_reranker_path):
     reranker = _reranker(tiny_reranker_path, batch_size=2)
-    alone = [reranker._score_uncached(QUERY, [doc])[0] for doc in DOCS]
+    alone = [reranker.score(QUERY, [doc], use_cache=False)[0] for doc in DOCS]
     # Distinct scores, so any reordering would show.
     assert min(abs(a - b) for i, a in enumerate(alone) for b in alone[i + 1 :]) > 1e-5
     together = reranker.score(QUERY, DOCS)
@@ -135,6 +135,14 @@ def test_concurrent_scoring_from_several_threads(tiny_reranker_path):
     assert not errors
     for query in queries:
         assert max(abs(a - b) for a, b in zip(results[query], expected[query])) <= 1e-4
+
+
+def test_use_cache_false_runs_the_model_and_leaves_the_cache_alone(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path)
+    first = reranker.score(QUERY, DOCS[:2], use_cache=False)
+    second = reranker.score(QUERY, DOCS[:2], use_cache=False)
+    assert first == second
+    assert reranker.forward_calls == 2 and len(reranker._cache) == 0
 
 
 def test_warm_up_scores_without_filling_the_cache(tiny_reranker_path):
