@@ -191,7 +191,7 @@ class Refresher:
         if self._trigger is None:
             log.info("scheduled index refresh is off (REINDEX_SCHEDULE=%r)", self.schedule)
             return
-        if self._scheduler is not None:
+        if self._scheduler is not None or self._state.closed:
             return
         options = {"timezone": self._timezone} if self._timezone is not None else {}
         scheduler = BackgroundScheduler(daemon=True, **options)

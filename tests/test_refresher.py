@@ -323,5 +323,7 @@ def test_after_shutdown_no_refresh_starts(make_kb, refreshers) -> None:
     refresher.shutdown()
     assert refresher.next_run_at is None
     assert "shutting down" in refresher.request(False, Inbox())
+    refresher.start()  # a late start() after shutdown schedules nothing
+    assert refresher.next_run_at is None
     time.sleep(1.2)
     assert kb.calls == 0

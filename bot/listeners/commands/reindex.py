@@ -100,7 +100,14 @@ def register(app: App, services: Services) -> None:
             return
         log.info("%s %r by %s", COMMAND, action, user_id)
         if action in ("", "full", "rebuild"):
-            reply(refresher.request(action != "", reply, by=f"<@{user_id}>"))
+            answered = threading.Event()
+
+            def notify(text: str) -> None:
+                answered.wait(10)  # "Refresh started" first, even when the refresh is quicker
+                reply(text)
+
+            reply(refresher.request(action != "", notify, by=f"<@{user_id}>"))
+            answered.set()
         elif action == "status":
             reply(refresher.format_status())
         else:
