@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import knowledge.reranker as reranker_module
 from knowledge.errors import ModelLoadError
 from knowledge.reranker import Reranker, reference_scores
 from knowledge.settings import DEFAULT_RERANK_INSTRUCTION
@@ -70,7 +71,18 @@ def test_scores_come_back_in_input_order_whatever_the_lengths(tiny_reranker_path
 def test_length_sorted_batches_of_batch_size(tiny_reranker_path):
     reranker = _reranker(tiny_reranker_path, batch_size=3)
     reranker.score(QUERY, DOCS)
-    assert reranker.forward_calls == math.ceil(len(DOCS) / 3)
+    # One pass for the shared prompt start, then one per batch.
+    assert reranker.forward_calls == 1 + math.ceil(len(DOCS) / 3)
+
+
+def test_shared_prefix_cache_gives_the_same_scores_as_full_sequences(tiny_reranker_path, monkeypatch):
+    reranker = _reranker(tiny_reranker_path, batch_size=3)
+    with_prefix = reranker.score(QUERY, DOCS, use_cache=False)
+    assert reranker.forward_calls == 1 + math.ceil(len(DOCS) / 3)
+    monkeypatch.setattr(reranker_module, "MIN_SHARED_PREFIX", 10**9)
+    without_prefix = reranker.score(QUERY, DOCS, use_cache=False)
+    assert reranker.forward_calls == 2 * (1 + math.ceil(len(DOCS) / 3)) - 1
+    assert max(abs(a - b) for a, b in zip(with_prefix, without_prefix)) <= 1e-5
 
 
 def test_documents_are_truncated_to_max_tokens_like_the_model_card(tiny_reranker_path):
@@ -105,11 +117,11 @@ def test_repeated_pairs_come_from_the_cache(tiny_reranker_path):
     assert reranker.forward_calls == calls
     # Only the unseen document is scored; the cached ones keep their places.
     mixed = reranker.score(QUERY, [DOCS[4], DOCS[0], DOCS[2]])
-    assert reranker.forward_calls == calls + 1
+    assert reranker.forward_calls == calls + 2  # the shared prefix, then the one new document
     assert mixed[1] == first[0] and mixed[2] == first[2]
     # Another query is another key.
     reranker.score("Where is metadata kept?", DOCS[:1])
-    assert reranker.forward_calls == calls + 2
+    assert reranker.forward_calls == calls + 4
 
 
 def test_concurrent_scoring_from_several_threads(tiny_reranker_path):
@@ -142,13 +154,13 @@ def test_use_cache_false_runs_the_model_and_leaves_the_cache_alone(tiny_reranker
     first = reranker.score(QUERY, DOCS[:2], use_cache=False)
     second = reranker.score(QUERY, DOCS[:2], use_cache=False)
     assert first == second
-    assert reranker.forward_calls == 2 and len(reranker._cache) == 0
+    assert reranker.forward_calls == 4 and len(reranker._cache) == 0
 
 
 def test_warm_up_scores_without_filling_the_cache(tiny_reranker_path):
     reranker = _reranker(tiny_reranker_path)
     reranker.warm_up()
-    assert reranker.forward_calls == 1
+    assert reranker.forward_calls == 2
     assert len(reranker._cache) == 0
 
 
