@@ -342,6 +342,8 @@ class Refresher:
             "chunks": None,
             "collection": "",
             "sources": [],
+            "index_last_refresh": None,  # the knowledge base's own last report (e.g. the start-up index)
+            "embedding_model": "",
             "index_error": "",
         }
         try:
@@ -352,6 +354,8 @@ class Refresher:
         result["chunks"] = index.get("chunks")
         result["collection"] = index.get("collection", "")
         result["sources"] = list(index.get("sources") or [])
+        result["index_last_refresh"] = index.get("last_refresh")
+        result["embedding_model"] = index.get("embedding_model", "")
         return result
 
     def format_status(self) -> str:
@@ -406,8 +410,12 @@ def format_status(status: dict) -> str:
         lines.append(
             f"• Running: a {kind} since {_clock_text(status['running_since'])} (started by {status['running_by']})"
         )
+    if status.get("embedding_model"):
+        lines.append(f"• Embedding model: `{_escape(status['embedding_model'])}`")
     last = status.get("last_run")
-    if last is None:
+    if last is None and status.get("index_last_refresh"):
+        lines.append("• Last refresh: at start-up. " + summary(status["index_last_refresh"]))
+    elif last is None:
         lines.append("• Last refresh: none since the bot started")
     elif last["ok"]:
         lines.append(f"• Last refresh: {_clock_text(last['finished_at'], day=True)} by {last['by']}. "

@@ -305,6 +305,7 @@ def test_status_shows_the_index_and_the_schedule(make_kb, small_corpus, refreshe
     kb = make_kb(sources=small_corpus)
     refresher = refreshers(kb=kb, schedule="0 3 * * *")
     refresher.start()
+    assert "• Last refresh: at start-up. Index refreshed in" in refresher.format_status()  # make_kb's
     refresher.run_now(by="<@UADMIN>")
     status = refresher.status()
     assert status["chunks"] == kb.status()["chunks"] > 0

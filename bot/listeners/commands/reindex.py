@@ -88,13 +88,13 @@ def register(app: App, services: Services) -> None:
         ack()  # at once: Slack shows an error after 3 s, and admin checks may call users.info
         user_id = command.get("user_id", "")
         reply = PrivateReply(respond=respond, client=client, user_id=user_id)
-        action = " ".join((command.get("text") or "").lower().split())
+        action = " ".join((command.get("text") or "").lower().split())[:40]  # logged below: kept short
         if not is_admin(user_id, settings=services.settings, client=client, cache=admins):
             log.info("%s %r refused for %s (not an admin)", COMMAND, action, user_id)
             reply(REFUSAL)
             return
-        # Looked up per call: the refresher exists only where the bot serves the index.
-        refresher = getattr(services, "refresher", None)
+        # Looked up per call: serve() sets it; apps built elsewhere (tests, tools) may have none.
+        refresher = services.refresher
         if refresher is None:
             reply(NOT_AVAILABLE)
             return
