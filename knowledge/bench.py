@@ -9,6 +9,7 @@ The tutorial baseline runs on the same model objects, dtype and threads.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -91,10 +92,12 @@ def run_bench(
     """
     from knowledge.embedder import Embedder
     from knowledge.reranker import Reranker
+    from knowledge.retriever import Retriever
     from knowledge.runtime import configure_torch_threads
 
     say = _reporter(progress)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    load_before = _load_average()
     threads = configure_torch_threads(settings.torch_threads)
     embedding_model, reranker_model = _models(settings, shape, say)
     sources, corpus_label = _sources(settings, corpus)
@@ -112,8 +115,7 @@ def run_bench(
             batch_size=settings.rerank_batch_size, device=settings.device, dtype=settings.dtype,
         )
 
-    reranker = load_reranker(FULL_LENGTH_TOKENS)
-    rss_loaded = _current_rss_mb()
+    reranker = load_reranker(settings.rerank_max_tokens)
     st_model = _sentence_transformer(embedder)
     dtype = str(next(st_model.parameters()).dtype).removeprefix("torch.")
     result: dict = {
@@ -126,47 +128,54 @@ def run_bench(
     result["matmul_gflops"] = {
         name: round(_matmul_gflops(name, seconds=1.0 if quick else 2.0), 1) for name in ("bfloat16", "float32")
     }
+    reps = 2 if quick else 3
+    peaks: list[float] = []  # the product's peak RSS per phase (the baselines' own peaks are not counted)
 
     with tempfile.TemporaryDirectory(prefix="supportbot-bench-") as tmp:
         say("indexing: the product's indexer, then the tutorial's loop on the same chunks")
-        store, index, chunks = _bench_index(settings, sources, Path(tmp), embedder, st_model, quick=quick)
+        _reset_peak_rss()
+        store, index, chunks, tutorial = _bench_index(settings, sources, Path(tmp), embedder)
+        peaks.append(_peak_rss_mb())
+        index.update(tutorial(st_model, quick=quick))
         ceiling = result["matmul_gflops"].get(dtype) or _matmul_gflops(dtype, seconds=1.0)
         index["ceiling_gflops"] = round(ceiling, 1)
         index["ceiling_pct"] = round(100.0 * index["gflops"] / ceiling, 1) if ceiling else 0.0
         result["index"] = index
         result["corpus"]["chunks"] = len(chunks)
         try:
-            search = _searcher(settings, store)
-            say(f"reranking {RERANK_CANDIDATES} candidates: model-card code vs product")
-            docs = _candidates(embedder, search, chunks, items[-1]["question"])
-            reps = 2 if quick else 3
-            rerank = _bench_rerank(reranker, docs, items[-1]["question"], reps=reps, tutorial=True)
-            if settings.rerank_max_tokens != FULL_LENGTH_TOKENS:
-                del reranker  # never three models in memory
-                reranker = load_reranker(settings.rerank_max_tokens)
-            configured = _bench_rerank(reranker, docs, items[-1]["question"], reps=reps, tutorial=False)
-            rerank.update({
-                "configured_max_tokens": settings.rerank_max_tokens,
-                "configured_ms": configured["product_ms"],
-                "configured_speedup": round(rerank["tutorial_ms"] / configured["product_ms"], 2),
-                "configured_max_score_diff": _max_diff(rerank["_reference"], configured["_scores"]),
-            })
-            for scratch in ("_reference", "_scores"):
-                rerank.pop(scratch, None)
-            result["rerank"] = rerank
+            retriever = Retriever(embedder=embedder, store=store, reranker=reranker, settings=settings)
+            question = items[-1]["question"]
+            docs = _candidates(retriever, chunks, question)
+            say(f"reranking {len(docs)} candidates: the model card's code vs the product")
+            truncates = _prompt_tokens(reranker, question, docs) > settings.rerank_max_tokens
+            configured = _bench_rerank(reranker, docs, question, reps=reps, tutorial=not truncates)
+            if truncates:  # full document length needs a reranker without the configured cut
+                say(f"(candidates exceed RERANK_MAX_TOKENS={settings.rerank_max_tokens}: full length too)")
+                full_reranker = load_reranker(FULL_LENGTH_TOKENS)
+                full = _bench_rerank(full_reranker, docs, question, reps=reps, tutorial=True)
+                del full_reranker
+                gc.collect()
+            else:
+                full = configured
+            result["rerank"] = _rerank_figures(full, configured, settings.rerank_max_tokens)
+
             latency_items = items[:-1]
             say(f"answer-ready latency over {len(latency_items)} questions")
-            result["answer_ready"] = _bench_latency(embedder, reranker, search, latency_items)
+            _reset_peak_rss()
+            result["answer_ready"] = _bench_latency(retriever, latency_items)
             say("throughput with 1, 2 and 4 questions in flight")
-            result["throughput"] = _bench_throughput(
-                embedder, reranker, search, latency_items, per_level=6 if quick else 10
-            )
+            result["throughput"] = _bench_throughput(retriever, latency_items, per_level=6 if quick else 10)
+            peaks.append(_peak_rss_mb())
         finally:
             store.close()
-    result["rss_models_loaded_mb"] = round(rss_loaded, 1)
-    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    result["peak_rss_mb"] = round(max(peaks), 1)
+    result["peak_rss_with_baselines_mb"] = round(_lifetime_peak_rss_mb(), 1)
+    wall = time.perf_counter() - started
+    # Below ~0.9 other processes took this run's cores: every figure above is then pessimistic.
+    result["machine"]["cpu_share"] = round((time.process_time() - cpu_started) / (wall * max(1, threads)), 2)
+    result["machine"]["load_average_1m"] = [load_before, _load_average()]
     result["targets"] = _targets(result)
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["seconds"] = round(wall, 1)
     return result
 
 
@@ -176,6 +185,8 @@ def format_report(result: dict) -> str:
     lines = [
         f"Machine: {m['cpu']} · {m['cores']} cores · torch {m['torch']} · {m['torch_threads']} threads "
         f"· {m['dtype']}",
+        f"Load average {m['load_average_1m'][0]} → {m['load_average_1m'][1]}; this run got "
+        f"{m['cpu_share']:.0%} of its threads' CPU time (below ~90%, other processes slowed it)",
         f"Models: {result['models']['embedding']} / {result['models']['reranker']}"
         + (f" (random weights, shape {result['models']['shape']})" if result["models"]["shape"] else ""),
         f"Corpus: {result['corpus']['path']} ({result['corpus']['chunks']} chunks)",
@@ -206,8 +217,8 @@ def format_report(result: dict) -> str:
         lines.append(f"  {row['in_flight']} in flight     {row['questions_per_s']:6.2f} questions/s")
     lines += [
         "",
-        f"Peak memory: {result['peak_rss_mb']:.0f} MB RSS ({result['rss_models_loaded_mb']:.0f} MB with both "
-        "models just loaded)",
+        f"Peak memory: {result['peak_rss_mb']:.0f} MB RSS with both models at work "
+        f"({result['peak_rss_with_baselines_mb']:.0f} MB counting the tutorial baselines)",
         "",
         "Targets",
     ]
@@ -421,14 +432,14 @@ class _TimedEmbedder:
         return getattr(self._embedder, name)
 
 
-def _bench_index(settings, sources: str, directory: Path, embedder, st_model, *, quick: bool):
-    """Index with the product's Indexer (into a fresh Milvus Lite file), then the tutorial loop.
+def _bench_index(settings, sources: str, directory: Path, embedder):
+    """Index with the product's Indexer into a fresh Milvus Lite file, timing its embedding calls.
 
-    Returns the open store (the later stages search it), the figures and the chunks.
+    Returns the open store (the later stages search it), the figures, the chunks,
+    and the tutorial loop to run next on the same texts.
     """
     from knowledge.indexer import Indexer
     from knowledge.store import VectorStore
-    from knowledge.tutorial_baseline import embed_corpus
 
     local = settings.model_copy(update={
         "knowledge_sources": sources, "data_dir": directory, "milvus_uri": "",
@@ -444,36 +455,42 @@ def _bench_index(settings, sources: str, directory: Path, embedder, st_model, *,
         if len(texts) < 2:
             raise SourceError(f"The corpus gave {len(texts)} chunks; the bench needs at least 2.")
         chunks = _stored_chunks(store)
-        tokens = [embedder.count_tokens(text) for text in texts]
+    except BaseException:
+        store.close()
+        raise
+    tokens = [embedder.count_tokens(text) for text in texts]
+    product_s = timed.seconds
+    product_tps = sum(tokens) / product_s
+
+    def tutorial(st_model, *, quick: bool) -> dict:
+        from knowledge.tutorial_baseline import embed_corpus
+
         # Quick runs time the tutorial loop on every k-th chunk; compared per token, that is fair.
         step = max(1, len(texts) // 24) if quick else 1
         sample = list(range(0, len(texts), step))
         embed_corpus(st_model, texts[:1])  # warm-up
-        started = time.perf_counter()
+        begun = time.perf_counter()
         embed_corpus(st_model, [texts[i] for i in sample])
-        tutorial_s = time.perf_counter() - started
-    except BaseException:
-        store.close()
-        raise
-    product_s = timed.seconds
-    sample_tokens = sum(tokens[i] for i in sample)
-    total_tokens = sum(tokens)
-    tutorial_tps, product_tps = sample_tokens / tutorial_s, total_tokens / product_s
+        tutorial_s = time.perf_counter() - begun
+        tutorial_tps = sum(tokens[i] for i in sample) / tutorial_s
+        return {
+            "tutorial_texts": len(sample),
+            "tutorial_seconds": round(tutorial_s, 2),
+            "tutorial_chunks_per_s": round(len(sample) / tutorial_s, 2),
+            "tutorial_tokens_per_s": round(tutorial_tps, 1),
+            "speedup": round(product_tps / tutorial_tps, 2),
+            "gflops": round(_forward_flops(st_model, tokens) / product_s / 1e9, 1),
+        }
+
     return store, {
         "chunks": len(texts),
-        "tokens": total_tokens,
-        "mean_tokens": round(total_tokens / len(texts), 1),
+        "tokens": sum(tokens),
+        "mean_tokens": round(sum(tokens) / len(texts), 1),
         "refresh_seconds": round(report.seconds, 2),  # read, chunk, embed, write to Milvus
         "product_seconds": round(product_s, 2),  # the embedding part of it
         "product_chunks_per_s": round(len(texts) / product_s, 2),
         "product_tokens_per_s": round(product_tps, 1),
-        "tutorial_texts": len(sample),
-        "tutorial_seconds": round(tutorial_s, 2),
-        "tutorial_chunks_per_s": round(len(sample) / tutorial_s, 2),
-        "tutorial_tokens_per_s": round(tutorial_tps, 1),
-        "speedup": round(product_tps / tutorial_tps, 2),
-        "gflops": round(_forward_flops(st_model, tokens) / product_s / 1e9, 1),
-    }, chunks
+    }, chunks, tutorial
 
 
 def _stored_chunks(store) -> list:
@@ -511,27 +528,10 @@ def _matmul_gflops(dtype_name: str, *, seconds: float, size: int = 2048) -> floa
             return 2.0 * size**3 * runs / elapsed / 1e9
 
 
-def _searcher(settings: KnowledgeSettings, store) -> Callable[[np.ndarray, str], list]:
-    """The configured retrieval (hybrid / dense / BM25) as one call, falling back to dense."""
-    limit = settings.retrieve_top_k
-    mode = settings.retrieval_mode if store.supports_hybrid else "dense"
-    if mode == "hybrid":
-        return lambda vector, text: store.search_hybrid(
-            vector, text, limit=limit, fusion=settings.fusion, rrf_k=settings.rrf_k,
-            weights=(settings.dense_weight, settings.bm25_weight),
-        )
-    if mode == "bm25":
-        return lambda vector, text: store.search_bm25(text, limit=limit)
-    return lambda vector, text: store.search_dense(vector, limit=limit)
-
-
-def _rerank_text(candidate) -> str:
-    return candidate.chunk.search_text
-
-
-def _candidates(embedder, search, chunks, question: str) -> list[str]:
-    """The question's retrieved passages (real FAQ chunks), topped up to 10 from the corpus."""
-    docs = [_rerank_text(c) for c in search(embedder.embed_query(question), question)][:RERANK_CANDIDATES]
+def _candidates(retriever, chunks, question: str) -> list[str]:
+    """The question's retrieved passages (real chunks, as the reranker gets them), topped up to 10."""
+    found = retriever.retrieve(question, rerank=False).candidates_top_k
+    docs = [c.chunk.search_text for c in found][:RERANK_CANDIDATES]
     for chunk in chunks:
         if len(docs) >= RERANK_CANDIDATES:
             break
@@ -540,70 +540,81 @@ def _candidates(embedder, search, chunks, question: str) -> list[str]:
     return docs
 
 
+def _prompt_tokens(reranker, question: str, docs: Sequence[str]) -> int:
+    """The longest reranker input (prompt, query and document) among `docs`, in tokens."""
+    from knowledge.reranker import PREFIX, SUFFIX, format_pair
+
+    tokenizer = reranker.tokenizer
+    return max(
+        len(tokenizer(PREFIX + format_pair(reranker.instruction, question, doc) + SUFFIX,
+                      add_special_tokens=False)["input_ids"])
+        for doc in docs
+    )
+
+
 def _bench_rerank(reranker, docs: list[str], question: str, *, reps: int, tutorial: bool) -> dict:
     """Best-of-`reps` wall time of the product's Reranker.score (and of the model card's code).
 
-    Each repetition asks a slightly different query (same for both paths), so the
+    Each repetition asks a slightly different query (the same for both paths), so the
     product's score cache never answers; scores are compared pair by pair.
     """
     from knowledge.tutorial_baseline import rerank_documents
 
     tokenizer = reranker.tokenizer
     queries = [question] + [f"{question} ({rep})" for rep in range(1, reps + 1)]
-    product_ms, tutorial_ms, diffs = [], [], []
-    reference = scores = []
-    for rep, query in enumerate(queries):  # the first round is the warm-up
-        started = time.perf_counter()
+    product_ms, tutorial_ms, diffs, first_scores = [], [], [], []
+    for rep, query in enumerate(queries):  # round 0 is the warm-up
+        begun = time.perf_counter()
         scores = reranker.score(query, docs)
-        product_ms.append((time.perf_counter() - started) * 1000)
+        product_ms.append((time.perf_counter() - begun) * 1000)
         if tutorial:
-            started = time.perf_counter()
+            begun = time.perf_counter()
             reference = rerank_documents(reranker.model, tokenizer, query, docs, instruction=reranker.instruction)
-            tutorial_ms.append((time.perf_counter() - started) * 1000)
+            tutorial_ms.append((time.perf_counter() - begun) * 1000)
             diffs.append(_max_diff(reference, scores))
         if rep == 0:
-            first_reference, first_scores = reference, scores
+            first_scores = scores
     doc_tokens = [len(tokenizer(doc, add_special_tokens=False)["input_ids"]) for doc in docs]
-    result = {
+    figures = {
         "candidates": len(docs),
         "mean_doc_tokens": round(float(np.mean(doc_tokens)), 1),
         "max_doc_tokens": int(max(doc_tokens)),
         "product_ms": round(min(product_ms[1:]), 1),
-        "_reference": first_reference,
-        "_scores": first_scores,
+        "scores": first_scores,
     }
     if tutorial:
-        result["tutorial_ms"] = round(min(tutorial_ms[1:]), 1)
-        result["speedup"] = round(result["tutorial_ms"] / result["product_ms"], 2)
-        result["max_score_diff"] = max(diffs)
-    return result
+        figures["tutorial_ms"] = round(min(tutorial_ms[1:]), 1)
+        figures["max_score_diff"] = max(diffs)
+    return figures
+
+
+def _rerank_figures(full: dict, configured: dict, max_tokens: int) -> dict:
+    """Full-length comparison plus the configured truncation's time and score drift."""
+    return {
+        "candidates": full["candidates"],
+        "mean_doc_tokens": full["mean_doc_tokens"],
+        "max_doc_tokens": full["max_doc_tokens"],
+        "tutorial_ms": full["tutorial_ms"],
+        "product_ms": full["product_ms"],
+        "speedup": round(full["tutorial_ms"] / full["product_ms"], 2),
+        "max_score_diff": full["max_score_diff"],
+        "configured_max_tokens": max_tokens,
+        "configured_ms": configured["product_ms"],
+        "configured_speedup": round(full["tutorial_ms"] / configured["product_ms"], 2),
+        "configured_max_score_diff": _max_diff(full["scores"], configured["scores"]),
+    }
 
 
 def _max_diff(a: Sequence[float], b: Sequence[float]) -> float:
     return round(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))), 5)
 
 
-def _answer_ready(embedder, reranker, search, question: str) -> dict[str, float]:
-    """One question to reranked candidates (the answer model's input), each stage's wall time in ms."""
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    vector = embedder.embed_query(question)
-    timings["embed"] = (time.perf_counter() - started) * 1000
-    started = time.perf_counter()
-    found = search(vector, question)
-    timings["search"] = (time.perf_counter() - started) * 1000
-    started = time.perf_counter()
-    if found:
-        reranker.score(question, [_rerank_text(c) for c in found])
-    timings["rerank"] = (time.perf_counter() - started) * 1000
-    return timings
-
-
-def _bench_latency(embedder, reranker, search, items: list[dict]) -> dict:
-    _answer_ready(embedder, reranker, search, "warm-up: how do I install Milvus?")
-    runs = [_answer_ready(embedder, reranker, search, item["question"]) for item in items]
+def _bench_latency(retriever, items: list[dict]) -> dict:
+    """Per-stage latency of the product's Retriever (embed, search + expand, rerank) per question."""
+    retriever.retrieve("warm-up: how do I install Milvus?")
+    runs = [retriever.retrieve(item["question"], rerank=True).timings_ms for item in items]
     on = [r["embed"] + r["search"] + r["rerank"] for r in runs]
-    # Reranking off is the same question without its rerank stage (no cached embedding reused).
+    # Reranking off is the same run without its rerank stage (a second run would hit the query cache).
     off = [r["embed"] + r["search"] for r in runs]
     return {
         "questions": len(runs),
@@ -618,15 +629,16 @@ def _bench_latency(embedder, reranker, search, items: list[dict]) -> dict:
     }
 
 
-def _bench_throughput(embedder, reranker, search, items: list[dict], *, per_level: int) -> list[dict]:
+def _bench_throughput(retriever, items: list[dict], *, per_level: int) -> list[dict]:
+    """Questions/s through a worker pool with 1, 2 and 4 questions in flight (reranking on)."""
     rows = []
     for level in IN_FLIGHT:
         # Fresh wording per level, so neither model's cache answers for it.
         questions = [f"{items[i % len(items)]['question']} ({level}.{i})" for i in range(per_level)]
-        started = time.perf_counter()
+        begun = time.perf_counter()
         with ThreadPoolExecutor(max_workers=level) as pool:
-            list(pool.map(lambda q: _answer_ready(embedder, reranker, search, q), questions))
-        elapsed = time.perf_counter() - started
+            list(pool.map(lambda q: retriever.retrieve(q, rerank=True), questions))
+        elapsed = time.perf_counter() - begun
         rows.append({"in_flight": level, "questions": per_level, "questions_per_s": round(per_level / elapsed, 3)})
     return rows
 
@@ -661,15 +673,32 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _current_rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+def _reset_peak_rss() -> None:
+    """Restart this process's peak-RSS count (Linux: VmHWM via clear_refs), where possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+    except OSError:
+        pass
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS since the last reset (Linux VmHWM), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _lifetime_peak_rss_mb()
+
+
+def _lifetime_peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _load_average() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _targets(result: dict) -> dict:

@@ -8,6 +8,7 @@ reranker candidates with the model card's `process_inputs` + `compute_logits`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,9 +36,11 @@ def rerank_documents(model, tokenizer, query: str, documents: Sequence[str], *, 
     """The tutorial's `rerank_documents`: every pair in one batch at full length, all-position logits."""
     from knowledge.reranker import reference_scores
 
-    return list(
-        reference_scores(
-            model, tokenizer, query, list(documents), instruction=instruction,
-            max_length=TUTORIAL_RERANK_MAX_LENGTH,
+    with warnings.catch_warnings():  # the model card's pad(max_length=...) call warns on every use
+        warnings.simplefilter("ignore", UserWarning)
+        return list(
+            reference_scores(
+                model, tokenizer, query, list(documents), instruction=instruction,
+                max_length=TUTORIAL_RERANK_MAX_LENGTH,
+            )
         )
-    )

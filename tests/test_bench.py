@@ -1,0 +1,123 @@
+"""`run_bench` end to end on the tiny models: every stage runs and reports sane figures."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from knowledge.bench import format_report, run_bench
+from knowledge.errors import KnowledgeError, SourceError
+from knowledge.settings import KnowledgeSettings
+
+FAQ_ONE = """# Product FAQ
+
+## How is data stored in Milvus?
+
+Milvus deals with two types of data, inserted data and metadata. Inserted data are stored in
+persistent storage as incremental log. Metadata are generated within Milvus and stored in etcd.
+
+## Is Milvus free?
+
+Milvus is a 100% free open-source project under the Apache License 2.0.
+
+## Can Milvus run on ARM?
+
+Milvus cannot be installed or run on non-x86 platforms in this version.
+"""
+FAQ_TWO = """# Performance FAQ
+
+## How do I set nlist and nprobe for IVF indexes?
+
+Setting nlist is scenario-specific. As a rule of thumb, the recommended value of nlist is 4 × sqrt(n).
+
+## Why do queries take longer on small datasets?
+
+If the dataset is small, Milvus may not build an index and scans the data instead.
+"""
+QUESTIONS = [
+    "How is data stored in milvus?",
+    "Is Milvus free?",
+    "Can I run Milvus on an ARM server?",
+    "How should I choose nlist?",
+    "Why are my queries slow on a small collection?",
+    "Does Milvus support GPUs?",
+]
+
+
+@pytest.fixture
+def bench_inputs(tmp_path):
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "product_faq.md").write_text(FAQ_ONE, encoding="utf-8")
+    (corpus / "performance_faq.md").write_text(FAQ_TWO, encoding="utf-8")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS), encoding="utf-8")
+    return corpus, questions
+
+
+@pytest.fixture
+def tiny_settings(tmp_path, tiny_embedder_path, tiny_reranker_path):
+    return KnowledgeSettings(
+        _env_file=None,
+        embedding_model=str(tiny_embedder_path),
+        reranker_model=str(tiny_reranker_path),
+        data_dir=tmp_path / "data",
+        device="cpu",
+        dtype="float32",
+        rerank_max_tokens=256,
+        chunk_min_tokens=0,  # keep each small FAQ section its own chunk
+    )
+
+
+def test_run_bench_reports_every_stage(tiny_settings, bench_inputs):
+    corpus, questions = bench_inputs
+    started = time.perf_counter()
+    result = run_bench(
+        settings=tiny_settings, shape=None, corpus=corpus, quick=True, progress=False, questions=questions,
+    )
+    assert time.perf_counter() - started < 60
+
+    # The keys the README table and `--json` consumers read.
+    for key in ("speedup", "ceiling_pct", "tutorial_chunks_per_s", "product_chunks_per_s", "gflops"):
+        assert result["index"][key] > 0, key
+    for key in ("speedup", "tutorial_ms", "product_ms", "configured_ms"):
+        assert result["rerank"][key] > 0, key
+    assert 0 <= result["rerank"]["max_score_diff"] <= 0.02  # same dtype, same model: same scores
+    assert 0 <= result["rerank"]["configured_max_score_diff"] <= 1
+    answer = result["answer_ready"]
+    assert answer["questions"] == len(QUESTIONS) - 1  # the last question is the rerank comparison's
+    assert 0 < answer["rerank_off_p50_ms"] < answer["p50_ms"] <= answer["p95_ms"]
+    assert set(answer["stages"]) == {"embed", "search", "rerank"}
+    assert [row["in_flight"] for row in result["throughput"]] == [1, 2, 4]
+    assert all(row["questions_per_s"] > 0 for row in result["throughput"])
+    assert result["peak_rss_with_baselines_mb"] >= result["peak_rss_mb"] > 50
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["dtype"] == "float32"
+    assert machine["cpu"] and 0 < machine["cpu_share"] <= 1.5
+    # Both corpus files were chunked, embedded by the product's indexer and timed.
+    assert result["corpus"]["chunks"] == result["index"]["chunks"] >= 5
+    assert result["rerank"]["candidates"] == result["corpus"]["chunks"]  # fewer than 10: all of them
+    assert result["index"]["tutorial_texts"] >= 1
+    assert result["matmul_gflops"]["float32"] > 0 and result["matmul_gflops"]["bfloat16"] > 0
+    assert set(result["targets"]) >= {"index.speedup", "rerank.speedup", "answer_ready.p50_ms", "peak_rss_mb"}
+    assert json.loads(json.dumps(result)) == result  # `--json` prints it as is
+
+    report = format_report(result)
+    assert "Indexing" in report and "Reranking" in report and "questions/s" in report
+    assert "MISS" in report or "met" in report
+
+
+def test_unknown_shape_is_a_one_line_error(tiny_settings, bench_inputs):
+    corpus, questions = bench_inputs
+    with pytest.raises(KnowledgeError, match="Unknown shape"):
+        run_bench(settings=tiny_settings, shape="gpt-9", corpus=corpus, quick=True, progress=False,
+                  questions=questions)
+
+
+def test_missing_corpus_is_a_source_error(tiny_settings, tmp_path, bench_inputs):
+    _, questions = bench_inputs
+    with pytest.raises(SourceError, match="does not exist"):
+        run_bench(settings=tiny_settings, shape=None, corpus=tmp_path / "nowhere", quick=True,
+                  progress=False, questions=questions)
