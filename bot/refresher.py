@@ -28,6 +28,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot.logging_setup import redact
 from bot.mrkdwn import escape as _escape
 from knowledge.errors import KnowledgeError, RefreshInProgressError
 
@@ -289,7 +290,7 @@ class Refresher:
             seconds = time.perf_counter() - started
             record.error = one_line(error)
             message = (
-                f"Index refresh failed after {seconds:.1f} s: {record.error} "
+                f"Index refresh failed after {seconds:.1f} s: {_shown(record.error)} "
                 "The index keeps serving what it had; the next refresh retries."
             )
             # A KnowledgeError is an expected failure (bad source, Milvus down): no traceback.
@@ -398,13 +399,13 @@ def format_status(status: dict) -> str:
     """Slack mrkdwn for `Refresher.status()`."""
     lines = ["*Index status*"]
     if status.get("index_error"):
-        lines.append(f"• Index: unavailable ({_escape(status['index_error'])})")
+        lines.append(f"• Index: unavailable ({_shown(status['index_error'])})")
     else:
         where = f" in `{_escape(status['collection'])}`" if status.get("collection") else ""
         lines.append(f"• Chunks: {status.get('chunks') or 0:,}{where}")
     for source in status.get("sources") or []:
         glob = f" ({_escape(source.get('glob', ''))})" if source.get("glob") else ""
-        lines.append(f"• Source `{_escape(source.get('name', ''))}`: {_escape(source.get('location', ''))}{glob}")
+        lines.append(f"• Source `{_escape(source.get('name', ''))}`: {_shown(source.get('location', ''))}{glob}")
     if status.get("running"):
         kind = "rebuild" if status.get("running_rebuild") else "refresh"
         lines.append(
@@ -422,7 +423,7 @@ def format_status(status: dict) -> str:
                      + summary(last["report"]))
     else:
         lines.append(f"• Last refresh *failed* {_clock_text(last['finished_at'], day=True)} "
-                     f"(started by {last['by']}): {_escape(last['error'])}")
+                     f"(started by {last['by']}): {_shown(last['error'])}")
     if status.get("scheduled"):
         lines.append(f"• Next scheduled refresh: {_clock_text(status.get('next_run_at'), day=True)} "
                      f"(`{_escape(status['schedule'])}`)")
@@ -435,6 +436,12 @@ def one_line(error: BaseException) -> str:
     """The error's message on one line (its class name when it has none)."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
+
+
+def _shown(text: str) -> str:
+    """Text for Slack: no credentials (URL user:password, token shapes), mrkdwn escaped."""
+    text = re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", r"\1", str(text))
+    return _escape(redact(text))
 
 
 def _safe_notify(notify: Notify, message: str) -> None:

@@ -16,6 +16,7 @@ from bot.refresher import (
     Refresher,
     ScheduleError,
     busy_message,
+    format_status,
     parse_schedule,
 )
 from knowledge.errors import SourceError
@@ -328,3 +329,17 @@ def test_after_shutdown_no_refresh_starts(make_kb, refreshers) -> None:
     assert refresher.next_run_at is None
     time.sleep(1.2)
     assert kb.calls == 0
+
+
+def test_status_text_shows_no_credentials_and_no_markup() -> None:
+    text = format_status({
+        "schedule": "never", "scheduled": False, "running": False, "chunks": 5, "collection": "docs",
+        "sources": [{"name": "docs", "location": "https://bob:s3cretpass@docs.example/x.zip?token=abcdef123",
+                     "glob": "en/*.md"}],
+        "last_run": {"by": "the schedule", "ok": False, "finished_at": 1795600000.0, "report": None,
+                     "error": "cannot download https://bob:s3cretpass@docs.example/x.zip: <!channel> 404"},
+    })
+    assert "s3cretpass" not in text and "abcdef123" not in text
+    assert "https://docs.example/x.zip" in text
+    assert "<!channel>" not in text and "&lt;!channel&gt;" in text
+    assert "Scheduled refresh: off" in text
