@@ -36,6 +36,7 @@ TEXTS = {
     },
 }
 _EXCERPT_CHARS = 300
+_LEADING_HEADINGS = re.compile(r"\A(?:#{1,6}[ \t][^\n]*\n\s*)+")
 
 
 class KnowledgeBase:
@@ -303,7 +304,8 @@ def retrieval_only_text(passages: Sequence[Candidate], language: str) -> str:
     lines = [texts["retrieval_only"]]
     for number, candidate in enumerate(passages, start=1):
         chunk = candidate.chunk
-        excerpt = " ".join(chunk.text.split())
+        # The breadcrumb already names the section: skip the heading lines it repeats.
+        excerpt = " ".join(_LEADING_HEADINGS.sub("", chunk.text.lstrip()).split())
         if len(excerpt) > _EXCERPT_CHARS:
             excerpt = excerpt[:_EXCERPT_CHARS].rsplit(" ", 1)[0] + " …"
         lines += ["", f"[{number}] {chunk.breadcrumb} — {chunk.url}", excerpt]

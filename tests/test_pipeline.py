@@ -65,6 +65,8 @@ def test_no_api_key_gives_retrieval_only_answer_without_a_request(make_kb, fake_
         assert candidate.chunk.url in answer.text
         assert candidate.chunk.url.startswith("https://docs.example/")
     assert [c.number for c in answer.citations] == [1, 2, 3]
+    # Excerpts skip the heading line the breadcrumb already shows.
+    assert not any(line.startswith("#") for line in answer.text.splitlines())
     assert kb.status()["answer_model"] == ""
 
 
