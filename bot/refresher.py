@@ -268,9 +268,11 @@ class Refresher:
 
     def _run(self, record: RunRecord, *, notify: Notify | None) -> RunRecord:
         done = threading.Event()
+        notes = threading.Lock()  # a "still running" note never follows the summary
         if notify is not None and self.progress_after:
             threading.Thread(
-                target=self._progress_notes, args=(record, notify, done), name="refresh-progress", daemon=True
+                target=self._progress_notes, args=(record, notify, done, notes), name="refresh-progress",
+                daemon=True,
             ).start()
         started = time.perf_counter()
         message = ""
@@ -298,7 +300,8 @@ class Refresher:
                       exc_info=not isinstance(error, KnowledgeError))
             self._record_metric("failed")
         finally:
-            done.set()
+            with notes:
+                done.set()
             record.finished_at = self.clock()
             with self._lock:
                 self._state.running = None
@@ -309,13 +312,18 @@ class Refresher:
             _safe_notify(notify, message)
         return record
 
-    def _progress_notes(self, record: RunRecord, notify: Notify, done: threading.Event) -> None:
+    def _progress_notes(
+        self, record: RunRecord, notify: Notify, done: threading.Event, notes: threading.Lock
+    ) -> None:
         began = time.monotonic()
+        kind = "Rebuilding" if record.rebuild else "Refreshing"
         for after in self.progress_after:
             if done.wait(max(0.0, after - (time.monotonic() - began))):
                 return
-            kind = "Rebuilding" if record.rebuild else "Refreshing"
-            _safe_notify(notify, f"{kind} the index… still running ({_duration(time.monotonic() - began)} so far).")
+            with notes:
+                if done.is_set():
+                    return
+                _safe_notify(notify, f"{kind} the index… still running ({_duration(time.monotonic() - began)} so far).")
 
     def _record_metric(self, result: str, *, chunks: int | None = None) -> None:
         if self.metrics is None:
@@ -432,10 +440,10 @@ def format_status(status: dict) -> str:
     return "\n".join(lines)
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (its class name when it has none)."""
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+def one_line(error: BaseException, *, limit: int = 300) -> str:
+    """The error's message on one line, at most `limit` characters (its class name when empty)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _shown(text: str) -> str:

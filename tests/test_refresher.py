@@ -156,6 +156,21 @@ def test_scheduler_fires_on_its_interval_and_runs_never_overlap(make_kb, metrics
     assert metrics.registry.get_sample_value("supportbot_index_chunks") == last["report"]["chunks"]
 
 
+def test_a_scheduled_run_brings_an_edited_document_into_the_index(make_kb, small_corpus, metrics, refreshers) -> None:
+    kb = make_kb(sources=small_corpus)
+    question = "How long does the quokkabyte retention window keep deleted segments?"
+    assert "17 days" not in " ".join(c.chunk.text for c in kb.ask(question).candidates)
+    faq = small_corpus / "faq" / "product_faq.md"
+    faq.write_text(faq.read_text() + "\n\n## Quokkabyte retention\n\nThe quokkabyte retention window keeps "
+                   "deleted segments for 17 days.\n")
+    refresher = refreshers(kb=kb, schedule="every 1s", metrics=metrics)
+    refresher.start()
+    wait_until(lambda: counter(metrics, "ok") >= 1, timeout=20)
+    refresher.shutdown(timeout=10)
+    assert refresher.status()["last_run"]["report"]["added"] == 1
+    assert "17 days" in " ".join(c.chunk.text for c in kb.ask(question).candidates)
+
+
 def test_never_schedules_nothing_but_requests_still_work(make_kb, refreshers) -> None:
     kb = Observed(make_kb())
     refresher = refreshers(kb=kb, schedule="never")
