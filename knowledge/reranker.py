@@ -116,7 +116,7 @@ class Reranker:
         self._lock = threading.Lock()
         self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))
         self._cache_lock = threading.Lock()
-        self.forward_calls = 0  # how many batches ran through the model (tests and metrics read it)
+        self.forward_calls = 0  # model forward passes, the shared prefix included (tests read it)
 
     def score(self, query: str, documents: Sequence[str], *, use_cache: bool = True) -> list[float]:
         """P("yes") for each document, in input order; repeated (query, document) pairs hit a cache
