@@ -63,6 +63,11 @@ class Embedder:
         self._cache_lock = threading.Lock()
         self.encode_calls = 0  # how many times the model ran (tests and metrics read it)
 
+    @property
+    def model(self):
+        """The loaded SentenceTransformer (benchmarks run the tutorial's loop on the same object)."""
+        return self._model
+
     def embed_query(self, text: str) -> np.ndarray:
         """The normalized float32 vector (dimension,) of a question; repeated questions hit a cache."""
         with self._cache_lock:
