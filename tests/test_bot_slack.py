@@ -225,7 +225,10 @@ def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_
     fake_openai.reply("\n\n".join(f"Paragraph {i} [1]: " + "lorem ipsum " * 250 for i in range(60)))
     long_q = fake_slack.mention(QUESTION, channel="C5")
     fake_slack.send_event(long_q)
+    fake_slack.wait_for("chat.postMessage", where=lambda c: c.params.get("channel") == "C5" and any(
+        b["type"] == "actions" for b in (_blocks(c) if c.params.get("blocks") else [])))  # the last part
     parts = _final(fake_slack, "C5", count=2)
+    assert len(parts) == 3  # ~190,000 characters: 120 sections over three messages
     for part in parts:
         assert len(_blocks(part)) <= BLOCK_LIMIT
         assert all(len(t) <= SECTION_LIMIT for t in _section_texts(part))
@@ -342,11 +345,13 @@ def test_per_person_limit_refuses_politely_and_metrics_count(fake_slack, start_b
     assert len(_final(fake_slack, "C9", count=2)) == 2  # U7's first and U8's question
 
     metrics = running.bot.services.metrics
-    body, _ = metrics.render()
-    text = body.decode()
-    assert "supportbot_questions_total 3.0" in text
-    assert 'supportbot_answers_total{status="answered"} 2.0' in text
-    assert 'supportbot_errors_total{kind="user_busy"} 1.0' in text
+    expected = ("supportbot_questions_total 3.0", 'supportbot_answers_total{status="answered"} 2.0',
+                'supportbot_errors_total{kind="user_busy"} 1.0')
+    deadline = time.monotonic() + 5  # counted just after the answer is posted
+    while not all(line in metrics.render()[0].decode() for line in expected) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    text = metrics.render()[0].decode()
+    assert all(line in text for line in expected), text
 
 
 @pytest.mark.parametrize("mode", ["socket", "http"])
