@@ -187,3 +187,14 @@ def test_folder_without_weights_is_a_one_line_error(tiny_tokenizer_dir):
     with pytest.raises(ModelLoadError) as caught:
         _reranker(tiny_tokenizer_dir)
     assert "\n" not in str(caught.value) and "could not be loaded" in str(caught.value)
+
+
+def test_tiny_tokenizer_has_the_qwen_specials_and_reads_any_text(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<|endoftext|>"
+    for token in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "yes", "no"):
+        assert tokenizer.encode(token, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(token)]
+    text = "Milvus 向量数据库 — naïve café ✓ emoji 🚀 and unseen words like zyxwvut"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
