@@ -299,8 +299,11 @@ class _Slow:
 def test_streaming_updates_are_throttled(fake_slack, start_bot):
     start_bot(_Slow(), stream_update_interval=0.5)
     event = fake_slack.mention(QUESTION, channel="C8")
-    fake_slack.send_event(event)
+    envelope = fake_slack.send_event(event)
     final = _final(fake_slack, "C8")[0]
+    # Acknowledged at once, long before the ~1.5 s answer is done.
+    assert fake_slack.ack_times[envelope] - fake_slack.sent_times[envelope] < 0.5
+    assert fake_slack.ack_times[envelope] < final.at - 1.0
     progress = [c for c in fake_slack.calls("chat.update") if c.params.get("channel") == "C8" and not c.params.get("blocks")]
     assert 2 <= len(progress) <= 4  # ~1.5 s of deltas at most one update per 0.5 s
     assert all(b.at - a.at >= 0.45 for a, b in zip(progress, progress[1:]))
