@@ -66,7 +66,7 @@ def tiny_settings(tmp_path, tiny_embedder_path, tiny_reranker_path):
         data_dir=tmp_path / "data",
         device="cpu",
         dtype="float32",
-        rerank_max_tokens=256,
+        rerank_max_tokens=96,  # shorter than the candidates: the full-length path runs too
         chunk_min_tokens=0,  # keep each small FAQ section its own chunk
     )
 
@@ -85,6 +85,8 @@ def test_run_bench_reports_every_stage(tiny_settings, bench_inputs):
     for key in ("speedup", "tutorial_ms", "product_ms", "configured_ms"):
         assert result["rerank"][key] > 0, key
     assert 0 <= result["rerank"]["max_score_diff"] <= 0.02  # same dtype, same model: same scores
+    assert result["rerank"]["configured_truncates"] is True  # so a full-length reranker was loaded too
+    assert result["rerank"]["configured_max_tokens"] == 96
     assert 0 <= result["rerank"]["configured_max_score_diff"] <= 1
     answer = result["answer_ready"]
     assert answer["questions"] == len(QUESTIONS) - 1  # the last question is the rerank comparison's
