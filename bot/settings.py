@@ -7,6 +7,7 @@ listed in `.env.example` with its default.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -61,9 +62,15 @@ class BotSettings(KnowledgeSettings):
 
     # Operations
     log_level: str = "INFO"
-    log_json: bool = False  # JSON log lines (for log shippers) instead of plain text
+    log_format: Literal["plain", "json"] = "plain"  # json: one JSON object a line (log shippers)
     log_questions: bool = False  # put question text in logs (else its length and a hash)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)  # SIGTERM: wait this long for answers in flight
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("slack_api_url")
     @classmethod
