@@ -47,7 +47,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=3000 \
     METRICS_PORT=9100 \
-    LOG_JSON=true \
     LOG_FORMAT=json
 WORKDIR /app
 # Models (HF cache or local copies) and the index / feedback data outlive containers.
