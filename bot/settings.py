@@ -52,6 +52,11 @@ class BotSettings(KnowledgeSettings):
     dedupe_ttl_seconds: float = Field(default=600.0, gt=0)  # how long event ids are kept
     dedupe_max_entries: int = Field(default=10_000, ge=1)
 
+    # Team workflows per channel (formats in bot.channels)
+    auto_answer_channels: str = ""  # channel ids where every question is answered without a mention
+    channel_sources: str = ""  # "C1=docs|faq,*=docs": the sources a channel may draw on; default all
+    escalation_contacts: str = ""  # "C1=U1|S2,*=U9": users / user groups tagged by "Ask a human"
+
     # Index refresh inside the bot (bot.refresher) and who may ask for one (/reindex)
     reindex_schedule: str = "0 3 * * *"  # crontab, "every 6h", or "never" (see bot.refresher)
     admin_user_ids: str = ""  # comma-separated Slack user ids allowed to /reindex
@@ -71,6 +76,17 @@ class BotSettings(KnowledgeSettings):
     @classmethod
     def _lower_format(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("auto_answer_channels", "channel_sources", "escalation_contacts")
+    @classmethod
+    def _channel_rules(cls, value: str, info) -> str:
+        # Fail at start-up, with the entry named, rather than at the first hand-off.
+        from bot import channels
+
+        parse = {"auto_answer_channels": channels.parse_channel_ids, "channel_sources": channels.parse_channel_sources,
+                 "escalation_contacts": channels.parse_escalation_contacts}[info.field_name]
+        parse(value)
+        return value
 
     @field_validator("slack_api_url")
     @classmethod
