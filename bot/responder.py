@@ -17,6 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import answer_messages, progress_message
+from bot.channels import ChannelRules
 from bot.history import thread_history
 from bot.logging_setup import question_log_fields
 from bot.mrkdwn import escape
@@ -77,6 +78,7 @@ class Responder:
         self._client = client
         self._records = records
         self._settings = settings
+        self._rules = ChannelRules.from_settings(settings)  # CHANNEL_SOURCES: what each channel may see
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
 
@@ -114,7 +116,10 @@ class Responder:
         try:
             history = self._history(question)
             stream = _Stream(self, question, progress)
-            answer = self._kb.ask(question.text, history=history, on_delta=stream.on_delta)
+            answer = self._kb.ask(
+                question.text, history=history, source_names=self._rules.sources_for(question.channel),
+                on_delta=stream.on_delta,
+            )
         except KnowledgeError as error:
             self._metrics.record_error(type(error).__name__)
             try:
