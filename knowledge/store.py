@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -86,6 +87,10 @@ class VectorStore:
         self._analyzer = {"tokenizer": analyzer} if isinstance(analyzer, str) else analyzer
         self._is_lite = _is_lite_uri(uri)
         self._warned_fallback = False
+        # Kept to re-create the client after Milvus went away (see _call).
+        self._token, self._timeout = token, timeout
+        self._broken = False
+        self._reconnect_lock = threading.Lock()
         self._client = self._connect(uri, token, timeout)
         self._server_hybrid = self._server_supports_hybrid()
         self.mismatch = ""  # why the serving collection cannot be used, "" when it can
@@ -438,10 +443,14 @@ class VectorStore:
         ]  # fmt: skip
         ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights)
         try:
-            results = self._client.hybrid_search(
+            results = self._reconnect_if_broken().hybrid_search(
                 self.name, requests, ranker, limit=limit, output_fields=[*OUTPUT_FIELDS, "vector"]
             )
+        except StoreUnavailableError:
+            raise
         except Exception as error:
+            if isinstance(error, MilvusException) and _is_unavailable(error):
+                raise self._unavailable(error) from None
             if "HybridSearch" not in str(error) and "UNIMPLEMENTED" not in str(error):
                 raise StoreError(f"Milvus hybrid search failed: {_one_line(error)}") from None
             self.supports_hybrid = False
@@ -468,10 +477,43 @@ class VectorStore:
     # ---- plumbing -----------------------------------------------------------------
 
     def _call(self, method, *args, **kwargs):
+        """Run a client method; raises StoreUnavailableError when Milvus cannot be reached, else StoreError.
+
+        After a connection failure the next call re-creates the client, so the
+        store recovers by itself once Milvus (or the Lite file) is back.
+        """
+        client = self._reconnect_if_broken()
+        if getattr(method, "__self__", client) is not client:
+            method = getattr(client, method.__name__)  # bound to the client just replaced
         try:
             return method(*args, **kwargs)
         except MilvusException as error:
+            if _is_unavailable(error):
+                raise self._unavailable(error) from None
             raise StoreError(f"Milvus {method.__name__} failed: {_one_line(error)}") from None
+
+    def _unavailable(self, error: Exception) -> StoreUnavailableError:
+        self._broken = True  # the next call re-creates the client
+        return StoreUnavailableError(f"Milvus at {_safe_uri(self.uri)} cannot be reached: {_one_line(error)}")
+
+    def _reconnect_if_broken(self) -> MilvusClient:
+        if not self._broken:
+            return self._client
+        with self._reconnect_lock:
+            if self._broken:
+                old = self._client
+                # Raises StoreUnavailableError (StoreLockedError) while Milvus is still away.
+                self._client = self._connect(self.uri, self._token, self._timeout)
+                self._broken = False
+                try:
+                    old.close()
+                except Exception:
+                    logger.debug("closing the broken Milvus client failed", exc_info=True)
+                logger.info("reconnected to Milvus at %s", _safe_uri(self.uri))
+                target = self.physical_name()
+                if target is not None:
+                    self._load(target)  # a restarted server may come back with it released
+            return self._client
 
     def close(self) -> None:
         """Release this client (the Milvus Lite server stays up for other stores in the process)."""
@@ -530,6 +572,12 @@ def _locked_error(path: Path) -> StoreLockedError:
         f"The Milvus Lite file {path} is open in another process (only one may use it): "
         "the bot is serving this index; run /reindex in Slack or stop the bot."
     )
+
+
+def _is_unavailable(error: MilvusException) -> bool:
+    """A lost or refused connection (server down, Lite server released), not a bad request."""
+    text = str(error).lower()
+    return any(marker in text for marker in ("fail connecting", "unavailable", "connection refused", "closed channel"))
 
 
 def _one_line(error: Exception) -> str:
