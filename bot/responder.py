@@ -19,18 +19,22 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot.blocks import answer_messages, progress_message
 from bot.channels import ChannelRules
 from bot.history import thread_history
-from bot.logging_setup import question_log_fields
+from bot.outcomes import log_outcome
 from bot.mrkdwn import escape
 from bot.observability import Metrics
 from bot.records import Records
 from bot.settings import BotSettings
-from knowledge.errors import KnowledgeError
+from knowledge.errors import InvalidQuestionError, KnowledgeError, StoreError
 from knowledge.types import Answer
 
 log = logging.getLogger(__name__)
 
 BUSY_TEXT = "I'm busy with other questions right now — please try again in a minute."
 ASSISTANT_STATUS = "is looking through the docs…"
+UNAVAILABLE_TEXT = (
+    "The docs index is unavailable right now, so I can't look this up. "
+    "Please try again in a few minutes. (error id: `{error_id}`)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Question:
     assistant: bool = False  # the assistant pane: status line instead of a placeholder
     team: str = ""
     received_at: float = field(default_factory=time.monotonic)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # ties its log lines together
 
     @property
     def in_thread(self) -> bool:
@@ -120,15 +125,29 @@ class Responder:
                 question.text, history=history, source_names=self._rules.sources_for(question.channel),
                 on_delta=stream.on_delta,
             )
+        except StoreError as error:
+            # Milvus down or the Lite file locked: the store reconnects on a later question.
+            error_id = uuid.uuid4().hex[:8]
+            self._metrics.record_error(type(error).__name__)
+            log.warning("docs index unavailable error_id=%s: %s", error_id, error)
+            try:
+                self._deliver(question, progress, [{"text": UNAVAILABLE_TEXT.format(error_id=error_id)}])
+            except Exception:
+                log.warning("could not post the index-unavailable reply error_id=%s", error_id)
+            self._outcome(question, "unavailable", error_id=error_id)
+            return None
         except KnowledgeError as error:
             self._metrics.record_error(type(error).__name__)
             try:
                 self._deliver(question, progress, [{"text": escape(str(error))}])
             except Exception:
-                self._apologise(question, progress, "posting the error message failed")
+                error_id = self._apologise(question, progress, "posting the error message failed")
+                self._outcome(question, "error", error_id=error_id)
+                return None
+            self._outcome(question, "invalid" if isinstance(error, InvalidQuestionError) else "failed")
             return None
         except Exception:
-            self._apologise(question, progress, "answering failed")
+            self._outcome(question, "error", error_id=self._apologise(question, progress, "answering failed"))
             return None
         try:
             record_id = self._records.record_answer(
@@ -139,15 +158,14 @@ class Responder:
             if first_ts:
                 self._records.set_message_ts(record_id, first_ts)
         except Exception:
-            self._apologise(question, progress, "posting the answer failed")
+            error_id = self._apologise(question, progress, "posting the answer failed")
+            self._outcome(question, "error", timings_ms=answer.timings_ms, error_id=error_id)
             return None
-        log.info(
-            "answered channel=%s thread=%s status=%s in %.0f ms",
-            question.channel, question.thread_ts, answer.status,
-            (time.monotonic() - question.received_at) * 1000,
-            extra=question_log_fields(question.text, log_questions=self._settings.log_questions),
-        )
+        self._outcome(question, answer.status, timings_ms=answer.timings_ms)
         return answer
+
+    def _outcome(self, question: Question, outcome: str, **fields) -> None:
+        log_outcome(question, outcome, log_questions=self._settings.log_questions, **fields)
 
     def _history(self, question: Question):
         if not question.in_thread:
@@ -165,7 +183,8 @@ class Responder:
             max_chars=self._settings.history_max_chars,
         )
 
-    def _apologise(self, question: Question, progress: Progress, what: str) -> None:
+    def _apologise(self, question: Question, progress: Progress, what: str) -> str:
+        """Log the traceback with a new error id, tell the person that id; returns it."""
         error_id = uuid.uuid4().hex[:8]
         self._metrics.record_error("unexpected")
         # The traceback and the id go to the log only; the person gets the id to quote.
@@ -175,6 +194,7 @@ class Responder:
             self._deliver(question, progress, [{"text": text}])
         except Exception:
             log.exception("could not post the apology error_id=%s", error_id)
+        return error_id
 
     # -- Slack calls -------------------------------------------------------
     def _post(self, question: Question, message: dict) -> str:

@@ -75,6 +75,10 @@ def http_server(bot: SupportBot, settings: BotSettings, *, host: str | None = No
 def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> None:
     """Serve until interrupted (Ctrl-C, SIGTERM) or `stop` is set.
 
+    On stop, Slack events are no longer taken, answers in flight get up to
+    SHUTDOWN_GRACE_SECONDS to be delivered, then the workers and the records
+    close (the caller closes the KnowledgeBase, and with it Milvus).
+
     Raises SlackSetupError when Slack settings are missing or the token is
     rejected, ScheduleError for a bad REINDEX_SCHEDULE.
     """
@@ -92,7 +96,7 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         if settings.metrics_port:
             observability = ObservabilityServer(
                 metrics=metrics, port=settings.metrics_port, host=settings.host,
-                readiness=lambda: _index_ready(kb),
+                readiness=lambda: (False, "shutting down") if stop.is_set() else _index_ready(kb),
             ).start()
         if mode == "socket":
             log.info("connecting to Slack in Socket Mode")
@@ -101,6 +105,7 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
             try:
                 stop.wait()
             finally:
+                bot.services.stop_taking_questions()  # events still arriving get "restarting"
                 handler.close()
         else:
             server = http_server(bot, settings)
@@ -109,10 +114,16 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
             try:
                 stop.wait()
             finally:
+                bot.services.stop_taking_questions()
                 server.close()
     except KeyboardInterrupt:
         log.info("interrupted: shutting down")
     finally:
+        # No new work is taken any more; answers already queued or running are finished.
+        grace = settings.shutdown_grace_seconds
+        log.info("shutting down: finishing answers in flight (up to %.0f s)", grace)
+        if bot.services.drain(grace):
+            log.info("all answers in flight were delivered")
         refresher.shutdown(timeout=5)
         if observability is not None:
             observability.stop()

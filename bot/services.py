@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
 from bot.observability import Metrics
+from bot.outcomes import log_outcome
 from bot.records import Records
 from bot.responder import Question, Responder
 from bot.settings import BotSettings
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from bot.refresher import Refresher
 
 log = logging.getLogger(__name__)
+
+SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Services:
     limiter: UserLimiter
     metrics: Metrics
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
+    stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
 
     def ask(self, question: Question) -> bool:
         """Queue a question (once per Slack message); False if it was a duplicate."""
@@ -39,19 +43,24 @@ class Services:
             log.debug("duplicate message %s/%s ignored", question.channel, question.message_ts)
             return False
         self.metrics.questions.inc()
+        log_questions = self.settings.log_questions
+        if self.stopping:
+            self.responder.refuse(question, SHUTTING_DOWN_TEXT)
+            log_outcome(question, "shutting_down", log_questions=log_questions)
+            return True
         user_key = f"{question.team}:{question.user}"
         decision = self.limiter.try_acquire(user_key)
         if not decision.allowed:
-            log.info("per-user limit (%s) for %s", decision.reason, user_key)
             self.metrics.record_error(f"user_{decision.reason}")
             self.responder.refuse(question, decision.message)
+            log_outcome(question, f"refused_{decision.reason}", log_questions=log_questions)
             return True
         progress = self.responder.start(question)
         if self.pool.submit(self._answer, question, progress, user_key) is None:
             self.limiter.release(user_key)
-            log.warning("worker pool full: busy reply to %s/%s", question.channel, question.message_ts)
             self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)
+            log_outcome(question, "busy", log_questions=log_questions)
             return True
         self.metrics.queue_depth.inc()
         return True
@@ -64,6 +73,15 @@ class Services:
             self.limiter.release(user_key)
         if answer is not None:
             self.metrics.observe_answer(answer)
+
+    def stop_taking_questions(self) -> None:
+        """From now on questions are answered with SHUTTING_DOWN_TEXT (answers in flight go on)."""
+        self.stopping = True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for queued and running answers; True when all finished."""
+        self.stop_taking_questions()
+        return self.pool.drain(timeout)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
