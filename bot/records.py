@@ -34,6 +34,14 @@ CREATE TABLE IF NOT EXISTS feedback (
     user_id TEXT, value INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_time ON feedback (created_at);
+CREATE TABLE IF NOT EXISTS handoffs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    answer_id TEXT NOT NULL REFERENCES answers (id),
+    created_at REAL NOT NULL,
+    channel TEXT NOT NULL, thread_ts TEXT NOT NULL,
+    user_id TEXT, contacts TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS handoffs_thread ON handoffs (channel, thread_ts);
 """
 
 
@@ -65,6 +73,21 @@ class AnswerRow:
     channel: str
     thread_ts: str
     sources: list
+    answer_text: str = ""  # filled by `Records.answer` only
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Insights:
+    """What the App Home shows admins for a period."""
+
+    questions: int
+    answered: int
+    abstained: int
+    handed_off: int
+    helpful: int
+    not_helpful: int
+    gaps: list[tuple[str, int]]  # (question, times asked) not answered from the docs, most frequent first
 
 
 class Records:
@@ -131,6 +154,75 @@ class Records:
             self._execute(
                 "SELECT 1 FROM answers WHERE channel = ? AND thread_ts = ? LIMIT 1", (channel, thread_ts)
             )
+        )
+
+    def answer(self, record_id: str) -> AnswerRow | None:
+        """One stored answer with its text and note, or None for an unknown id."""
+        rows = self._execute(
+            "SELECT id, created_at, question, status, user_id, channel, thread_ts, sources, answer, note"
+            " FROM answers WHERE id = ?",
+            (record_id,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return AnswerRow(*row[:7], json.loads(row[7]), answer_text=row[8], note=row[9])
+
+    def move_answer(self, record_id: str, *, channel: str, thread_ts: str, message_ts: str) -> None:
+        """A private answer was shared: it now lives in this channel thread (follow-ups work there)."""
+        self._execute(
+            "UPDATE answers SET channel = ?, thread_ts = ?, message_ts = ? WHERE id = ?",
+            (channel, thread_ts, message_ts, record_id),
+        )
+
+    def record_handoff(self, answer_id: str, *, channel: str, thread_ts: str, user_id: str,
+                       contacts: tuple[str, ...]) -> bool:
+        """Store that a thread was handed to humans; False when it already was (or the answer is unknown)."""
+        if not self._execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)):
+            return False
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO handoffs (answer_id, created_at, channel, thread_ts, user_id, contacts)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (answer_id, time.time(), channel, thread_ts, user_id, json.dumps(list(contacts))),
+                )
+            except sqlite3.IntegrityError:
+                return False  # the unique (channel, thread_ts) index: one hand-off per thread
+            except sqlite3.Error as error:
+                raise RecordsError(f"feedback database error: {error}") from error
+        return True
+
+    def handed_off(self, channel: str, thread_ts: str) -> bool:
+        """Whether humans were asked to take over this thread (the bot then stays quiet there)."""
+        if not channel or not thread_ts:
+            return False
+        return bool(
+            self._execute("SELECT 1 FROM handoffs WHERE channel = ? AND thread_ts = ? LIMIT 1", (channel, thread_ts))
+        )
+
+    def insights(self, *, since: float, top: int = 5) -> Insights:
+        """Counts since `since` (epoch seconds) and the most frequent unanswered questions."""
+        questions, answered, abstained = self._execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'answered'), 0), COALESCE(SUM(status = 'abstained'), 0)"
+            " FROM answers WHERE created_at >= ?",
+            (since,),
+        )[0]
+        [(handed_off,)] = self._execute("SELECT COUNT(*) FROM handoffs WHERE created_at >= ?", (since,))
+        up, down = self._execute(
+            "SELECT COALESCE(SUM(value > 0), 0), COALESCE(SUM(value < 0), 0) FROM feedback WHERE created_at >= ?",
+            (since,),
+        )[0]
+        # Coverage gaps: "not in the docs", or handed to a human; the same question counted once per ask.
+        gaps = self._execute(
+            "SELECT MIN(question), COUNT(*) AS times, MAX(created_at) AS latest FROM answers"
+            " WHERE created_at >= ? AND (status = 'abstained' OR id IN (SELECT answer_id FROM handoffs))"
+            " GROUP BY lower(trim(question)) ORDER BY times DESC, latest DESC LIMIT ?",
+            (since, top),
+        )
+        return Insights(
+            questions=questions, answered=answered, abstained=abstained, handed_off=handed_off,
+            helpful=up, not_helpful=down, gaps=[(question, times) for question, times, _ in gaps],
         )
 
     def recent_feedback(self, limit: int = 20) -> list[FeedbackRow]:
