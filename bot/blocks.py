@@ -18,6 +18,9 @@ FALLBACK_LIMIT = 3000  # the notification / screen-reader text
 SOURCES_TITLE = "*Sources*"
 FEEDBACK_UP = "feedback_up"
 FEEDBACK_DOWN = "feedback_down"
+ASK_HUMAN = "ask_human"  # bot.listeners.actions.handoff
+SHARE_ANSWER = "share_answer"  # bot.listeners.actions.share: a private /ask answer made public
+ABSTAINED_OFFER = "I couldn't find this in the docs. Want a person from the team to take a look?"
 _FENCE = "```"
 _REOPEN_RESERVE = 2 * (len(_FENCE) + 1)  # room for "```\n" at the start and "\n```" at the end
 
@@ -112,12 +115,21 @@ def sources_blocks(citations: Sequence[Citation]) -> list[dict]:
     return [section(part) for part in split_text(SOURCES_TITLE + "\n" + "\n".join(lines))]
 
 
-def feedback_block(record_id: str) -> dict:
-    """👍/👎 buttons whose value is the answer record id (see bot.records)."""
+def _button(action_id: str, text: str, record_id: str, *, primary: bool = False) -> dict:
+    button = {"type": "button", "action_id": action_id, "value": record_id,
+              "text": {"type": "plain_text", "text": text, "emoji": True}}
+    if primary:
+        button["style"] = "primary"
+    return button
+
+
+def feedback_block(record_id: str, *, share: bool = False) -> dict:
+    """👍/👎 and "Ask a human" (and "Share in channel" when private); values are the answer record id."""
+    shared = [_button(SHARE_ANSWER, "Share in channel", record_id, primary=True)] if share else []
     return {
         "type": "actions",
         "block_id": "feedback",
-        "elements": [
+        "elements": shared + [
             {
                 "type": "button",
                 "action_id": FEEDBACK_UP,
@@ -130,12 +142,23 @@ def feedback_block(record_id: str) -> dict:
                 "text": {"type": "plain_text", "text": "👎 Not helpful", "emoji": True},
                 "value": record_id,
             },
+            _button(ASK_HUMAN, "🙋 Ask a human", record_id),
         ],
     }
 
 
-def answer_messages(answer: Answer, *, record_id: str | None = None) -> list[dict]:
-    """The message payloads (`text` + `blocks`) that show one answer, in posting order."""
+def handoff_offer(record_id: str) -> dict:
+    """An abstention's invitation to hand the question to a person at once."""
+    block = section(ABSTAINED_OFFER)
+    block["accessory"] = _button(ASK_HUMAN, "🙋 Ask a human", record_id, primary=True)
+    return block
+
+
+def answer_messages(answer: Answer, *, record_id: str | None = None, private: bool = False) -> list[dict]:
+    """The message payloads (`text` + `blocks`) that show one answer, in posting order.
+
+    `private` (a /ask answer only the asker sees) adds a "Share in channel" button.
+    """
     body = to_mrkdwn(answer.text) or "_(no answer)_"
     blocks = [section(part) for part in split_text(body)]
     footer = sources_blocks(answer.citations)
@@ -144,7 +167,9 @@ def answer_messages(answer: Answer, *, record_id: str | None = None) -> list[dic
             {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(answer.note)[:SECTION_LIMIT]}]}
         )
     if record_id:
-        footer.append(feedback_block(record_id))
+        if answer.status == "abstained":
+            footer.append(handoff_offer(record_id))
+        footer.append(feedback_block(record_id, share=private))
     return _messages(blocks, footer)
 
 

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 
 DEFAULT_KEY = "*"
-_CHANNEL = re.compile(r"^[CDG][A-Z0-9]{2,}$")
-_CONTACT = re.compile(r"^[UWS][A-Z0-9]{2,}$", re.IGNORECASE)  # "u01" typed by hand is fine
+_CHANNEL = re.compile(r"^[CDG][A-Z0-9]+$")
+_CONTACT = re.compile(r"^[UWS][A-Z0-9]+$", re.IGNORECASE)  # "u01" typed by hand is fine
 _SOURCE_NAME = re.compile(r"^[\w.-]+$")
 
 

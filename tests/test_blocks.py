@@ -30,7 +30,7 @@ def test_answer_with_sources_and_feedback_buttons():
                         "[2] <https://milvus.io/docs/d2.md#s2|Doc 2 › Part › Sub 2>")
     actions = message["blocks"][-1]
     assert actions["type"] == "actions"
-    assert [e["action_id"] for e in actions["elements"]] == [FEEDBACK_UP, FEEDBACK_DOWN]
+    assert [e["action_id"] for e in actions["elements"]] == [FEEDBACK_UP, FEEDBACK_DOWN, "ask_human"]
     assert {e["value"] for e in actions["elements"]} == {"rec1"}
     assert message["text"].startswith("Use *etcd* [1]")
 
