@@ -5,9 +5,9 @@ from __future__ import annotations
 from slack_bolt import App
 
 from bot.listeners import assistant, middleware
-from bot.listeners.actions import feedback
+from bot.listeners.actions import feedback, handoff, share
 from bot.listeners.commands import register as register_commands
-from bot.listeners.events import app_mention, message
+from bot.listeners.events import app_home_opened, app_mention, message
 from bot.services import Services
 
 
@@ -17,4 +17,7 @@ def register(app: App, services: Services) -> None:
     app_mention.register(app, services)
     message.register(app, services)
     feedback.register(app, services)
+    handoff.register(app, services)
+    share.register(app, services)
+    app_home_opened.register(app, services)
     register_commands(app, services)

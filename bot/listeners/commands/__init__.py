@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from slack_bolt import App
 
-from bot.listeners.commands import reindex
+from bot.listeners.commands import ask, reindex
 from bot.services import Services
 
 
 def register(app: App, services: Services) -> None:
     """Register every slash command listener."""
     reindex.register(app, services)
+    ask.register(app, services)

@@ -1,15 +1,19 @@
-"""Messages: every DM is a question; in channels, follow-ups in threads the bot answered."""
+"""Messages: every DM is a question; in channels, follow-ups in threads the bot answered,
+and every new question in AUTO_ANSWER_CHANNELS. Threads handed to a human are left to people."""
 
 from __future__ import annotations
 
 from slack_bolt import App, BoltContext
 
+from bot.channels import ChannelRules
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
+from bot.triage import looks_like_question
 
 
 def register(app: App, services: Services) -> None:
     settings = services.settings
+    rules = ChannelRules.from_settings(settings)
 
     @app.event("message")
     def on_message(event: dict, context: BoltContext) -> None:
@@ -20,9 +24,20 @@ def register(app: App, services: Services) -> None:
             services.ask(question_from(event, bot_user_id=bot_user_id, team=context.team_id or ""))
             return
         thread_ts = event.get("thread_ts")
-        if not thread_ts or thread_ts == event.get("ts") or not settings.answer_thread_followups:
+        mentioned = bool(bot_user_id) and f"<@{bot_user_id}" in event.get("text", "")
+        if not thread_ts or thread_ts == event.get("ts"):
+            # A new top-level message: only auto-answer channels, and only questions (no model call else).
+            if (
+                not mentioned
+                and not event.get("bot_id")  # other bots never, even when IGNORE_BOT_MESSAGES is off
+                and rules.answers_everything(event["channel"])
+                and looks_like_question(event.get("text", ""))
+            ):
+                services.ask(question_from(event, bot_user_id=bot_user_id, team=context.team_id or ""))
             return
-        if bot_user_id and f"<@{bot_user_id}" in event.get("text", ""):
-            return  # the app_mention listener answers it
+        if not settings.answer_thread_followups or mentioned:
+            return  # mentions: the app_mention listener answers them
+        if services.records.handed_off(event["channel"], thread_ts):
+            return  # people took over this thread
         if services.records.answered_thread(event["channel"], thread_ts):
             services.ask(question_from(event, bot_user_id=bot_user_id, team=context.team_id or ""))

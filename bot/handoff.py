@@ -1,0 +1,51 @@
+"""Hand a question to people: the thread message that tags the channel's experts."""
+
+from __future__ import annotations
+
+from bot.blocks import source_line
+from bot.channels import mention
+from bot.mrkdwn import escape
+from knowledge.types import Citation
+
+NO_CONTACTS = "No experts are configured for this channel: anyone who knows, please jump in."
+ALREADY = "A person was already asked to help in this thread."
+UNKNOWN_ANSWER = "Sorry, I can't find that answer any more, so I can't hand it over."
+QUOTE_LIMIT = 1500  # the question as quoted; Slack sections take 3,000
+
+
+def citations_from(sources: list[dict]) -> list[Citation]:
+    """The citations stored with an answer (bot.records) as `Citation`s; malformed entries are skipped."""
+    citations = []
+    for item in sources or []:
+        try:
+            citations.append(
+                Citation(
+                    number=int(item["number"]),
+                    title=str(item.get("title", "")),
+                    heading_path=tuple(item.get("heading_path") or ()),
+                    url=str(item.get("url", "")),
+                    source=str(item.get("source", "")),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return citations
+
+
+def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ...], sources: list[dict]) -> dict:
+    """The `text` + `blocks` posted in the thread: who asked, who is tagged, the question, the bot's sources."""
+    tags = " ".join(mention(contact) for contact in contacts)
+    who = f"<@{requested_by}> asked for a person to help" if requested_by else "A person was asked to help"
+    head = f"🙋 {who}: {tags}" if tags else f"🙋 {who}. {NO_CONTACTS}"
+    quoted = escape(" ".join(question.split()))[:QUOTE_LIMIT]
+    body = f"*Question*\n> {quoted}"
+    citations = citations_from(sources)
+    found = "\n".join(source_line(c) for c in sorted(citations, key=lambda c: c.number))
+    found = f"*What the bot looked at*\n{found}" if found else "_The bot found nothing relevant in the docs._"
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": head}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": body}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": found[:3000]}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "The bot stays quiet in this thread now."}]},
+    ]
+    return {"text": f"{head}\n{body}", "blocks": blocks}

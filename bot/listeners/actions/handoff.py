@@ -1,0 +1,65 @@
+""""Ask a human" on an answer: tag the channel's experts in the thread and record the hand-off."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.blocks import ASK_HUMAN
+from bot.channels import ChannelRules
+from bot.handoff import ALREADY, UNKNOWN_ANSWER, handoff_message
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, services: Services) -> None:
+    rules = ChannelRules.from_settings(services.settings)
+    records = services.records
+
+    @app.action(ASK_HUMAN)
+    def on_ask_human(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
+        ack()
+        user = (body.get("user") or {}).get("id", "")
+        channel = (body.get("channel") or {}).get("id", "")
+        row = records.answer(action.get("value", ""))
+        if row is None or not channel:
+            _tell(client, channel, user, UNKNOWN_ANSWER)
+            return
+        message = body.get("message") or {}
+        # The record knows the thread of a public answer; a private /ask answer has none yet.
+        thread_ts = row.thread_ts if row.channel == channel and row.thread_ts else (
+            message.get("thread_ts") or message.get("ts") or "")
+        contacts = rules.contacts_for(channel)
+        payload = handoff_message(question=row.question, requested_by=user, contacts=contacts, sources=row.sources)
+        if thread_ts and not records.record_handoff(
+            row.id, channel=channel, thread_ts=thread_ts, user_id=user, contacts=contacts
+        ):
+            _tell(client, channel, user, ALREADY, thread_ts=thread_ts)
+            return
+        try:
+            posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
+        except (SlackApiError, SlackClientError) as error:
+            log.warning("could not post the hand-off in %s: %s", channel, _code(error))
+            return
+        if not thread_ts:  # a new top-level message: its thread is where people answer
+            records.record_handoff(row.id, channel=channel, thread_ts=posted.get("ts", ""), user_id=user,
+                                   contacts=contacts)
+        log.info("hand-off in %s/%s to %d contact(s) by %s", channel, thread_ts or posted.get("ts"), len(contacts), user)
+
+
+def _tell(client: WebClient, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> None:
+    if not channel or not user:
+        return
+    try:
+        client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts)
+    except (SlackApiError, SlackClientError) as error:
+        log.info("chat.postEphemeral failed: %s", _code(error))
+
+
+def _code(error: SlackClientError) -> str:
+    response = getattr(error, "response", None)
+    return str(response.get("error")) if response is not None else type(error).__name__

@@ -1,0 +1,86 @@
+"""`/ask QUESTION`: a private answer (only the asker sees it) with a "Share in channel" button.
+
+The answer uses the channel's sources (CHANNEL_SOURCES) like a public one, is
+recorded like one, and arrives through the command's response_url.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from slack_bolt import Ack, App, Respond
+
+from bot.blocks import answer_messages
+from bot.channels import ChannelRules
+from bot.mrkdwn import escape
+from bot.responder import BUSY_TEXT
+from bot.services import Services
+from knowledge.errors import KnowledgeError
+
+log = logging.getLogger(__name__)
+
+COMMAND = "/ask"
+USAGE = "Ask me about the docs: `/ask how do I create a collection?` — only you see the answer."
+
+
+def register(app: App, services: Services) -> None:
+    rules = ChannelRules.from_settings(services.settings)
+
+    @app.command(COMMAND)
+    def on_ask(ack: Ack, command: dict, respond: Respond) -> None:
+        text = (command.get("text") or "").strip()
+        if not text:
+            ack(text=USAGE, response_type="ephemeral")
+            return
+        # The placeholder rides on the acknowledgement: no extra call, shown at once.
+        ack(text=escape(services.settings.placeholder_text), response_type="ephemeral")
+        user, channel = command.get("user_id", ""), command.get("channel_id", "")
+        user_key = f"{command.get('team_id', '')}:{user}"
+        services.metrics.questions.inc()
+        decision = services.limiter.try_acquire(user_key)
+        if not decision.allowed:
+            _reply(respond, [{"text": escape(decision.message)}])
+            return
+
+        def answer() -> None:
+            try:
+                _answer(services, rules, respond, text=text, user=user, channel=channel)
+            finally:
+                services.limiter.release(user_key)
+
+        if services.pool.submit(answer) is None:
+            services.limiter.release(user_key)
+            services.metrics.record_error("pool_full")
+            _reply(respond, [{"text": BUSY_TEXT}])
+
+
+def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: str, user: str, channel: str) -> None:
+    """Runs on a worker: answer, record, replace the placeholder; errors become a short reply."""
+    try:
+        answer = services.kb.ask(text, source_names=rules.sources_for(channel))
+    except KnowledgeError as error:
+        services.metrics.record_error(type(error).__name__)
+        _reply(respond, [{"text": escape(str(error))}])
+        return
+    except Exception:
+        error_id = uuid.uuid4().hex[:8]
+        services.metrics.record_error("unexpected")
+        log.exception("/ask failed error_id=%s channel=%s", error_id, channel)
+        _reply(respond, [{"text": f"Sorry, something went wrong while answering. (error id: `{error_id}`)"}])
+        return
+    # No thread yet: a shared answer gets one (bot.listeners.actions.share).
+    record_id = services.records.record_answer(answer, user_id=user, channel=channel, thread_ts="")
+    _reply(respond, answer_messages(answer, record_id=record_id, private=True))
+    services.metrics.observe_answer(answer)
+
+
+def _reply(respond: Respond, messages: list[dict]) -> None:
+    """Replace the ephemeral placeholder with the first message, add the rest; failures are logged."""
+    for index, message in enumerate(messages):
+        try:
+            response = respond(**message, response_type="ephemeral", replace_original=index == 0)
+            if response.status_code != 200:
+                log.warning("/ask response_url answered %s", response.status_code)
+        except Exception as error:  # noqa: BLE001 - a worker must not die on a dropped connection
+            log.warning("/ask reply failed: %s", type(error).__name__)
