@@ -159,7 +159,8 @@ def answer_messages(answer: Answer, *, record_id: str | None = None, private: bo
 
     `private` (a /ask answer only the asker sees) adds a "Share in channel" button.
     """
-    body = to_mrkdwn(answer.text) or "_(no answer)_"
+    # Only the cited sources' URLs may be links: the model cannot plant one of its own.
+    body = to_mrkdwn(answer.text, allowed_urls=[c.url for c in answer.citations]) or "_(no answer)_"
     blocks = [section(part) for part in split_text(body)]
     footer = sources_blocks(answer.citations)
     if answer.note:
@@ -193,7 +194,7 @@ def _fallback(blocks: list[dict]) -> str:
 
 def progress_message(partial_markdown: str, *, placeholder: str) -> dict:
     """The in-progress message while the answer streams in (text only, no buttons)."""
-    body = to_mrkdwn(partial_markdown)
+    body = to_mrkdwn(partial_markdown, allowed_urls=())  # sources are not known yet: no links
     if not body:
         return {"text": escape(placeholder)}
     # Show the newest part when the stream outgrows one section.
