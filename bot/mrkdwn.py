@@ -2,11 +2,15 @@
 
 Every piece of text is escaped (&, <, >), so model output can never produce a
 `<!channel>`, a `<@U123>` mention or a disguised link; only http(s) links are
-turned into Slack links.
+turned into Slack links, and with `allowed_urls` only links to those URLs (the
+cited sources): any other link shows its text alone, and a bare URL becomes
+inline code, which Slack does not turn into a link.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from urllib.parse import quote
 
 from markdown_it import MarkdownIt
@@ -14,6 +18,8 @@ from markdown_it.token import Token
 
 _INDENT = "    "
 _SAFE_SCHEMES = ("http://", "https://")
+# What Slack would auto-link in plain text: a scheme URL or a www. host.
+_BARE_URL = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>`]+", re.IGNORECASE)
 
 
 def escape(text: str) -> str:
@@ -35,18 +41,42 @@ def _parser() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 
 
-def to_mrkdwn(markdown: str) -> str:
-    """Convert Markdown to Slack mrkdwn; empty input gives ""."""
+def to_mrkdwn(markdown: str, *, allowed_urls: Collection[str] | None = None) -> str:
+    """Convert Markdown to Slack mrkdwn; empty input gives "".
+
+    `allowed_urls`: None lets every http(s) link through; a collection keeps
+    only links to those URLs (others become plain text, see the module doc).
+    """
     if not markdown or not markdown.strip():
         return ""
     tokens = _parser().parse(markdown)
-    return _BlockRenderer().render(tokens).strip("\n")
+    allowed = None if allowed_urls is None else frozenset(u.strip() for u in allowed_urls)
+    return _BlockRenderer(allowed).render(tokens).strip("\n")
+
+
+def _allowed(url: str, allowed: frozenset[str] | None) -> bool:
+    return allowed is None or url.strip() in allowed
+
+
+def _plain_text(text: str, allowed: frozenset[str] | None) -> str:
+    """Escaped text; bare URLs that are not allowed go in inline code so Slack leaves them unlinked."""
+    if allowed is None:
+        return escape(text)
+    out, last = [], 0
+    for match in _BARE_URL.finditer(text):
+        url = match.group(0).rstrip(".,;:!?)]}'\"")
+        out.append(escape(text[last : match.start()]))
+        out.append(escape(url) if url in allowed else "`" + escape(url) + "`")
+        last = match.start() + len(url)
+    out.append(escape(text[last:]))
+    return "".join(out)
 
 
 class _BlockRenderer:
     """Walks block tokens, keeping the list / quote nesting as a prefix stack."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: frozenset[str] | None = None) -> None:
+        self.allowed = allowed
         self.out: list[str] = []
         self.lists: list[list[int | None]] = []  # per open list: [next number or None]
         self.quote_depth = 0
@@ -85,7 +115,7 @@ class _BlockRenderer:
     def _block(self, token: Token) -> None:
         kind = token.type
         if kind == "inline":
-            text = render_inline(token.children or [])
+            text = render_inline(token.children or [], allowed_urls=self.allowed)
             if self.in_table:
                 self.table_row.append(text)
             elif self.in_heading:
@@ -143,14 +173,17 @@ class _BlockRenderer:
             self._blank_line()
 
 
-def render_inline(children: list[Token]) -> str:
-    """Render inline tokens (a paragraph's content) as mrkdwn."""
+def render_inline(children: list[Token], *, allowed_urls: frozenset[str] | None = None) -> str:
+    """Render inline tokens (a paragraph's content) as mrkdwn; links limited as in to_mrkdwn."""
+    allowed = allowed_urls
     out: list[str] = []
     link_stack: list[tuple[str | None, int, bool]] = []  # (safe url, output position, autolink)
     for token in children:
         kind = token.type
         if kind == "text":
-            out.append(escape(token.content))
+            # Inside an allowed link the label is not linked again; anywhere else bare URLs are checked.
+            inside_link = bool(link_stack) and link_stack[-1][0] is not None
+            out.append(escape(token.content) if inside_link else _plain_text(token.content, allowed))
         elif kind == "code_inline":
             # Backticks inside code cannot be escaped in mrkdwn; keep the span readable.
             out.append("`" + escape(token.content.replace("`", "'")) + "`")
@@ -163,7 +196,9 @@ def render_inline(children: list[Token]) -> str:
         elif kind == "s_open" or kind == "s_close":
             out.append("~")
         elif kind == "link_open":
-            link_stack.append((safe_url(token.attrGet("href") or ""), len(out), token.markup == "autolink"))
+            href = token.attrGet("href") or ""
+            url = safe_url(href) if _allowed(href, allowed) else None
+            link_stack.append((url, len(out), token.markup == "autolink"))
         elif kind == "link_close":
             url, start, autolink = link_stack.pop() if link_stack else (None, len(out), False)
             label = "".join(out[start:])
@@ -171,7 +206,8 @@ def render_inline(children: list[Token]) -> str:
             # <https://x> stays a bare link: its text is its (encoded) URL, nothing to disguise.
             out.append(f"<{url}>" if autolink and url else _link(url, label))
         elif kind == "image":
-            url = safe_url(token.attrGet("src") or "")
+            src = token.attrGet("src") or ""
+            url = safe_url(src) if _allowed(src, allowed) else None
             out.append(_link(url, escape(token.content or "image")))
         elif kind == "html_inline":
             out.append(escape(token.content))
