@@ -4,7 +4,8 @@ Used where the bot answers without being mentioned (AUTO_ANSWER_CHANNELS), so
 it errs on the side of silence: greetings, thanks, emoji, bare links and
 statements are skipped; a "?" (or "？"), an English question or request
 opener ("how do I…", "can someone…", "explain…") or a Chinese question word
-(什么, 怎么, 如何, 吗…) makes a question.
+(什么, 怎么, 如何, 吗…) makes a question. `is_chitchat` alone keeps "thanks!"
+under an answer from being answered in threads.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _GREETING_WORDS = (
     r"hi|hello|hey|hiya|yo|howdy|morning|good (?:morning|afternoon|evening|night)|gm|"
     r"thanks?(?: you)?(?: (?:so|very) much)?|thx|ty|tysm|cheers|much appreciated|appreciate it|"
     r"great|awesome|perfect|nice|cool|ok(?:ay)?|got it|makes sense|welcome|bye|see you|cya|lol|"
-    r"done|sounds good|np|no problem|will do|\+1"
+    r"done|sounds good|np|no problem|will do|\+1|(?:that |it )?(?:works|worked|helps|helped)(?: now)?"
 )
 _ADDRESSEE = r"(?:all|everyone|everybody|team|folks|guys|y'?all|there|again|a lot|both|so much)"
 _CHITCHAT = re.compile(
@@ -60,13 +61,19 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
+def is_chitchat(text: str) -> bool:
+    """True for greetings, thanks, acknowledgements, emoji and bare links: nothing to answer."""
+    words = _words(text)
+    if len(_LETTER.findall(words)) < MIN_LETTERS and len(_CJK.findall(words)) < 2:
+        return True
+    return bool(_CHITCHAT.match(words) or _ZH_CHITCHAT.match(words))
+
+
 def looks_like_question(text: str) -> bool:
     """True when `text` reads as a question or a request for help (see the module docstring)."""
-    words = _words(text)
-    if len(_LETTER.findall(words)) < MIN_LETTERS and not len(_CJK.findall(words)) >= 2:
-        return False  # emoji, links, "ok", "+1"
-    if _CHITCHAT.match(words) or _ZH_CHITCHAT.match(words):
+    if is_chitchat(text):
         return False
+    words = _words(text)
     if "?" in words or "？" in words:
         return True
     if _ZH_QUESTION.search(words):

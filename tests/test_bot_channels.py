@@ -1,13 +1,21 @@
-"""Unit tests: the question-detection rule and the per-channel settings formats."""
+"""Unit tests: question detection, per-channel settings, hand-off and share blocks, insights, Home texts."""
 
 from __future__ import annotations
+
+import json
+import time
 
 import pytest
 from pydantic import ValidationError
 
+from bot.blocks import ASK_HUMAN, SHARE_ANSWER, answer_messages
 from bot.channels import ChannelRules, mention, parse_channel_ids, parse_channel_sources, parse_escalation_contacts
+from bot.handoff import NO_CONTACTS, handoff_message
+from bot.home import index_text
+from bot.records import Records
 from bot.settings import BotSettings
-from bot.triage import looks_like_question
+from bot.triage import is_chitchat, looks_like_question
+from knowledge.types import Answer, Citation
 
 QUESTIONS = [
     "How do I create a collection?",
@@ -94,3 +102,61 @@ def test_channel_settings_parse():
 def test_malformed_channel_settings_are_rejected_with_a_clear_message(field, value, message):
     with pytest.raises(ValidationError, match=message):
         BotSettings(_env_file=None, **{field: value})
+
+
+@pytest.mark.parametrize("text, chitchat", [
+    ("thanks, that works!", True),
+    ("Thanks a lot 🙏", True),
+    ("谢谢", True),
+    (":+1:", True),
+    ("it still fails with error 13", False),
+    ("and in Java", False),
+])
+def test_chitchat_in_threads(text, chitchat):
+    assert is_chitchat(text) is chitchat
+
+
+def test_abstention_offers_the_hand_off_and_private_answers_can_be_shared():
+    abstained = Answer(question="q", text="Not in the docs.", status="abstained")
+    [message] = answer_messages(abstained, record_id="rec1")
+    offer = [b for b in message["blocks"] if b.get("accessory")]
+    assert offer and offer[0]["accessory"]["action_id"] == ASK_HUMAN and offer[0]["accessory"]["value"] == "rec1"
+    [message] = answer_messages(Answer(question="q", text="Yes [1].", status="answered"), record_id="r2", private=True)
+    actions = [e["action_id"] for e in message["blocks"][-1]["elements"]]
+    assert actions == [SHARE_ANSWER, "feedback_up", "feedback_down", ASK_HUMAN]
+    assert not [b for b in message["blocks"] if b.get("accessory")]
+
+
+def test_handoff_message_tags_contacts_and_lists_sources():
+    sources = [Citation(1, "FAQ", ("Storage",), "https://docs.example/faq#storage", "faq.md").to_dict(), {"bad": 1}]
+    message = handoff_message(question="Where is <data> kept?", requested_by="U1", contacts=("U9", "S2"),
+                              sources=sources)
+    text = json.dumps(message["blocks"], ensure_ascii=False)
+    assert "<@U1> asked for a person to help: <@U9> <!subteam^S2>" in text
+    assert "Where is &lt;data&gt; kept?" in text and "[1] <https://docs.example/faq#storage|FAQ › Storage>" in text
+    alone = handoff_message(question="q", requested_by="U1", contacts=(), sources=[])
+    assert NO_CONTACTS in alone["text"] and "found nothing relevant" in json.dumps(alone["blocks"])
+
+
+def test_insights_count_the_period_only(tmp_path):
+    records = Records(path=tmp_path / "r.sqlite")
+    try:
+        old = records.record_answer(Answer("Old gap?", "no", "abstained"), channel="C1", thread_ts="1")
+        records._execute("UPDATE answers SET created_at = created_at - 8 * 86400 WHERE id = ?", (old,))
+        records.record_answer(Answer("New gap?", "no", "abstained"), channel="C1", thread_ts="2")
+        insights = records.insights(since=time.time() - 7 * 86400)
+        assert (insights.questions, insights.abstained, insights.gaps) == (1, 1, [("New gap?", 1)])
+        assert not records.record_handoff("unknown", channel="C1", thread_ts="2", user_id="U1", contacts=())
+    finally:
+        records.close()
+
+
+def test_home_index_text():
+    status = {"chunks": 1234, "last_run": {"ok": True, "finished_at": 1_700_000_000.0}, "scheduled": True,
+              "next_run_at": 1_700_086_400.0}
+    text = index_text(status)
+    assert "*Index:* 1,234 chunks" in text
+    assert "<!date^1700000000^{date_short_pretty} {time}|2023-11-14 22:13 UTC>" in text
+    assert "*Next refresh:* <!date^1700086400^" in text
+    assert index_text({"index_error": "down"}) == "*Index:* unavailable (down)"
+    assert "none since the bot started" in index_text({"chunks": 0})

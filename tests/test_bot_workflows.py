@@ -102,6 +102,7 @@ def test_auto_answer_channel_answers_questions_only(make_kb, fake_openai, fake_s
     # and questions in channels that are not auto-answer channels.
     for event in (
         fake_slack.message_event("thanks all!", channel="CAUTO"),
+        fake_slack.message_event("thanks, that works!", channel="CAUTO", thread_ts=question["ts"]),  # under the answer
         fake_slack.message_event("Good morning team :wave:", channel="CAUTO"),
         fake_slack.message_event("🎉🎉", channel="CAUTO"),
         fake_slack.message_event("<https://milvus.io/docs>", channel="CAUTO"),

@@ -8,7 +8,7 @@ from slack_bolt import App, BoltContext
 from bot.channels import ChannelRules
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
-from bot.triage import looks_like_question
+from bot.triage import is_chitchat, looks_like_question
 
 
 def register(app: App, services: Services) -> None:
@@ -39,5 +39,7 @@ def register(app: App, services: Services) -> None:
             return  # mentions: the app_mention listener answers them
         if services.records.handed_off(event["channel"], thread_ts):
             return  # people took over this thread
+        if is_chitchat(event.get("text", "")) and not event.get("files"):
+            return  # "thanks!" under an answer needs no answer (nor a model call)
         if services.records.answered_thread(event["channel"], thread_ts):
             services.ask(question_from(event, bot_user_id=bot_user_id, team=context.team_id or ""))
