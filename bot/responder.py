@@ -81,6 +81,11 @@ class Responder:
         self._kb = kb
         self._metrics = metrics or Metrics(process_metrics=False)
         self._client = client
+        # Streaming updates never wait out a 429: a retry would stall the model's stream
+        # (and can outlast its read timeout). The final answer uses the retrying client.
+        self._stream_client = WebClient(
+            token=client.token, base_url=client.base_url, timeout=client.timeout, retry_handlers=[]
+        )
         self._records = records
         self._settings = settings
         self._rules = ChannelRules.from_settings(settings)  # CHANNEL_SOURCES: what each channel may see
@@ -250,15 +255,19 @@ class _Stream:
         message = progress_message(self._text, placeholder=responder._settings.placeholder_text)
         try:
             if progress.placeholder_ts:
-                responder._client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+                responder._stream_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
             else:
-                response = responder._client.chat_postMessage(
+                response = responder._stream_client.chat_postMessage(
                     channel=question.channel, thread_ts=question.thread_ts, **message
                 )
                 progress.placeholder_ts = response.get("ts", "")
         except SlackClientError as error:
             # Streaming is a courtesy: a rate-limited update is skipped, the final post still happens.
             log.info("streaming update skipped: %s", _code(error))
+            response = getattr(error, "response", None)
+            if response is not None and response.status_code == 429:
+                retry_after = float(response.headers.get("retry-after", response.headers.get("Retry-After", 1)) or 1)
+                self._last = time.monotonic() + retry_after  # no more updates until Slack allows them
 
 
 def _code(error: SlackClientError) -> str:
