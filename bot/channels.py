@@ -91,6 +91,10 @@ class ChannelRules:
         """The source names this channel may draw on; None means all of them."""
         return self.sources.get(channel) or self.sources.get(DEFAULT_KEY)
 
+    def unknown_sources(self, known: set[str]) -> list[str]:
+        """Source names CHANNEL_SOURCES gives that KNOWLEDGE_SOURCES does not define (those channels find nothing)."""
+        return sorted({name for names in self.sources.values() for name in names} - known)
+
     def contacts_for(self, channel: str) -> tuple[str, ...]:
         """The users / user groups to tag on a hand-off in this channel (may be empty)."""
         return self.contacts.get(channel) or self.contacts.get(DEFAULT_KEY) or ()

@@ -10,6 +10,7 @@ from knowledge.types import Citation
 NO_CONTACTS = "No experts are configured for this channel: anyone who knows, please jump in."
 ALREADY = "A person was already asked to help in this thread."
 UNKNOWN_ANSWER = "Sorry, I can't find that answer any more, so I can't hand it over."
+POST_FAILED = "Sorry, I couldn't post in this channel to reach the team. Please ask them directly."
 QUOTE_LIMIT = 1500  # the question as quoted; Slack sections take 3,000
 
 

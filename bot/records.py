@@ -193,6 +193,10 @@ class Records:
                 raise RecordsError(f"feedback database error: {error}") from error
         return True
 
+    def answer_handed_off(self, answer_id: str) -> bool:
+        """Whether a hand-off was already made from this answer (wherever it was posted)."""
+        return bool(self._execute("SELECT 1 FROM handoffs WHERE answer_id = ? LIMIT 1", (answer_id,)))
+
     def handed_off(self, channel: str, thread_ts: str) -> bool:
         """Whether humans were asked to take over this thread (the bot then stays quiet there)."""
         if not channel or not thread_ts:

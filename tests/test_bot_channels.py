@@ -90,6 +90,7 @@ def test_channel_settings_parse():
     assert (rules.sources_for("C01"), rules.sources_for("C02")) == (("faq",), None)
     assert (rules.contacts_for("C01"), rules.contacts_for("C02")) == (("U01", "S02"), ("U09",))
     assert ChannelRules.from_settings(BotSettings(_env_file=None)).contacts_for("C01") == ()
+    assert rules.unknown_sources({"docs"}) == ["faq"] and rules.unknown_sources({"faq"}) == []
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -11,6 +11,7 @@ import pytest
 from bot.app import build_app
 from bot.blocks import ASK_HUMAN, SHARE_ANSWER
 from bot.handoff import ALREADY
+from bot.listeners.actions.share import NOT_IN_CHANNEL
 from bot.listeners.commands.ask import USAGE
 from bot.server import socket_mode_handler
 from bot.settings import BotSettings
@@ -125,7 +126,7 @@ def test_auto_answer_channel_answers_questions_only(make_kb, fake_openai, fake_s
 
 def test_ask_privately_then_share_in_channel(make_kb, fake_openai, fake_slack, start_bot):
     kb = make_kb(abstain_threshold=0.0)
-    bot = start_bot(kb)
+    bot = start_bot(kb, escalation_contacts="*=U7")
 
     envelope = fake_slack.send_command(fake_slack.command_payload("/ask", "", channel="CASK"))
     assert fake_slack.wait_ack(envelope)["payload"]["text"] == USAGE
@@ -146,8 +147,11 @@ def test_ask_privately_then_share_in_channel(make_kb, fake_openai, fake_slack, s
     click.pop("message")
     click["container"] = {"type": "message", "message_ts": "", "is_ephemeral": True, "channel_id": "CASK"}
     click["response_url"] = fake_slack.api_url + "response_url"
+    fake_slack.fail_next("chat.postMessage", status=200, error="not_in_channel", retry_after=None)
+    fake_slack.send_action(click)  # the bot is not in the channel yet: told privately what to do
+    fake_slack.wait_for("response_url", where=lambda c: c.params.get("text") == NOT_IN_CHANNEL)
     fake_slack.send_action(click)
-    [shared] = fake_slack.wait_for("chat.postMessage", where=lambda c: c.params.get("channel") == "CASK")
+    [_, shared] = fake_slack.wait_for("chat.postMessage", 2, where=lambda c: c.params.get("channel") == "CASK")
     text = _text(shared.params)
     assert "<@U3> asked: How does Milvus store data?" in text and "object storage" in text
     assert "thread_ts" not in shared.params  # a new top-level message in the channel
@@ -159,7 +163,20 @@ def test_ask_privately_then_share_in_channel(make_kb, fake_openai, fake_slack, s
 
     fake_slack.send_action(click)  # a second click: said privately, not posted twice
     fake_slack.wait_for("response_url", where=lambda c: "already shared" in c.params.get("text", ""))
-    assert len(fake_slack.calls("chat.postMessage")) == 1
+    assert len(fake_slack.calls("chat.postMessage")) == 2  # the refused post and the shared answer
+
+    # "Ask a human" on a private answer: a new message in the channel tags the experts, once.
+    fake_slack.send_command(fake_slack.command_payload("/ask", "What is a partition?", channel="CASK", user="U3"))
+    reply = fake_slack.wait_for("response_url", 2, where=lambda c: _blocks(c.params))[-1]
+    click = {**click, "actions": [{**click["actions"][0], "action_id": ASK_HUMAN,
+                                   "value": _record_id(reply.params, ASK_HUMAN)}]}
+    fake_slack.send_action(click)
+    [handoff] = fake_slack.wait_for("chat.postMessage", where=lambda c: "asked for a person" in c.params.get("text", ""))
+    assert handoff.params["channel"] == "CASK" and "thread_ts" not in handoff.params
+    assert "<@U7>" in _text(handoff.params) and "What is a partition?" in _text(handoff.params)
+    fake_slack.send_action(click)
+    fake_slack.wait_for("chat.postEphemeral", where=lambda c: c.params.get("text") == ALREADY)
+    assert len(fake_slack.calls("chat.postMessage")) == 3
 
 
 def test_ask_a_human_tags_experts_and_the_bot_stays_quiet(make_kb, fake_openai, fake_slack, start_bot):

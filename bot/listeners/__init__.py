@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from slack_bolt import App
 
+from bot.channels import ChannelRules
 from bot.listeners import assistant, middleware
 from bot.listeners.actions import feedback, handoff, share
 from bot.listeners.commands import register as register_commands
 from bot.listeners.events import app_home_opened, app_mention, message
 from bot.services import Services
+from knowledge.errors import SourceError
+from knowledge.sources import parse_sources
+
+log = logging.getLogger(__name__)
 
 
 def register(app: App, services: Services) -> None:
@@ -21,3 +28,18 @@ def register(app: App, services: Services) -> None:
     share.register(app, services)
     app_home_opened.register(app, services)
     register_commands(app, services)
+    _check_channel_sources(services)
+
+
+def _check_channel_sources(services: Services) -> None:
+    """Warn about CHANNEL_SOURCES names no source has: a typo there silently empties a channel's answers."""
+    # The knowledge base's own settings: what the index was actually built from.
+    sources = getattr(getattr(services.kb, "settings", None), "knowledge_sources", services.settings.knowledge_sources)
+    try:
+        known = {spec.name for spec in parse_sources(sources)}
+    except SourceError:
+        return  # reported where the index is built
+    unknown = ChannelRules.from_settings(services.settings).unknown_sources(known)
+    if unknown:
+        log.warning("CHANNEL_SOURCES names %s, which KNOWLEDGE_SOURCES does not define (known: %s)",
+                    ", ".join(unknown), ", ".join(sorted(known)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
@@ -10,7 +11,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import ASK_HUMAN
 from bot.channels import ChannelRules
-from bot.handoff import ALREADY, UNKNOWN_ANSWER, handoff_message
+from bot.handoff import ALREADY, POST_FAILED, UNKNOWN_ANSWER, handoff_message
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 def register(app: App, services: Services) -> None:
     rules = ChannelRules.from_settings(services.settings)
     records = services.records
+    lock = threading.Lock()
 
     @app.action(ASK_HUMAN)
     def on_ask_human(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
@@ -35,19 +37,26 @@ def register(app: App, services: Services) -> None:
             message.get("thread_ts") or message.get("ts") or "")
         contacts = rules.contacts_for(channel)
         payload = handoff_message(question=row.question, requested_by=user, contacts=contacts, sources=row.sources)
-        if thread_ts and not records.record_handoff(
-            row.id, channel=channel, thread_ts=thread_ts, user_id=user, contacts=contacts
-        ):
-            _tell(client, channel, user, ALREADY, thread_ts=thread_ts)
-            return
-        try:
-            posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
-        except (SlackApiError, SlackClientError) as error:
-            log.warning("could not post the hand-off in %s: %s", channel, _code(error))
-            return
-        if not thread_ts:  # a new top-level message: its thread is where people answer
-            records.record_handoff(row.id, channel=channel, thread_ts=posted.get("ts", ""), user_id=user,
-                                   contacts=contacts)
+        # One at a time: a double click must not tag people twice, and a private answer's
+        # thread exists only once the hand-off message is posted (hand-offs are rare).
+        with lock:
+            if thread_ts:
+                already = not records.record_handoff(row.id, channel=channel, thread_ts=thread_ts, user_id=user,
+                                                     contacts=contacts)
+            else:
+                already = records.answer_handed_off(row.id)
+            if already:
+                _tell(client, channel, user, ALREADY, thread_ts=thread_ts or None)
+                return
+            try:
+                posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
+            except (SlackApiError, SlackClientError) as error:
+                log.warning("could not post the hand-off in %s: %s", channel, _code(error))
+                _tell(client, channel, user, POST_FAILED, thread_ts=thread_ts or None)
+                return
+            if not thread_ts:  # a new top-level message: its thread is where people answer
+                records.record_handoff(row.id, channel=channel, thread_ts=posted.get("ts", ""), user_id=user,
+                                       contacts=contacts)
         log.info("hand-off in %s/%s to %d contact(s) by %s", channel, thread_ts or posted.get("ts"), len(contacts), user)
 
 
