@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot.app import build_app
-from bot.blocks import ASK_HUMAN, SHARE_ANSWER
+from bot.blocks import ABSTAINED_OFFER, ASK_HUMAN, SHARE_ANSWER
 from bot.handoff import ALREADY
 from bot.listeners.actions.share import NOT_IN_CHANNEL
 from bot.listeners.commands.ask import USAGE
@@ -250,7 +250,7 @@ def two_sources(tmp_path):
 
 def test_channels_see_only_their_sources(make_kb, fake_slack, start_bot, two_sources):
     kb = make_kb(sources=two_sources, api_key="", abstain_threshold=0.0)  # retrieval only: the passages shown
-    start_bot(kb, channel_sources="CALPHA=alpha,CBETA=beta")
+    start_bot(kb, channel_sources="CALPHA=alpha,CBETA=beta,CNONE=gamma")
     asked = {}
     for channel in ("CALPHA", "CBETA", "CALL"):
         event = fake_slack.mention("How long are backups kept?", channel=channel)
@@ -260,6 +260,17 @@ def test_channels_see_only_their_sources(make_kb, fake_slack, start_bot, two_sou
     assert "7 days" in shown["CALPHA"] and "90 days" not in shown["CALPHA"]
     assert "90 days" in shown["CBETA"] and "7 days" not in shown["CBETA"]
     assert "7 days" in shown["CALL"] and "90 days" in shown["CALL"]  # no entry: every source
+
+    # A channel given no existing source finds nothing: the abstention offers the hand-off at once.
+    event = fake_slack.mention("How long are backups kept?", channel="CNONE")
+    fake_slack.send_event(event)
+    [abstained] = _answers(fake_slack, "CNONE")
+    [offer] = [b for b in _blocks(abstained.params) if b.get("accessory")]
+    assert offer["text"]["text"] == ABSTAINED_OFFER and offer["accessory"]["action_id"] == ASK_HUMAN
+    fake_slack.send_action(fake_slack.action_payload(ASK_HUMAN, offer["accessory"]["value"], channel="CNONE",
+                                                     message_ts=abstained.params["ts"], thread_ts=event["ts"]))
+    [handoff] = fake_slack.wait_for("chat.postMessage", where=lambda c: "asked for a person" in c.params.get("text", ""))
+    assert handoff.params["thread_ts"] == event["ts"] and "found nothing relevant" in _text(handoff.params)
 
     # /ask uses the same rule.
     fake_slack.send_command(fake_slack.command_payload("/ask", "How long are backups kept?", channel="CBETA"))
