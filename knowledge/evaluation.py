@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knowledge.errors import KnowledgeError
-from knowledge.types import Candidate, Chunk
+from knowledge.rewrite import standalone_query
+from knowledge.types import Candidate, Chunk, Turn
 
 DEFAULT_COMPARE = (
     ("dense", False), ("dense", True),
@@ -38,6 +39,7 @@ class EvalItem:
     lang: str
     question: str
     expected: tuple[Expected, ...]
+    history: tuple[Turn, ...] = ()  # earlier turns: the question is a follow-up
 
     @property
     def answerable(self) -> bool:
@@ -66,6 +68,7 @@ def load_items(path: Path | str) -> list[EvalItem]:
                         Expected(source=str(e["source"]), contains=str(e["contains"]))
                         for e in data.get("expected") or ()
                     ),
+                    history=tuple(_turn(t) for t in data.get("history") or ()),
                 )
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -73,6 +76,13 @@ def load_items(path: Path | str) -> list[EvalItem]:
                 f"{path}:{number}: not a valid eval item ({type(error).__name__}: {error})."
             ) from None
     return items
+
+
+def _turn(value) -> Turn:
+    """A history entry: a plain string is an earlier user message."""
+    if isinstance(value, str):
+        return Turn(role="user", text=value)
+    return Turn(role=value["role"], text=str(value["text"]))
 
 
 def normalise(text: str) -> str:
@@ -156,23 +166,39 @@ def best_score(result) -> float | None:
     return max(dense) if dense else None
 
 
-def evaluate(kb, items: Sequence[EvalItem], *, mode: str | None = None, rerank: bool | None = None) -> dict:
+def evaluate(
+    kb, items: Sequence[EvalItem], *, mode: str | None = None, rerank: bool | None = None,
+    rewrite: bool = True,
+) -> dict:
     """Retrieval metrics for the items, overall and per language, plus the misses.
 
     Keys: n, recall@10, recall@3, mrr@10, abstain_correct, false_abstain,
-    by_lang {lang: same metrics}, misses [...], mode, rerank, ms_per_query.
+    by_lang {lang: same metrics}, misses [...], mode, rerank, ms_per_query,
+    threshold (choose_threshold's suggestion for this mode and reranking).
     """
-    outcomes = run_items(kb, items, mode=mode, rerank=rerank)
-    return summarise(outcomes, mode=mode or kb.settings.retrieval_mode,
-                     rerank=_rerank_on(kb, rerank))
+    outcomes = run_items(kb, items, mode=mode, rerank=rerank, rewrite=rewrite)
+    reranked = _rerank_on(kb, rerank)
+    summary = summarise(outcomes, mode=mode or kb.settings.retrieval_mode, rerank=reranked)
+    summary["threshold"] = choose_threshold(outcomes, score="rerank" if reranked else "dense")
+    return summary
 
 
-def run_items(kb, items: Sequence[EvalItem], *, mode: str | None, rerank: bool | None) -> list[dict]:
-    """Retrieve every item (no rewriting, no model call) and record its outcome."""
+def run_items(
+    kb, items: Sequence[EvalItem], *, mode: str | None, rerank: bool | None, rewrite: bool = True
+) -> list[dict]:
+    """Retrieve every item and record its outcome.
+
+    A follow-up item (with history) searches with the standalone query `ask()` would
+    use (`rewrite`, the default), or with the bare question (rewrite=False). No
+    answer is written; a rewrite may call the model when one is configured.
+    """
     outcomes = []
     for item in items:
         started = time.perf_counter()
-        result = kb.retriever.retrieve(item.question, mode=mode, rerank=rerank)
+        query = item.question
+        if rewrite and item.history:
+            query = standalone_query(item.question, item.history, answerer=kb.answerer)
+        result = kb.retriever.retrieve(query, mode=mode, rerank=rerank)
         elapsed = (time.perf_counter() - started) * 1000
         entry = outcome(item, result, kb.retriever.should_abstain(result))
         entry["ms"] = elapsed
@@ -278,6 +304,12 @@ def format_result(result: dict) -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    threshold = result.get("threshold") or {}
+    if threshold.get("threshold") is not None:
+        setting = "ABSTAIN_THRESHOLD" if threshold["score"] == "rerank" else "ABSTAIN_DENSE_THRESHOLD"
+        lines += ["", f"Suggested {setting}: {threshold['threshold']:.3f} ({threshold['how']})."]
+    elif threshold:
+        lines += ["", f"No threshold suggested: {threshold['how']}."]
     misses = result.get("misses") or []
     if misses:
         lines += ["", f"Misses ({len(misses)}):"]

@@ -182,6 +182,9 @@ class Indexer:
     ) -> None:
         if not chunks:
             return
+        # Similar lengths side by side: each model batch pads to its longest text, and
+        # sorting the whole list (not just each encode call's share) removes most padding.
+        chunks = sorted(chunks, key=lambda c: len(c.search_text))
         bar = _progress_bar(len(chunks)) if progress else None
         try:
             for start in range(0, len(chunks), self.batch_size):

@@ -18,6 +18,32 @@ MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 
 # Extra candidates fetched so that dropping duplicates still leaves top_k.
 _DEDUPE_MARGIN = 5
+# Each side of a hybrid search contributes this many times the candidates asked for.
+# 1 measured best with RRF k=60 on the dev set (whole en/ tree, MiniLM): deeper lists
+# let passages both sides rank only fairly well crowd out one side's clear top hits.
+HYBRID_DEPTH_FACTOR = 1
+# How many keyword hits quoting an identifier verbatim are kept among the candidates.
+EXACT_MATCHES = 2
+
+# Function and question words: in nearly every passage, so on the BM25 side they only
+# add noise (Milvus Lite's analyzer ignores stop-word filters; the query is cleaned here).
+STOP_WORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further
+had has have having he her here hers him his how i if in into is it its itself just let me
+more most my no nor not now of off on once only or other our ours out over own same she
+should so some such than that the their theirs them then there these they this those through
+to too under until up very was we were what when where which while who whom why will with
+would you your yours yourself get got use using used want need please tell know way ways
+many much several one something nothing anything right away also like
+s t don doesn didn isn aren wasn weren won
+""".split())
+# Latin-script words; inner dots, dashes, slashes and underscores keep identifiers whole.
+_LATIN_WORD = re.compile(r"[A-Za-z0-9]+(?:[._/\\-][A-Za-z0-9]+)*(?:'[A-Za-z]+)?")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# What marks a word as an identifier: a dot, underscore or slash inside, a digit, an
+# inner capital (camelCase), or all capitals of length two or more (FLAT, IVF_SQ8).
+_IDENTIFIER = re.compile(r"[._/\\]|\d|[a-z][A-Z]|^[A-Z]{2,}$")
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
 # A shorter shared seam is more likely coincidence than overlap.
@@ -124,18 +150,47 @@ class Retriever:
         if mode == "dense":
             found = self.store.search_dense(vector, limit=limit, source_names=names)
         elif mode == "bm25":
-            found = self.store.search_bm25(query, limit=limit, source_names=names, vector=vector)
+            found = self.store.search_bm25(
+                keyword_query(query) or query, limit=limit, source_names=names, vector=vector
+            )
+        elif not (keywords := keyword_query(query)):
+            # Nothing BM25 could match usefully (a Chinese question without identifiers
+            # over the standard analyzer): it would only drown the dense side.
+            found = self.store.search_dense(vector, limit=limit, source_names=names)
         else:  # the store itself falls back to dense where hybrid is unsupported
             found = self.store.search_hybrid(
                 vector,
-                query,
+                keywords,
                 limit=limit,
                 fusion=self.settings.fusion,
                 rrf_k=self.settings.rrf_k,
                 weights=(self.settings.dense_weight, self.settings.bm25_weight),
                 source_names=names,
+                depth=limit * HYBRID_DEPTH_FACTOR,
             )
+            found = self._keep_exact_matches(found, query, limit, names)
         return dedupe(found)[:top_k]
+
+    def _keep_exact_matches(self, found: list[Candidate], query: str, limit: int, names) -> list[Candidate]:
+        """Make sure passages quoting the question's identifiers are among the candidates.
+
+        Fusion can rank a passage that only BM25 found (a parameter name, an error
+        string, a version) below passages both sides found moderately well; the
+        best keyword hits that contain an identifier verbatim go in ahead of the tail.
+        """
+        wanted = [term.lower() for term in identifiers(query) if len(term) >= 3]
+        if not wanted or not getattr(self.store, "supports_hybrid", False):
+            return found
+        present = {c.chunk.id for c in found[:self.settings.retrieve_top_k]}
+        exact = [
+            c for c in self.store.search_bm25(" ".join(wanted), limit=EXACT_MATCHES, source_names=names)
+            if c.chunk.id not in present and any(t in c.chunk.search_text.lower() for t in wanted)
+        ]
+        if not exact:
+            return found
+        keep = max(0, self.settings.retrieve_top_k - len(exact))
+        rest = [c for c in found[keep:] if c.chunk.id not in {e.chunk.id for e in exact}]
+        return [*found[:keep], *exact, *rest][:limit]
 
     def _expand(self, passages: list[Candidate]) -> list[Candidate]:
         """Join each passage with the parts before/after it when its section was split."""
@@ -182,6 +237,60 @@ class Retriever:
                 candidate = dataclasses.replace(candidate, chunk=dataclasses.replace(chunk, text=text))
             expanded.append(candidate)
         return expanded
+
+
+def keyword_query(query: str) -> str:
+    """The text the BM25 side searches with: the query's words minus stop words.
+
+    A question written mostly in Han characters keeps only its identifiers
+    (`IVF_FLAT`, `2.4.5`, `common.security.authorizationEnabled`): the standard
+    analyzer cannot split Chinese, and the plain English words of a mixed question
+    ("Milvus", "Windows") match too many passages to help. Returns "" when nothing is
+    left, meaning: search dense only.
+    """
+    words = _LATIN_WORD.findall(query)
+    if _is_mostly_han(query):
+        words = [w for w in words if _IDENTIFIER.search(w)]
+    # "what's", "can't": the part before the apostrophe decides.
+    kept = [w for w in words if w.lower().split("'")[0] not in STOP_WORDS]
+    return " ".join(term for word in kept for term in _with_inflections(word))
+
+
+def _with_inflections(word: str) -> list[str]:
+    """The word plus its likely singular/plural and base forms.
+
+    The index has no stemmer (Milvus Lite's analyzer offers none), so "partitions"
+    would never match "partition": the query names both. A guessed form that is
+    not a word matches nothing and costs nothing.
+    """
+    if not word.isalpha() or len(word) < 4 or _IDENTIFIER.search(word):
+        return [word]  # identifiers and short words are searched exactly as written
+    lower = word.lower()
+    forms = [lower]
+    if lower.endswith("ies"):
+        forms.append(lower[:-3] + "y")
+    elif lower.endswith(("ses", "xes", "ches", "shes")):
+        forms.append(lower[:-2])
+    elif lower.endswith("s") and not lower.endswith(("ss", "us", "is")):
+        forms.append(lower[:-1])
+    elif lower.endswith("ing") and len(lower) > 5:
+        forms += [lower[:-3], lower[:-3] + "e"]
+    elif lower.endswith("ed") and len(lower) > 4:
+        forms += [lower[:-2], lower[:-1]]
+    else:
+        forms.append(lower[:-1] + "ies" if lower.endswith("y") else lower + "s")
+    return forms
+
+
+def identifiers(query: str) -> list[str]:
+    """The words of a query that look like identifiers (names, versions, error types)."""
+    return [w for w in _LATIN_WORD.findall(query) if _IDENTIFIER.search(w)]
+
+
+def _is_mostly_han(text: str) -> bool:
+    from knowledge.language import detect_language  # one rule for "is this Chinese"
+
+    return bool(_HAN.search(text)) and detect_language(text) == "zh"
 
 
 def _occurrence(chunk: Chunk, chunk_id, limit: int = 16) -> int | None:

@@ -425,8 +425,13 @@ class VectorStore:
         rrf_k: int = 60,
         weights: tuple[float, float] = (0.6, 0.4),
         source_names=None,
+        depth: int | None = None,
     ) -> list[Candidate]:
-        """Dense and BM25 results fused by RRF or weights; dense only without BM25 support."""
+        """Dense and BM25 results fused by RRF or weights; dense only without BM25 support.
+
+        `depth` is how many hits each side contributes before fusion (default: `limit`);
+        a deeper list lets a passage ranked fairly well by both sides surface.
+        """
         self.check()
         if not self.supports_hybrid or not text.strip():
             if self.supports_hybrid:
@@ -434,12 +439,13 @@ class VectorStore:
             return self._fallback(vector, limit, source_names)
         query = np.asarray(vector, dtype=np.float32).ravel()
         expr = _filter(source_names)
+        depth = max(limit, depth or limit)
         requests = [
             AnnSearchRequest(
                 [query.tolist()], "vector",
-                {"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, limit)}}, limit, expr=expr,
+                {"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, depth)}}, depth, expr=expr,
             ),
-            AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, limit, expr=expr),
+            AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, depth, expr=expr),
         ]  # fmt: skip
         ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights)
         try:
