@@ -196,7 +196,8 @@ def question_log_fields(question: str, *, log_questions: bool) -> dict[str, obje
     """
     if log_questions:
         return {"question": question}
-    digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
+    # surrogatepass: a lone surrogate from Slack's JSON must not make logging raise.
+    digest = hashlib.sha256(question.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return {"question_chars": len(question), "question_sha256": digest}
 
 

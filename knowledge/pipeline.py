@@ -36,6 +36,9 @@ TEXTS = {
     },
 }
 _EXCERPT_CHARS = 300
+# C0/C1 control characters other than tab and newline: noise to search, risky in logs.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _LEADING_HEADINGS = re.compile(r"\A(?:#{1,6}[ \t][^\n]*\n\s*)+")
 
 
@@ -189,7 +192,11 @@ class KnowledgeBase:
     def _validated(self, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
             raise InvalidQuestionError("Please ask a question: the message is empty.")
-        question = question.strip()
+        # Lone surrogates (valid JSON escapes, invalid UTF-8) would break the tokenizer,
+        # Milvus and SQLite: each becomes U+FFFD. Control characters become spaces.
+        question = _CONTROL.sub(" ", _SURROGATE.sub("\ufffd", question)).strip()
+        if not question:
+            raise InvalidQuestionError("Please ask a question: the message is empty.")
         limit = self.settings.max_question_chars
         if len(question) > limit:
             raise InvalidQuestionError(
