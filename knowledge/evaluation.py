@@ -283,9 +283,15 @@ def _cell(value) -> str:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """A fixed-width side-by-side table of compare() rows."""
-    columns = ["mode", "rerank", "n", *_METRIC_KEYS, "ms_per_query"]
-    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    """A fixed-width side-by-side table of compare() rows: all items, then one line per language."""
+    columns = ["mode", "rerank", "lang", "n", *_METRIC_KEYS, "ms_per_query"]
+    lines_of = []
+    for row in rows:
+        lines_of.append({**row, "lang": "all"})
+        for lang, metrics in sorted((row.get("by_lang") or {}).items()):
+            lines_of.append({"mode": "", "rerank": "", "lang": lang, **metrics})
+    cells = [[_cell(line.get(col)) if line.get(col) != "" else "" for col in columns]
+             for line in lines_of]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
     lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths))]
     lines.append("  ".join("-" * w for w in widths))

@@ -157,8 +157,13 @@ def test_evaluate_and_compare_through_a_real_knowledge_base(make_kb, tmp_path):
     rows = compare(kb, items, [("dense", False), ("bm25", False), ("hybrid", True)])
     assert [(r["mode"], r["rerank"]) for r in rows] == [("dense", False), ("bm25", False), ("hybrid", True)]
     table = format_table(rows)
-    assert table.splitlines()[0].split()[:3] == ["mode", "rerank", "n"]
-    assert len(table.splitlines()) == 2 + len(rows)
+    assert table.splitlines()[0].split()[:4] == ["mode", "rerank", "lang", "n"]
+    # Each setting: a line for all items, then one per language (only "en" here).
+    assert len(table.splitlines()) == 2 + 2 * len(rows)
+    assert table.splitlines()[2].split()[:4] == ["dense", "no", "all", "2"]
+    assert table.splitlines()[3].split()[:2] == ["en", "2"]
+    assert "Suggested ABSTAIN_DENSE_THRESHOLD" in format_result(result) or (
+        "No threshold suggested" in format_result(result))
 
 
 @pytest.mark.slow
