@@ -38,7 +38,8 @@ def log_outcome(
         "total_ms": total_ms,
     }
     for stage, milliseconds in (timings_ms or {}).items():
-        fields[f"{stage}_ms"] = round(float(milliseconds), 1)
+        # The pipeline's own "total" is kb.ask alone; total_ms runs from the question's arrival.
+        fields["pipeline_ms" if stage == "total" else f"{stage}_ms"] = round(float(milliseconds), 1)
     if error_id:
         fields["error_id"] = error_id
     fields.update(question_log_fields(question.text, log_questions=log_questions))
