@@ -172,6 +172,20 @@ def configure_logging(
     return redactor
 
 
+# Libraries that log through a stderr handler of their own (propagate=False): bypassing
+# ours, their lines would skip redaction and break one-JSON-object-a-line.
+_SELF_HANDLED_LOGGERS = ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer")
+
+
+def adopt_library_loggers(names: Iterable[str] = _SELF_HANDLED_LOGGERS) -> None:
+    """Send these loggers' records to the root handler (call after the library is imported)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def register_secret(value: str) -> None:
     """Mask `value` in all later log records.
 

@@ -15,6 +15,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from waitress.server import create_server
 
 from bot.app import SlackSetupError, SupportBot, build_app
+from bot.logging_setup import adopt_library_loggers
 from bot.observability import Metrics, ObservabilityServer
 from bot.refresher import Refresher
 from bot.settings import BotSettings
@@ -83,6 +84,7 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
     rejected, ScheduleError for a bad REINDEX_SCHEDULE.
     """
     mode = check_slack_settings(settings)
+    adopt_library_loggers()  # the KnowledgeBase is built: pymilvus has set up its own handler
     stop = stop or threading.Event()
     _stop_on_sigterm(stop)
     metrics = Metrics()

@@ -88,3 +88,15 @@ def test_drain_gives_up_after_the_grace():
     assert time.monotonic() - started < 1
     stop.set()
     pool.shutdown()
+
+
+def test_pymilvus_lines_go_through_our_handler(json_log):
+    import pymilvus  # noqa: F401  (sets up its own stderr handler on import)
+
+    from bot.logging_setup import adopt_library_loggers
+
+    adopt_library_loggers()
+    logging.getLogger("pymilvus").warning("RPC failed with token=abcdefgh12345678")
+    [line] = json_log.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["logger"] == "pymilvus" and "abcdefgh12345678" not in line
