@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from knowledge.language import detect_language
 from knowledge.settings import KnowledgeSettings
 from knowledge.types import Candidate, Chunk
 
@@ -171,7 +172,9 @@ class Retriever:
             found = self._keep_exact_matches(found, query, limit, names)
         return dedupe(found)[:top_k]
 
-    def _keep_exact_matches(self, found: list[Candidate], query: str, limit: int, names) -> list[Candidate]:
+    def _keep_exact_matches(
+        self, found: list[Candidate], query: str, limit: int, names
+    ) -> list[Candidate]:
         """Make sure passages quoting the question's identifiers are among the candidates.
 
         Fusion can rank a passage that only BM25 found (a parameter name, an error
@@ -182,8 +185,9 @@ class Retriever:
         if not wanted or not getattr(self.store, "supports_hybrid", False):
             return found
         present = {c.chunk.id for c in found[:self.settings.retrieve_top_k]}
+        hits = self.store.search_bm25(" ".join(wanted), limit=EXACT_MATCHES, source_names=names)
         exact = [
-            c for c in self.store.search_bm25(" ".join(wanted), limit=EXACT_MATCHES, source_names=names)
+            c for c in hits
             if c.chunk.id not in present and any(t in c.chunk.search_text.lower() for t in wanted)
         ]
         if not exact:
@@ -288,8 +292,7 @@ def identifiers(query: str) -> list[str]:
 
 
 def _is_mostly_han(text: str) -> bool:
-    from knowledge.language import detect_language  # one rule for "is this Chinese"
-
+    # The same rule that picks the answer language decides "this question is Chinese".
     return bool(_HAN.search(text)) and detect_language(text) == "zh"
 
 
