@@ -47,7 +47,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=3000 \
     METRICS_PORT=9100 \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    HF_HUB_DISABLE_PROGRESS_BARS=1
 WORKDIR /app
 # Models (HF cache or local copies) and the index / feedback data outlive containers.
 VOLUME ["/models", "/app/data"]
