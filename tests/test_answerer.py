@@ -151,16 +151,19 @@ def test_chinese_language_instruction(fake_openai):
     assert "in Chinese" in user_message(request)
 
 
-def test_history_goes_as_prior_messages_most_recent_kept(fake_openai):
+def test_history_goes_as_a_data_block_most_recent_kept(fake_openai):
     history = [Turn("user", "old " * 400), Turn("assistant", "older answer " * 200),
                Turn("user", "How do I install?"), Turn("assistant", "Use docker [1].")]
     make_answerer(fake_openai, history_max_tokens=60).answer(
         "And on ARM?", PASSAGES, history=history, language="en"
     )
     messages = fake_openai.last_request["messages"]
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert messages[1]["content"] == "How do I install?"
-    assert messages[2]["content"] == "Use docker [1]."
+    assert [m["role"] for m in messages] == ["system", "user"]
+    content = messages[1]["content"]
+    conversation = content[content.index("<conversation>"):content.index("</conversation>")]
+    assert conversation == "<conversation>\nuser: How do I install?\nassistant: Use docker [1].\n"
+    assert "old old" not in content  # over the budget: the oldest turns are dropped
+    assert content.index("</conversation>") < content.index("<passages>")
 
 
 def test_bounded_history_keeps_order_and_budget():

@@ -176,8 +176,9 @@ def test_follow_up_is_rewritten_by_the_model(make_kb, fake_openai):
     assert answer.search_query == "Milvus ARM64 support"
     assert len(fake_openai.requests) == 2
     answer_messages = fake_openai.requests[1]["messages"]
-    assert [m["role"] for m in answer_messages] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in answer_messages] == ["system", "user"]
     assert "What about ARM?" in answer_messages[-1]["content"]
+    assert "user: Can I run Milvus on x86?" in answer_messages[-1]["content"]
 
 
 def test_follow_up_without_a_model_concatenates_user_turns(make_kb, fake_openai):

@@ -51,11 +51,14 @@ def test_injection_from_the_corpus_and_the_thread_stays_data(tmp_path, make_kb, 
         assert last.count("<passages>") == 1 and last.count("</passages>") == 1
         start, end = last.index("<passages>"), last.index("</passages>")
         assert start < last.index(EVIL_PASSAGE) < end  # the passage is inside the data block
-    # The thread's injection came along as an earlier turn of its own, never in the question's block.
+    # The thread's injection came along inside the <conversation> data block, never as a turn of its own.
     follow_up_request = answer_requests[-1]
-    turns = [m for m in follow_up_request["messages"][1:-1]]
-    assert any(EVIL_THREAD.split("<")[0] in m["content"] for m in turns)
-    assert EVIL_THREAD not in follow_up_request["messages"][-1]["content"]
+    assert [m["role"] for m in follow_up_request["messages"]] == ["system", "user"]
+    last = follow_up_request["messages"][-1]["content"]
+    assert last.count("<conversation>") == 1 and last.count("</conversation>") == 1
+    start, end = last.index("<conversation>"), last.index("</conversation>")
+    assert start < last.index(EVIL_THREAD.split("<")[0]) < end
+    assert EVIL_THREAD not in last  # its delimiter-like text was neutralised
     rewrite = [r for r in fake_openai.requests[requests_before:] if not r.get("stream")]
     for request in rewrite:  # the follow-up rewrite sees the thread inside <conversation>, neutralised
         content = request["messages"][-1]["content"]
