@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,11 +25,13 @@ Typical first run:  supportbot index  then  supportbot ask "How is data stored?"
 """
 
 
-def _settings(args: argparse.Namespace):
+log = logging.getLogger("supportbot")
+
+
+def _load_settings(env_file: str):
     from bot.settings import BotSettings
 
-    env_file = getattr(args, "env_file", None) or ".env"
-    return BotSettings(_env_file=env_file)
+    return BotSettings(_env_file=env_file or ".env")
 
 
 def _knowledge_base(settings):
@@ -43,8 +44,7 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2))
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def cmd_index(args: argparse.Namespace, settings) -> int:
     kb = _knowledge_base(settings)
     try:
         report = kb.refresh(rebuild=args.rebuild, progress=not args.json)
@@ -74,8 +74,7 @@ def _format_answer(answer) -> str:
     return "\n".join(lines)
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def cmd_ask(args: argparse.Namespace, settings) -> int:
     if args.no_rerank:
         settings.reranker_model = ""
     if args.mode:
@@ -100,10 +99,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, settings) -> int:
     from knowledge import evaluation
 
-    settings = _settings(args)
     kb = _knowledge_base(settings)
     try:
         items = evaluation.load_items(Path(args.file))
@@ -127,27 +125,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_chat(args: argparse.Namespace) -> int:
+def cmd_chat(args: argparse.Namespace, settings) -> int:
     from bot.chat import run_chat
 
-    settings = _settings(args)
     kb = _knowledge_base(settings)
     try:
-        _ensure_index(kb)
+        _ensure_index(kb, progress=True)
         run_chat(kb)
     finally:
         kb.close()
     return 0
 
 
-def _ensure_index(kb) -> None:
+def _ensure_index(kb, *, progress: bool) -> None:
     """Build the index when there is none, so a fresh machine can answer at once."""
     if kb.status().get("chunks", 0):
         return
-    print("No index yet: building it from KNOWLEDGE_SOURCES…", file=sys.stderr)
-    report = kb.refresh(progress=True)
-    print(f"Indexed {report.documents} documents into {report.chunks} chunks "
-          f"in {report.seconds:.1f} s.", file=sys.stderr)
+    log.info("No index yet: building it from KNOWLEDGE_SOURCES")
+    report = kb.refresh(progress=progress)
+    log.info("Indexed %d documents into %d chunks in %.1f s",
+             report.documents, report.chunks, report.seconds)
 
 
 def _has_slack_credentials(settings) -> bool:
@@ -156,36 +153,33 @@ def _has_slack_credentials(settings) -> bool:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings) -> int:
     from bot.server import serve
 
-    settings = _settings(args)
     kb = _knowledge_base(settings)
     try:
-        _ensure_index(kb)
+        _ensure_index(kb, progress=settings.log_format != "json")
         serve(settings, kb)
     finally:
         kb.close()
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings) -> int:
     """Index when needed, then serve Slack if credentials are set, else chat here."""
-    settings = _settings(args)
     if _has_slack_credentials(settings):
-        return cmd_serve(args)
+        return cmd_serve(args, settings)
     print(
         "No Slack credentials (SLACK_BOT_TOKEN with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET): "
         "starting the terminal chat instead. See README › Create the Slack app.",
         file=sys.stderr,
     )
-    return cmd_chat(args)
+    return cmd_chat(args, settings)
 
 
-def cmd_feedback(args: argparse.Namespace) -> int:
+def cmd_feedback(args: argparse.Namespace, settings) -> int:
     from bot.records import Records, format_feedback_report
 
-    settings = _settings(args)
     records = Records(path=settings.feedback_db)
     try:
         print(format_feedback_report(records, limit=args.limit))
@@ -194,10 +188,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, settings) -> int:
     from knowledge.bench import format_report, run_bench
 
-    settings = _settings(args)
     result = run_bench(
         settings=settings,
         shape=args.shape,
@@ -274,34 +267,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(verbose=args.verbose)
     from pydantic import ValidationError
 
     from knowledge.errors import KnowledgeError
 
     try:
-        return args.func(args)
-    except KnowledgeError as error:
-        print(f"supportbot: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+        settings = _load_settings(args.env_file)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
         )
         print(f"supportbot: invalid settings: {problems}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        _configure_logging(settings, verbose=args.verbose)
+    except ValueError as error:  # an unknown LOG_LEVEL
+        print(f"supportbot: invalid settings: LOG_LEVEL: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args, settings)
+    except KnowledgeError as error:
+        print(f"supportbot: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
-    try:
-        from bot.logging_setup import configure_logging
-    except ImportError:  # written alongside; plain logging until then
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
-    configure_logging(level=level, json_format=os.environ.get("LOG_FORMAT", "").lower() == "json")
+def _configure_logging(settings, *, verbose: bool) -> None:
+    """Plain or JSON lines at LOG_LEVEL, with every configured secret redacted."""
+    from urllib.parse import urlsplit
+
+    from bot.logging_setup import configure_logging
+
+    secrets = [
+        settings.slack_bot_token, settings.slack_app_token, settings.slack_signing_secret,
+        settings.openai_api_key, settings.milvus_token,
+    ]
+    values = [secret.get_secret_value() for secret in secrets]
+    values.append(urlsplit(settings.milvus_uri).password or "")
+    configure_logging(
+        level="DEBUG" if verbose else settings.log_level,
+        json_format=settings.log_format == "json",
+        secrets=[value for value in values if value],
+    )
 
 
 if __name__ == "__main__":

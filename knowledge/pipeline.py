@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -154,7 +155,8 @@ class KnowledgeBase:
             question=question,
             text="",
             status="answered",
-            candidates=passages,
+            passages=passages,
+            candidates=ranked_candidates(result),
             timings_ms=timings,
             search_query=search_query,
             language=language,
@@ -257,6 +259,22 @@ class KnowledgeBase:
 
 
 # Answer texts ------------------------------------------------------------------------
+def ranked_candidates(result: RetrievalResult) -> list[Candidate]:
+    """Every retrieved candidate in final order: the passages, then the rest.
+
+    The rest follow by rerank score when reranked, else as retrieved; ranks continue
+    the passages' numbering, so `supportbot ask --json` shows what was found and kept.
+    """
+    kept = {c.chunk.id for c in result.reranked_top_n}
+    rest = [c for c in result.candidates_top_k if c.chunk.id not in kept]
+    if result.reranked:
+        rest.sort(key=lambda c: -(c.rerank_score or 0.0))  # stable: ties keep retrieval order
+    ordered = [*result.reranked_top_n, *(dataclasses.replace(c) for c in rest)]
+    for rank, candidate in enumerate(ordered, start=1):
+        candidate.rank = rank
+    return ordered
+
+
 def used_citations(text: str, passages: Sequence[Candidate]) -> list[Citation]:
     """Citations for the [n] markers the text uses (1 ≤ n ≤ len(passages)), by number."""
     used: set[int] = set()

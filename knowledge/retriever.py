@@ -111,8 +111,9 @@ class Retriever:
         final = [dataclasses.replace(c) for c in candidates]
         if use_reranker and final:
             scores = self.reranker.score(query, [c.chunk.search_text for c in final])
-            for candidate, score in zip(final, scores):
-                candidate.rerank_score = float(score)
+            # The retrieved list keeps the scores too: `ask --json` shows every candidate's.
+            for candidate, retrieved, score in zip(final, candidates, scores):
+                candidate.rerank_score = retrieved.rerank_score = float(score)
             # Stable sort: ties keep retrieval order.
             final.sort(key=lambda c: -(c.rerank_score or 0.0))
         timings["rerank"] = _ms(started)

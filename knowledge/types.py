@@ -122,7 +122,8 @@ class Answer:
     text: str
     status: AnswerStatus
     citations: list[Citation] = field(default_factory=list)
-    candidates: list[Candidate] = field(default_factory=list)
+    passages: list[Candidate] = field(default_factory=list)  # what the answer was built from
+    candidates: list[Candidate] = field(default_factory=list)  # everything retrieved, final order
     timings_ms: dict[str, float] = field(default_factory=dict)
     search_query: str = ""  # the standalone query retrieval used (after follow-up rewriting)
     language: str = "en"  # the language of the question ("en", "zh", ...)
@@ -134,6 +135,7 @@ class Answer:
             "answer": self.text,
             "status": self.status,
             "citations": [c.to_dict() for c in self.citations],
+            "passages": [c.rank for c in self.passages],
             "candidates": [c.to_dict() for c in self.candidates],
             "timings_ms": self.timings_ms,
             "search_query": self.search_query,

@@ -32,13 +32,14 @@ def test_answer_request_carries_model_passages_and_question(make_kb, fake_openai
     request = fake_openai.last_request
     assert request["model"] == "gpt-test-model"
     block = passages_block(request)
-    assert len(answer.candidates) == kb.settings.rerank_top_n == 3
-    for number, candidate in enumerate(answer.candidates, start=1):
+    assert len(answer.passages) == kb.settings.rerank_top_n == 3
+    assert answer.candidates[:3] == answer.passages and len(answer.candidates) == 10
+    for number, candidate in enumerate(answer.passages, start=1):
         opening = re.search(rf'<passage id="{number}"[^>]*>\n(.*?)\n</passage>', block, re.S)
         assert opening and opening.group(1) == candidate.chunk.text.strip()
     assert QUESTION in request["messages"][-1]["content"].split("</passages>")[1]
     assert [c.number for c in answer.citations] == [1, 2]
-    assert [c.url for c in answer.citations] == [c.chunk.url for c in answer.candidates[:2]]
+    assert [c.url for c in answer.citations] == [c.chunk.url for c in answer.passages[:2]]
     assert answer.language == "en" and answer.search_query == QUESTION
     assert {"embed", "search", "rerank", "model", "total"} <= set(answer.timings_ms)
     assert answer.timings_ms["total"] >= answer.timings_ms["model"] > 0
@@ -61,7 +62,7 @@ def test_no_api_key_gives_retrieval_only_answer_without_a_request(make_kb, fake_
     assert answer.status == "retrieval_only"
     assert "OPENAI_API_KEY" in answer.note
     assert fake_openai.requests == []
-    for candidate in answer.candidates:
+    for candidate in answer.passages:
         assert candidate.chunk.url in answer.text
         assert candidate.chunk.url.startswith("https://docs.example/")
     assert [c.number for c in answer.citations] == [1, 2, 3]
@@ -77,7 +78,7 @@ def test_model_failure_after_retries_gives_retrieval_only_with_note(make_kb, fak
     assert len(fake_openai.requests) == 2  # the try and one retry
     assert answer.status == "retrieval_only"
     assert "failed" in answer.note and "500" in answer.note
-    assert answer.candidates[0].chunk.url in answer.text
+    assert answer.passages[0].chunk.url in answer.text
 
 
 def test_abstention_makes_no_model_call(make_kb, fake_openai):
@@ -87,7 +88,7 @@ def test_abstention_makes_no_model_call(make_kb, fake_openai):
     assert fake_openai.requests == []
     assert answer.text.startswith("The documentation doesn't seem to cover this")
     assert "you may want to read" in answer.text
-    for candidate in answer.candidates:
+    for candidate in answer.passages:
         assert candidate.chunk.url in answer.text and candidate.chunk.breadcrumb in answer.text
 
 
@@ -106,8 +107,8 @@ def test_citations_only_for_used_markers_with_matching_numbers(make_kb, fake_ope
     fake_openai.reply("Only the second [2]. Again [2][7]. Not a citation: [0].")
     answer = kb.ask(QUESTION)
     assert [c.number for c in answer.citations] == [2]
-    assert answer.citations[0].url == answer.candidates[1].chunk.url
-    assert answer.citations[0].heading_path == answer.candidates[1].chunk.heading_path
+    assert answer.citations[0].url == answer.passages[1].chunk.url
+    assert answer.citations[0].heading_path == answer.passages[1].chunk.heading_path
 
 
 def test_used_citations_marker_forms():

@@ -1,0 +1,198 @@
+"""The `supportbot` command line through its real entry point: index, ask, eval, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.cli import build_parser, main
+
+COMMANDS = ("index", "ask", "eval", "chat", "serve", "run", "feedback", "bench")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() installs its log handler on the root logger; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path, small_corpus, tiny_embedder_path, tiny_reranker_path, fake_openai):
+    """Settings for the CLI in the environment (no .env is read: the cwd is empty)."""
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "KNOWLEDGE_SOURCES": str(small_corpus),
+        "EMBEDDING_MODEL": str(tiny_embedder_path),
+        "RERANKER_MODEL": str(tiny_reranker_path),
+        "DATA_DIR": str(tmp_path / "data"),
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_MAX_RETRIES": "0",
+        "DEVICE": "cpu",
+        "DTYPE": "float32",
+        "ABSTAIN_THRESHOLD": "0",
+        "ABSTAIN_DENSE_THRESHOLD": "-1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.startswith("supportbot:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in text
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert "usage: supportbot " + command in capsys.readouterr().out
+
+
+def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
+    code, out, _ = run(capsys, "index", "--json")
+    assert code == 0
+    first = json.loads(out)
+    assert set(first) == {"documents", "chunks", "added", "updated", "deleted", "unchanged", "seconds"}
+    assert first["documents"] == 1 and first["chunks"] == first["added"] > 10
+
+    code, out, _ = run(capsys, "index", "--json")  # nothing changed: nothing embedded
+    again = json.loads(out)
+    assert (again["added"], again["updated"], again["deleted"], again["unchanged"]) == (0, 0, 0, first["chunks"])
+
+    code, out, _ = run(capsys, "index")
+    assert code == 0 and "chunks" in out and "unchanged" in out
+
+    fake_openai.reply("Milvus keeps inserted data in object storage [1].")
+    code, out, _ = run(capsys, "ask", "How is data stored in milvus?", "--json")
+    assert code == 0
+    answer = json.loads(out)
+    assert answer["status"] == "answered"
+    assert answer["answer"] == "Milvus keeps inserted data in object storage [1]."
+    assert [c["number"] for c in answer["citations"]] == [1]
+    assert answer["citations"][0]["url"].startswith("https://milvus.io/docs/product_faq.md#")
+    assert len(answer["candidates"]) == 10
+    for candidate in answer["candidates"]:
+        assert {"source", "heading_path", "text", "dense_score", "rerank_score", "rank"} <= candidate.keys()
+        assert candidate["source"] == "faq/product_faq.md"
+    assert [c["rank"] for c in answer["candidates"]] == list(range(1, 11))
+    assert {"embed", "search", "rerank", "model", "total"} <= answer["timings_ms"].keys()
+    request = fake_openai.requests[-1]
+    assert "How is data stored in milvus?" in request["messages"][-1]["content"]
+
+    fake_openai.reply("Data goes to object storage [1].")
+    code, out, _ = run(capsys, "ask", "How is data stored in milvus?")
+    assert code == 0 and "Data goes to object storage [1]." in out and "Sources:" in out and "[1]" in out
+
+    code, out, _ = run(capsys, "eval", str(dev_set), "--json")
+    assert code == 0
+    figures = json.loads(out)
+    assert {"n", "recall@10", "recall@3", "mrr@10", "abstain_correct", "false_abstain",
+            "by_lang", "misses"} <= figures.keys()
+    assert figures["n"] == sum(1 for line in dev_set.read_text().splitlines() if line.strip())
+    assert set(figures["by_lang"]) == {"en", "zh"}
+
+
+def test_ask_without_an_api_key_is_retrieval_only(cli_env, capsys, monkeypatch, fake_openai):
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.setenv("RERANKER_MODEL", "none")
+    assert run(capsys, "index")[0] == 0
+    code, out, _ = run(capsys, "ask", "Where does Milvus store data?")
+    assert code == 0
+    assert "OPENAI_API_KEY" in out and "https://milvus.io/docs/product_faq.md#" in out
+    assert fake_openai.requests == []
+
+
+@pytest.mark.parametrize("question, fragment", [("   ", "empty"), ("x" * 2001, "too long")])
+def test_bad_question_is_one_line(cli_env, capsys, question, fragment):
+    assert run(capsys, "index")[0] == 0
+    code, _, err = run(capsys, "ask", question)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_missing_model_path_is_one_line_at_once(cli_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("EMBEDDING_MODEL", str(tmp_path / "no-such-model"))
+    started = time.monotonic()
+    code, _, err = run(capsys, "index")
+    assert time.monotonic() - started < 10
+    assert_one_line_error(code, err, "no-such-model", "EMBEDDING_MODEL")
+
+
+def test_uncached_hub_model_is_one_line_at_once(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("RERANKER_MODEL", "Qwen/Qwen3-Reranker-0.6B")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    code, _, err = run(capsys, "ask", "anything")
+    assert time.monotonic() - started < 15
+    assert_one_line_error(code, err, "Qwen/Qwen3-Reranker-0.6B", "RERANKER_MODEL")
+
+
+def test_unreachable_milvus_uri_is_one_line(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("MILVUS_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    code, _, err = run(capsys, "index")
+    assert_one_line_error(code, err, "127.0.0.1:9")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "bad-zip"])
+def test_bad_sources_are_one_line(cli_env, capsys, monkeypatch, tmp_path, kind):
+    if kind == "missing":
+        location, fragment = tmp_path / "nowhere", "nowhere"
+    elif kind == "empty":
+        location = tmp_path / "empty-folder"
+        location.mkdir()
+        fragment = "empty-folder"
+    else:
+        location = tmp_path / "docs.zip"
+        location.write_bytes(b"this is not a zip file")
+        fragment = "docs.zip"
+    monkeypatch.setenv("KNOWLEDGE_SOURCES", str(location))
+    code, _, err = run(capsys, "index")
+    assert_one_line_error(code, err, fragment)
+
+
+def test_invalid_setting_is_one_line(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("RETRIEVE_TOP_K", "zero")
+    code, _, err = run(capsys, "index")
+    assert code == 2 and "RETRIEVE_TOP_K" in err and "Traceback" not in err
+
+
+def test_console_script_reports_without_traceback(cli_env, tmp_path):
+    """The installed `supportbot` script itself: a bad zip is one line on stderr, exit 1."""
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    script = Path(sys.executable).with_name("supportbot")
+    env = {**os.environ, "KNOWLEDGE_SOURCES": str(bad)}
+    result = subprocess.run([str(script), "index"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("supportbot:")] == [
+        line for line in result.stderr.splitlines() if "bad.zip" in line
+    ]
