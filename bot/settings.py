@@ -72,11 +72,6 @@ class BotSettings(KnowledgeSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)  # SIGTERM: wait this long for answers in flight
 
-    @field_validator("log_format", mode="before")
-    @classmethod
-    def _lower_format(cls, value):
-        return value.strip().lower() if isinstance(value, str) else value
-
     @field_validator("auto_answer_channels", "channel_sources", "escalation_contacts")
     @classmethod
     def _channel_rules(cls, value: str, info) -> str:
@@ -87,6 +82,11 @@ class BotSettings(KnowledgeSettings):
                  "escalation_contacts": channels.parse_escalation_contacts}[info.field_name]
         parse(value)
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("slack_api_url")
     @classmethod
