@@ -8,44 +8,16 @@ import time
 
 import pytest
 
-from bot.app import build_app
 from bot.blocks import ABSTAINED_OFFER, ASK_HUMAN, SHARE_ANSWER
 from bot.handoff import ALREADY
 from bot.listeners.actions.share import NOT_IN_CHANNEL
 from bot.listeners.commands.ask import USAGE
-from bot.server import socket_mode_handler
-from bot.settings import BotSettings
 from knowledge.types import Answer, Citation
+from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
 QUESTION = "How does Milvus store data?"
-
-
-@pytest.fixture
-def start_bot(fake_slack, tmp_path):
-    """start_bot(kb, **BotSettings overrides) -> the SupportBot, connected over Socket Mode."""
-    cleanups = []
-
-    def start(kb, **overrides):
-        values = dict(
-            slack_bot_token=fake_slack.bot_token, slack_app_token=fake_slack.app_token,
-            slack_api_url=fake_slack.api_url, feedback_db=tmp_path / f"feedback{len(cleanups)}.sqlite",
-            stream_update_interval=0.2, user_rate_per_minute=0, user_max_concurrent=0,
-        )
-        values.update(overrides)
-        settings = BotSettings(_env_file=None, **values)
-        bot = build_app(settings, kb)
-        cleanups.append(bot.close)
-        handler = socket_mode_handler(bot, settings)
-        handler.connect()
-        cleanups.append(handler.close)
-        fake_slack.wait_connected()
-        return bot
-
-    yield start
-    for cleanup in reversed(cleanups):
-        cleanup()
 
 
 def _blocks(params):
