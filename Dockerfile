@@ -48,7 +48,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=3000 \
     METRICS_PORT=9100 \
     LOG_FORMAT=json \
-    HF_HUB_DISABLE_PROGRESS_BARS=1
+    HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    MALLOC_ARENA_MAX=2
 WORKDIR /app
 # Models (HF cache or local copies) and the index / feedback data outlive containers.
 VOLUME ["/models", "/app/data"]

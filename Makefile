@@ -7,6 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test bench clean
 
+# glibc gives every worker thread a malloc arena of its own, which keeps the freed
+# buffers of its forward passes; two arenas bound that (docs/performance.md).
+# Loading a model also caps it in-process; the variable covers everything before.
+RUN_ENV := MALLOC_ARENA_MAX=2
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -18,13 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/supportbot run
+	$(RUN_ENV) $(BIN)/supportbot run
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/supportbot bench --shape qwen3-0.6b --quick
+	$(RUN_ENV) $(BIN)/supportbot bench --shape qwen3-0.6b --quick
 
 clean:
 	rm -rf $(VENV) data/.cache

@@ -13,7 +13,13 @@ import numpy as np
 from cachetools import LRUCache
 
 from knowledge.errors import ModelLoadError
-from knowledge.runtime import choose_device, choose_dtype, resolve_model_source
+from knowledge.runtime import (
+    choose_device,
+    choose_dtype,
+    limit_malloc_arenas,
+    release_free_memory,
+    resolve_model_source,
+)
 
 QUERY_CACHE_SIZE = 1024
 _WARM_UP_QUERY = "How do I get started?"
@@ -32,6 +38,7 @@ class Embedder:
         query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> None:
         """Load the model once. Raises ModelLoadError (one line) when it is missing or broken."""
+        limit_malloc_arenas()  # before any worker thread calls the model (see runtime)
         self.model_id = model.strip()
         self.batch_size = batch_size
         self.device = choose_device(device)
@@ -87,7 +94,9 @@ class Embedder:
         """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._encode(list(texts), prompt_name=None, progress=progress)
+        vectors = self._encode(list(texts), prompt_name=None, progress=progress)
+        release_free_memory()  # the batches' activations, or the process keeps them as RSS
+        return vectors
 
     def count_tokens(self, text: str) -> int:
         """How many tokens the model sees for `text` (no special tokens, no truncation)."""

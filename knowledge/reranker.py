@@ -20,7 +20,13 @@ import torch
 from cachetools import LRUCache
 
 from knowledge.errors import ModelLoadError
-from knowledge.runtime import choose_device, choose_dtype, resolve_model_source
+from knowledge.runtime import (
+    choose_device,
+    choose_dtype,
+    limit_malloc_arenas,
+    release_free_memory,
+    resolve_model_source,
+)
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
@@ -85,6 +91,7 @@ class Reranker:
 
         Raises ModelLoadError (one line) when the model is missing, broken or not a yes/no reranker.
         """
+        limit_malloc_arenas()  # before any worker thread calls the model (see runtime)
         self.model_id = model.strip()
         self.instruction = instruction
         self.max_tokens = max_tokens
@@ -166,7 +173,8 @@ class Reranker:
                 tails = [sequences[i][shared:] for i in batch]
                 for index, value in zip(batch, self._score_batch(tails, prefix_cache, shared)):
                     scores[index] = value
-            return scores
+        release_free_memory()  # the batches' activations, or the process keeps them as RSS
+        return scores
 
     @torch.inference_mode()
     def _prefix_cache(self, prefix: list[int]):

@@ -7,7 +7,10 @@ reached (that retries for over a minute before failing).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +21,10 @@ _TRUTHY = {"1", "true", "yes", "on"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # CPU features that make bfloat16 matmuls fast (measured ~5x over float32 for these models with AMX).
 _FAST_BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+# glibc's malloc gives each new thread its own arena (up to 8 per core), and each keeps the freed
+# activation buffers of its forward passes: with several questions in flight that added ~1 GB of RSS.
+DEFAULT_MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt parameter number in glibc's malloc.h
 
 
 def choose_device(preference: str = "auto") -> torch.device:
@@ -82,6 +89,41 @@ def configure_torch_threads(threads: int) -> int:
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def limit_malloc_arenas(arenas: int = DEFAULT_MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for threads started from now on; True when the cap is in force.
+
+    An explicit MALLOC_ARENA_MAX in the environment wins (glibc read it at start-up). Harmless and
+    False where the C library is not glibc (macOS, musl). Never raises.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX", "").strip():
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_ARENA_MAX, max(1, arenas)) == 1
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`); a no-op elsewhere. Never raises.
+
+    A forward pass frees its activations into malloc's arenas, which keep them: over a refresh
+    and a few questions that held ~700 MB more RSS than the models need (docs/performance.md).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
 
 
 def hub_offline() -> bool:

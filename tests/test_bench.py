@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -98,6 +99,8 @@ def test_run_bench_reports_every_stage(tiny_settings, bench_inputs):
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["dtype"] == "float32"
     assert machine["cpu"] and 0 < machine["cpu_share"] <= 1.5
+    # Measured as the product runs: malloc arenas capped before the first worker thread (glibc).
+    assert machine["malloc_arenas_capped"] is sys.platform.startswith("linux")
     # Both corpus files were chunked, embedded by the product's indexer and timed.
     assert result["corpus"]["chunks"] == result["index"]["chunks"] >= 5
     assert result["rerank"]["candidates"] == result["corpus"]["chunks"]  # fewer than 10: all of them

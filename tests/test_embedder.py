@@ -1,5 +1,6 @@
 """Embedder: real sentence-transformers loading of a tiny Qwen3 embedding model, and MiniLM for quality."""
 
+import sys
 import threading
 import time
 
@@ -178,3 +179,52 @@ def test_minilm_ranks_a_paraphrase_above_an_unrelated_sentence(minilm_path):
         ["Where does Milvus store data?", "The weather in Lisbon is sunny in July."]
     )
     assert float(query @ related) > float(query @ unrelated) + 0.2
+
+
+# Eight threads alive at once, each allocating past pymalloc (which would serve small objects itself),
+# then glibc's heap count from malloc_info: one line per arena.
+_ARENA_PROBE = """
+import ctypes, os, sys, tempfile, threading
+if sys.argv[1]:
+    from knowledge.embedder import Embedder
+    Embedder(model=sys.argv[1], device="cpu", dtype="float32")
+barrier = threading.Barrier(8)
+def work():
+    kept = [bytearray(1 << 16) for _ in range(4)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = tempfile.mktemp()
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(open(path).read().count("<heap nr="))
+os.remove(path)
+"""
+
+
+def _arenas_after_threads(model_path: str) -> int:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", _ARENA_PROBE, model_path], env=env, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc arenas")
+def test_loading_the_model_caps_malloc_arenas_for_later_worker_threads(tiny_embedder_path):
+    # Without the cap each of the eight threads gets an arena of its own (RSS grew ~1 GB in the bench).
+    assert _arenas_after_threads("") > 4
+    assert _arenas_after_threads(str(tiny_embedder_path)) <= 2
