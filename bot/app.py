@@ -64,8 +64,9 @@ def build_app(
         identity = client.auth_test()
     except SlackApiError as error:
         raise SlackSetupError(f"Slack rejected SLACK_BOT_TOKEN: {error.response.get('error')}") from error
-    except SlackClientError as error:
-        raise SlackSetupError(f"cannot reach Slack at {settings.slack_api_url}: {error}") from error
+    except (SlackClientError, OSError) as error:  # OSError: unreachable host (URLError)
+        reason = getattr(error, "reason", None) or error
+        raise SlackSetupError(f"cannot reach Slack at {settings.slack_api_url}: {reason}") from error
     signing_secret = settings.slack_signing_secret.get_secret_value()
     app = App(
         client=client,

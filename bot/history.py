@@ -7,7 +7,7 @@ import logging
 import re
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 
 from knowledge.types import Turn
 
@@ -55,6 +55,9 @@ def thread_history(
         response = client.conversations_replies(channel=channel, ts=thread_ts, limit=_REPLIES_PAGE)
     except SlackApiError as error:
         log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, error.response.get("error"))
+        return []
+    except (SlackClientError, OSError) as error:  # Slack unreachable: answer without context
+        log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, type(error).__name__)
         return []
     turns: list[Turn] = []
     used = 0

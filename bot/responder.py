@@ -103,7 +103,7 @@ class Responder:
                 )
                 progress.status_set = True
                 return progress
-            except SlackClientError as error:
+            except (SlackClientError, OSError) as error:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
                 log.info("assistant.threads.setStatus failed (%s); posting a placeholder", _code(error))
         progress.placeholder_ts = self._post(question, {"text": escape(self._settings.placeholder_text)})
@@ -117,7 +117,7 @@ class Responder:
         """Tell the person the pool is full (instead of silence); Slack failures are logged."""
         try:
             self._deliver(question, progress, [{"text": BUSY_TEXT}])
-        except SlackClientError as error:
+        except (SlackClientError, OSError) as error:
             log.warning("could not post the busy reply: %s", _code(error))
 
     # -- on a worker -------------------------------------------------------
@@ -208,7 +208,7 @@ class Responder:
                 channel=question.channel, thread_ts=question.thread_ts, **message
             )
             return response.get("ts", "")
-        except SlackClientError as error:
+        except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
             log.warning("chat.postMessage failed: %s", _code(error))
             return ""
 
@@ -261,7 +261,7 @@ class _Stream:
                     channel=question.channel, thread_ts=question.thread_ts, **message
                 )
                 progress.placeholder_ts = response.get("ts", "")
-        except SlackClientError as error:
+        except (SlackClientError, OSError) as error:
             # Streaming is a courtesy: a rate-limited update is skipped, the final post still happens.
             log.info("streaming update skipped: %s", _code(error))
             response = getattr(error, "response", None)
@@ -270,6 +270,6 @@ class _Stream:
                 self._last = time.monotonic() + retry_after  # no more updates until Slack allows them
 
 
-def _code(error: SlackClientError) -> str:
+def _code(error: Exception) -> str:
     response = getattr(error, "response", None)
     return str(response.get("error")) if response is not None else type(error).__name__

@@ -55,8 +55,17 @@ class Services:
             self.responder.refuse(question, decision.message)
             log_outcome(question, f"refused_{decision.reason}", log_questions=log_questions)
             return True
-        progress = self.responder.start(question)
-        if self.pool.submit(self._answer, question, progress, user_key) is None:
+        try:
+            progress = self.responder.start(question)
+            submitted = self.pool.submit(self._answer, question, progress, user_key)
+        except Exception:
+            # Never keep the person's slot (they would be "still working" forever).
+            self.limiter.release(user_key)
+            self.metrics.record_error("intake")
+            log.exception("could not queue the question %s/%s", question.channel, question.message_ts)
+            log_outcome(question, "error", log_questions=log_questions)
+            return True
+        if submitted is None:
             self.limiter.release(user_key)
             self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)

@@ -36,6 +36,9 @@ _ZH_CHITCHAT = re.compile(
 )
 _LEADING_GREETING = re.compile(rf"^(?:{_GREETING_WORDS})(?:[\s,]+{_ADDRESSEE})?[\s,.!:;—-]+", re.IGNORECASE)
 
+# Follow-ups often lead with a connector: "and what about ARM", "also, which version…".
+_LEADING_CONNECTOR = re.compile(r"^(?:and|also|so|but|then|plus|or|btw|by the way)\b[\s,]*", re.IGNORECASE)
+
 _OPENERS = re.compile(
     r"^(?:how|what|what's|whats|why|when|where|which|who|whom|whose|"
     r"can|could|should|would|will|shall|may|is|are|am|was|were|does|do|did|has|have|had|"
@@ -79,4 +82,5 @@ def looks_like_question(text: str) -> bool:
     if _ZH_QUESTION.search(words):
         return True
     body = _LEADING_GREETING.sub("", words, count=1)  # "hi all, how do I …"
+    body = _LEADING_CONNECTOR.sub("", body, count=1)  # "and what about …"
     return bool(_OPENERS.match(body) or _INNER.search(body))

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from knowledge.chunking import chunk_document
-from knowledge.errors import RefreshInProgressError
+from knowledge.errors import RefreshInProgressError, SourceError
 from knowledge.settings import KnowledgeSettings
 from knowledge.sources import parse_sources, read_documents
 from knowledge.store import VectorStore
@@ -109,6 +109,13 @@ class Indexer:
             parse_sources(self.settings.knowledge_sources), cache_dir=self.settings.cache_dir
         )
         chunks = self._chunks(documents)
+        if not chunks:
+            # Files that hold no text (emptied, or a glob that picks only stubs) would
+            # otherwise delete the whole serving index.
+            raise SourceError(
+                f"The sources hold {len(documents)} file(s) but no text to index; "
+                "the index was left as it was. Check KNOWLEDGE_SOURCES."
+            )
         store = self._store or self._store_factory()
         try:
             if rebuild or store.needs_rebuild:

@@ -17,6 +17,8 @@ from knowledge.types import Answer, Candidate, Citation, RefreshReport, Turn
 
 # [1], [2][3], [1, 2] and [1-3] style markers.
 _MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
+# Full-width brackets, which models often use in Chinese answers: 【1】, ［1］.
+_WIDE_MARKER = re.compile(r"[【［]\s*(\d+(?:\s*[,，\-–]\s*\d+)*)\s*[】］]")
 
 TEXTS = {
     "en": {
@@ -184,8 +186,9 @@ class KnowledgeBase:
                     answer, passages, _texts(language)["model_failed"].format(error=reason)
                 )
             else:
-                answer.text = text
-                answer.citations = used_citations(text, passages)
+                answer.text = normalise_markers(text, len(passages))
+                # No usable marker: still show what the answer was built from.
+                answer.citations = used_citations(answer.text, passages) or _citations(passages)
             timings["model"] = _ms(model_started)
         timings.setdefault("model", 0.0)
         timings["total"] = _ms(started)
@@ -273,6 +276,22 @@ def ranked_candidates(result: RetrievalResult) -> list[Candidate]:
     for rank, candidate in enumerate(ordered, start=1):
         candidate.rank = rank
     return ordered
+
+
+def normalise_markers(text: str, count: int) -> str:
+    """[n] markers only, each naming one of the `count` passages.
+
+    Full-width 【n】 become [n]; numbers outside 1..count (a model's slip) are dropped
+    so no marker points at a source that is not listed.
+    """
+    text = _WIDE_MARKER.sub(lambda m: "[" + m.group(1).replace("，", ",") + "]", text)
+
+    def keep_valid(match: re.Match) -> str:
+        parts = [p for p in re.split(r"\s*,\s*", match.group(1))
+                 if all(1 <= int(x) <= count for x in re.split(r"\s*[\-–]\s*", p))]
+        return f"[{', '.join(parts)}]" if parts else ""
+
+    return _MARKER.sub(keep_valid, text)
 
 
 def used_citations(text: str, passages: Sequence[Candidate]) -> list[Citation]:

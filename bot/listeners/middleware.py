@@ -19,8 +19,11 @@ def register(app: App, services: Services) -> None:
         retry = (request.headers.get("x-slack-retry-num") or ["0"])[0]
         event_id = body.get("event_id", "")
         first = services.seen.first_time(f"event:{event_id}") if event_id else True
-        if retry not in ("", "0") or not first:
+        if not first:
             # Slack retries when an ack was late; the first delivery is (being) answered.
             log.info("retried event %s (retry %s) acknowledged and dropped", event_id, retry)
             return BoltResponse(status=200, body="")
+        if retry not in ("", "0"):
+            # The first delivery never reached this process (a restart, a deploy): answer this one.
+            log.info("retried event %s (retry %s) is the first seen here: handling it", event_id, retry)
         return next()

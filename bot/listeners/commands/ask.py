@@ -15,7 +15,8 @@ from bot.blocks import answer_messages
 from bot.channels import ChannelRules
 from bot.mrkdwn import escape
 from bot.responder import BUSY_TEXT
-from bot.services import Services
+from bot.history import clean_text
+from bot.services import SHUTTING_DOWN_TEXT, Services
 from knowledge.errors import KnowledgeError
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,13 @@ def register(app: App, services: Services) -> None:
 
     @app.command(COMMAND)
     def on_ask(ack: Ack, command: dict, respond: Respond) -> None:
-        text = (command.get("text") or "").strip()
+        # Slack escapes &, < and > in command text like in messages: read it as the person wrote it.
+        text = clean_text(command.get("text") or "")
         if not text:
             ack(text=USAGE, response_type="ephemeral")
+            return
+        if services.stopping:
+            ack(text=SHUTTING_DOWN_TEXT, response_type="ephemeral")
             return
         # The placeholder rides on the acknowledgement: no extra call, shown at once.
         ack(text=escape(services.settings.placeholder_text), response_type="ephemeral")

@@ -3,12 +3,14 @@ and every new question in AUTO_ANSWER_CHANNELS. Threads handed to a human are le
 
 from __future__ import annotations
 
+import re
+
 from slack_bolt import App, BoltContext
 
 from bot.channels import ChannelRules
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
-from bot.triage import is_chitchat, looks_like_question
+from bot.triage import looks_like_question
 
 
 def register(app: App, services: Services) -> None:
@@ -39,7 +41,18 @@ def register(app: App, services: Services) -> None:
             return  # mentions: the app_mention listener answers them
         if services.records.handed_off(event["channel"], thread_ts):
             return  # people took over this thread
-        if is_chitchat(event.get("text", "")) and not event.get("files"):
-            return  # "thanks!" under an answer needs no answer (nor a model call)
+        text = event.get("text", "")
+        if event.get("bot_id"):
+            return  # another bot in the thread: following it up could loop between bots
+        if _addresses_someone_else(text, bot_user_id) or not looks_like_question(text):
+            return  # "thanks!", remarks and messages to colleagues need no answer (nor a model call)
         if services.records.answered_thread(event["channel"], thread_ts):
             services.ask(question_from(event, bot_user_id=bot_user_id, team=context.team_id or ""))
+
+
+# <@U123>, <@U123|name>, <!subteam^S123>: a message for people, not for the bot.
+_MENTION = re.compile(r"<(?:@([UW][A-Z0-9]+)|!subteam\^[A-Z0-9]+)[^>]*>")
+
+
+def _addresses_someone_else(text: str, bot_user_id: str) -> bool:
+    return any(match.group(1) != bot_user_id for match in _MENTION.finditer(text))
