@@ -14,7 +14,8 @@ from knowledge.types import Turn
 log = logging.getLogger(__name__)
 
 SOURCES_HEADING = "\n\n*Sources*\n"  # as bot.blocks writes it into the fallback text
-_REPLIES_PAGE = 200  # one page: the budget is far smaller than a page in practice
+_REPLIES_PAGE = 200
+_MAX_PAGES = 5  # replies come oldest first: long threads need later pages for recent context
 
 
 def clean_text(text: str, *, bot_user_id: str = "") -> str:
@@ -52,7 +53,7 @@ def thread_history(
     if max_messages <= 0 or not thread_ts:
         return []
     try:
-        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=_REPLIES_PAGE)
+        messages = _replies(client, channel=channel, thread_ts=thread_ts)
     except SlackApiError as error:
         log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, error.response.get("error"))
         return []
@@ -61,7 +62,7 @@ def thread_history(
         return []
     turns: list[Turn] = []
     used = 0
-    for message in reversed(response.get("messages") or []):
+    for message in reversed(messages):
         if float(message.get("ts", "0")) >= float(before_ts):
             continue  # the question itself and the bot's placeholder for it
         if message.get("subtype") not in (None, "bot_message", "thread_broadcast", "file_share"):
@@ -82,3 +83,16 @@ def thread_history(
         turns.append(Turn(role="assistant" if own else "user", text=text))
     turns.reverse()
     return turns
+
+
+def _replies(client: WebClient, *, channel: str, thread_ts: str) -> list[dict]:
+    """The thread's messages, oldest first, following the cursor for up to _MAX_PAGES pages."""
+    messages: list[dict] = []
+    cursor = None
+    for _ in range(_MAX_PAGES):
+        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=_REPLIES_PAGE, cursor=cursor)
+        messages.extend(response.get("messages") or [])
+        cursor = (response.get("response_metadata") or {}).get("next_cursor")
+        if not cursor:
+            break
+    return messages

@@ -194,7 +194,7 @@ def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_
     running = start_bot(kb, bot_workers=1, bot_queue_size=0)
 
     # One worker, no queue: while the model is slow, the next question gets a "busy" reply, not silence.
-    fake_openai.hang(2.0)
+    fake_openai.hang(4.0)  # wide enough for a loaded CI machine
     first = fake_slack.mention(QUESTION, channel="C2")
     fake_slack.send_event(first)
     fake_slack.wait_for("chat.postMessage", where=_in_thread("C2", first["ts"]))

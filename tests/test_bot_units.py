@@ -99,3 +99,21 @@ def test_thread_history_roles_budget_and_skips(fake_slack):
     assert history(max_messages=0) == []
     fake_slack.fail_next("conversations.replies", status=200, error="channel_not_found", retry_after=None)
     assert history() == []  # answering without context beats not answering
+
+
+def test_thread_history_of_a_long_thread_is_its_latest_messages(fake_slack):
+    """conversations.replies pages oldest first: the recent turns come from the last page."""
+    from slack_sdk import WebClient
+
+    from bot.history import thread_history
+    from tests.fixtures.slack_fake import BOT_USER_ID
+
+    client = WebClient(token="xoxb-1", base_url=fake_slack.api_url)
+    root = fake_slack.add_message("C2", text=f"<@{BOT_USER_ID}> opening question")
+    for number in range(450):
+        fake_slack.add_message("C2", text=f"reply {number}", thread_ts=root["ts"])
+    current = fake_slack.add_message("C2", text="the follow-up", thread_ts=root["ts"])
+    turns = thread_history(client, channel="C2", thread_ts=root["ts"], before_ts=current["ts"],
+                           bot_user_id=BOT_USER_ID, max_messages=3)
+    assert [t.text for t in turns] == ["reply 447", "reply 448", "reply 449"]
+    assert len(fake_slack.calls("conversations.replies")) == 3  # 200 + 200 + 52 messages
