@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import threading
 import time
@@ -12,8 +13,10 @@ from knowledge.errors import AnswerError, InvalidQuestionError
 from knowledge.language import detect_language
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
-from knowledge.settings import KnowledgeSettings
+from knowledge.settings import DEFAULT_DOCS_BASE_URL, DEFAULT_SOURCES, KnowledgeSettings
 from knowledge.types import Answer, Candidate, Citation, RefreshReport, Turn
+
+log = logging.getLogger(__name__)
 
 # [1], [2][3], [1, 2] and [1-3] style markers.
 _MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
@@ -80,6 +83,10 @@ class KnowledgeBase:
         from knowledge.store import VectorStore
 
         configure_torch_threads(settings.torch_threads)
+        if (settings.docs_base_url == DEFAULT_DOCS_BASE_URL
+                and settings.knowledge_sources != DEFAULT_SOURCES):
+            log.warning("DOCS_BASE_URL is still the Milvus docs' link template while KNOWLEDGE_SOURCES "
+                        "is your own: citations will link to milvus.io; set DOCS_BASE_URL.")
         embedder = Embedder(
             model=settings.embedding_model,
             device=settings.device,

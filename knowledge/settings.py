@@ -17,6 +17,7 @@ DEFAULT_SOURCES = (
     "https://github.com/milvus-io/milvus-docs/releases/download/v2.4.6-preview/"
     "milvus_docs_2.4.x_en.zip::en/faq/*.md"
 )
+DEFAULT_DOCS_BASE_URL = "https://milvus.io/docs/{stem}.md#{anchor}"
 DEFAULT_RERANK_INSTRUCTION = (
     "Given a web search query, retrieve relevant passages that answer the query"
 )
@@ -31,7 +32,7 @@ class KnowledgeSettings(BaseSettings):
 
     # Sources and chunking
     knowledge_sources: str = DEFAULT_SOURCES
-    docs_base_url: str = "https://milvus.io/docs/{stem}.md#{anchor}"
+    docs_base_url: str = DEFAULT_DOCS_BASE_URL
     data_dir: Path = Path("data")
     chunk_max_tokens: int = Field(default=350, ge=32)
     chunk_overlap_tokens: int = Field(default=40, ge=0)
