@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS answers (
     created_at REAL NOT NULL,
     user_id TEXT, channel TEXT, thread_ts TEXT, message_ts TEXT,
     question TEXT NOT NULL, answer TEXT NOT NULL, status TEXT NOT NULL,
-    sources TEXT NOT NULL, timings TEXT NOT NULL, note TEXT NOT NULL DEFAULT ''
+    sources TEXT NOT NULL, timings TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+    question_ts TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS answers_thread ON answers (channel, thread_ts);
 CREATE INDEX IF NOT EXISTS answers_status ON answers (status, created_at);
@@ -101,6 +102,10 @@ class Records:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+            if "question_ts" not in columns:  # a database from before the column existed
+                self._db.execute("ALTER TABLE answers ADD COLUMN question_ts TEXT NOT NULL DEFAULT ''")
+            self._db.execute("CREATE INDEX IF NOT EXISTS answers_question ON answers (channel, question_ts)")
         except (OSError, sqlite3.Error) as error:
             raise RecordsError(f"cannot open the feedback database {path}: {error}") from error
 
@@ -116,17 +121,20 @@ class Records:
                 raise RecordsError(f"feedback database error: {error}") from error
 
     def record_answer(
-        self, answer: Answer, *, user_id: str = "", channel: str = "", thread_ts: str = ""
+        self, answer: Answer, *, user_id: str = "", channel: str = "", thread_ts: str = "",
+        question_ts: str = "",
     ) -> str:
         """Store one answer; returns its id (what the feedback buttons carry)."""
         record_id = uuid.uuid4().hex[:16]
         sources = json.dumps([c.to_dict() for c in answer.citations], ensure_ascii=False)
         self._execute(
             "INSERT INTO answers (id, created_at, user_id, channel, thread_ts, message_ts, question,"
-            " answer, status, sources, timings, note) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?)",
+            " answer, status, sources, timings, note, question_ts)"
+            " VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
             (
                 record_id, time.time(), user_id, channel, thread_ts, answer.question,
                 answer.text, answer.status, sources, json.dumps(answer.timings_ms), answer.note,
+                question_ts,
             ),
         )
         return record_id
@@ -145,6 +153,16 @@ class Records:
             (answer_id, time.time(), user_id, value),
         )
         return True
+
+    def answered_question(self, channel: str, question_ts: str) -> bool:
+        """Whether the message posted at `question_ts` was already answered (kept across restarts)."""
+        if not channel or not question_ts:
+            return False
+        return bool(
+            self._execute(
+                "SELECT 1 FROM answers WHERE channel = ? AND question_ts = ? LIMIT 1", (channel, question_ts)
+            )
+        )
 
     def answered_thread(self, channel: str, thread_ts: str) -> bool:
         """Whether the bot answered in this thread (so follow-ups need no mention)."""

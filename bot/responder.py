@@ -156,7 +156,8 @@ class Responder:
             return None
         try:
             record_id = self._records.record_answer(
-                answer, user_id=question.user, channel=question.channel, thread_ts=question.thread_ts
+                answer, user_id=question.user, channel=question.channel, thread_ts=question.thread_ts,
+                question_ts=question.message_ts,
             )
             with self._metrics.time_stage("slack"):
                 first_ts = self._deliver(question, progress, answer_messages(answer, record_id=record_id))

@@ -109,3 +109,19 @@ def test_sources_without_text_leave_the_index_as_it_was(make_kb, small_corpus):
         kb.refresh()
     assert kb.status()["chunks"] == before
     assert kb.ask(QUESTION).candidates
+
+
+def test_a_retry_answered_before_a_restart_is_not_answered_again(
+        make_kb, fake_slack, start_bot, outcomes, tmp_path):
+    kb = make_kb(abstain_threshold=0.0)
+    feedback_db = tmp_path / "kept-across-restarts.sqlite"
+    first_bot = start_bot(kb, feedback_db=feedback_db)
+    mention = fake_slack.mention(QUESTION, channel="CR5")
+    fake_slack.send_event(mention, event_id="EvRESTART1")
+    outcomes.wait(1)
+    first_bot.services.stop_taking_questions()  # "restarted": a new process has an empty dedupe set
+    start_bot(kb, feedback_db=feedback_db)
+    fake_slack.send_event(mention, event_id="EvRESTART1", retry_attempt=1)
+    time.sleep(1.0)
+    assert len(outcomes.records) == 1
+    assert len(final_answers(fake_slack, "CR5", mention["ts"])) == 1

@@ -24,6 +24,11 @@ def register(app: App, services: Services) -> None:
             log.info("retried event %s (retry %s) acknowledged and dropped", event_id, retry)
             return BoltResponse(status=200, body="")
         if retry not in ("", "0"):
+            event = body.get("event") or {}
+            if services.records.answered_question(event.get("channel", ""), event.get("ts", "")):
+                # Answered before this process restarted: the record outlives the in-memory set.
+                log.info("retried event %s (retry %s) was answered before; dropped", event_id, retry)
+                return BoltResponse(status=200, body="")
             # The first delivery never reached this process (a restart, a deploy): answer this one.
             log.info("retried event %s (retry %s) is the first seen here: handling it", event_id, retry)
         return next()
