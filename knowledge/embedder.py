@@ -82,6 +82,7 @@ class Embedder:
         if cached is not None:
             return cached
         vector = self._encode([text], prompt_name=self._query_prompt_name, progress=False)[0]
+        release_free_memory()  # questions run on many worker threads, each filling its arena
         vector.setflags(write=False)  # shared by every later hit
         with self._cache_lock:
             self._cache[text] = vector
