@@ -135,6 +135,10 @@ def test_count_tokens_uses_the_model_tokenizer_without_truncation(tiny_embedder)
     assert tiny_embedder.count_tokens("") == 0
     long_text = "Milvus stores inserted data as incremental logs. " * 400
     assert tiny_embedder.count_tokens(long_text) > tiny_embedder._model.max_seq_length
+    # Counting switches the shared tokenizer's truncation off; the next encode must truncate again.
+    truncated = tiny_embedder.embed_documents([long_text])
+    tiny_embedder.count_tokens(long_text)
+    np.testing.assert_allclose(tiny_embedder.embed_documents([long_text]), truncated, atol=1e-6)
 
 
 def test_progress_bar_option_embeds_the_same(tiny_embedder):
