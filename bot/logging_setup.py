@@ -38,7 +38,7 @@ _TOKEN_PATTERNS = re.compile(
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message", "asctime", "taskName",
 }
-_NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub")
+_NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "huggingface_hub", "faiss.loader")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -85,8 +85,9 @@ class KnowledgeBase:
         configure_torch_threads(settings.torch_threads)
         if (settings.docs_base_url == DEFAULT_DOCS_BASE_URL
                 and settings.knowledge_sources != DEFAULT_SOURCES):
-            log.warning("DOCS_BASE_URL is still the Milvus docs' link template while KNOWLEDGE_SOURCES "
-                        "is your own: citations will link to milvus.io; set DOCS_BASE_URL.")
+            # Right for a copy of the Milvus docs, wrong for a team's own: say so once.
+            log.info("Citations link to %s (DOCS_BASE_URL); set it if your docs live elsewhere.",
+                     DEFAULT_DOCS_BASE_URL)
         embedder = Embedder(
             model=settings.embedding_model,
             device=settings.device,
