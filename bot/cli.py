@@ -64,38 +64,34 @@ def cmd_index(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def _format_answer(answer) -> str:
-    lines = [answer.text.strip()]
-    if answer.note:
-        lines += ["", f"({answer.note})"]
-    if answer.citations:
-        lines += ["", "Sources:"]
-        lines += [f"  [{c.number}] {c.breadcrumb} — {c.url}" for c in answer.citations]
-    return "\n".join(lines)
-
-
 def cmd_ask(args: argparse.Namespace, settings) -> int:
+    from bot.chat import format_sources
+
     if args.no_rerank:
         settings.reranker_model = ""
     if args.mode:
         settings.retrieval_mode = args.mode
+    streamed: list[str] = []
+
+    def stream(delta: str) -> None:
+        streamed.append(delta)
+        print(delta, end="", flush=True)
+
     kb = _knowledge_base(settings)
     try:
-        stream = None
-        if not args.json:
-            stream = lambda delta: print(delta, end="", flush=True)  # noqa: E731
-        answer = kb.ask(args.question, on_delta=stream)
+        answer = kb.ask(args.question, on_delta=None if args.json else stream)
     finally:
         kb.close()
     if args.json:
         _print_json(answer.to_dict())
         return 0
-    if stream is not None and answer.status == "answered":
-        print()  # the text was streamed; finish the line, then the sources
-        answer_text = _format_answer(answer).split("\n", 1)
-        print(answer_text[1] if len(answer_text) > 1 else "")
-    else:
-        print(_format_answer(answer))
+    # A model answer was printed as it streamed; abstentions and retrieval-only answers were not.
+    print("" if streamed else answer.text.strip())
+    if answer.note:
+        print(f"({answer.note})")
+    sources = format_sources(answer)
+    if sources:
+        print(sources)
     return 0
 
 

@@ -107,9 +107,11 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
     request = fake_openai.requests[-1]
     assert "How is data stored in milvus?" in request["messages"][-1]["content"]
 
-    fake_openai.reply("Data goes to object storage [1].")
+    fake_openai.reply("Data goes to object storage [1].\n\nMetadata goes to etcd [1].")
     code, out, _ = run(capsys, "ask", "How is data stored in milvus?")
-    assert code == 0 and "Data goes to object storage [1]." in out and "Sources:" in out and "[1]" in out
+    assert code == 0 and "Sources:" in out and "[1]" in out
+    assert out.count("Data goes to object storage [1].") == 1  # streamed once, not printed again
+    assert out.count("Metadata goes to etcd [1].") == 1
 
     code, out, _ = run(capsys, "eval", str(dev_set), "--json")
     assert code == 0
