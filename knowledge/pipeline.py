@@ -286,6 +286,14 @@ def ranked_candidates(result: RetrievalResult) -> list[Candidate]:
     return ordered
 
 
+def _marker_parts(inside: str) -> list[tuple[str, list[int]]]:
+    """The parts of a marker's inside ("1, 2-3"), each with its numbers ([1], [2, 3])."""
+    return [
+        (part, [int(n) for n in re.split(r"\s*[\-–]\s*", part)])
+        for part in re.split(r"\s*,\s*", inside)
+    ]
+
+
 def normalise_markers(text: str, count: int) -> str:
     """[n] markers only, each naming one of the `count` passages.
 
@@ -295,8 +303,8 @@ def normalise_markers(text: str, count: int) -> str:
     text = _WIDE_MARKER.sub(lambda m: "[" + m.group(1).replace("，", ",") + "]", text)
 
     def keep_valid(match: re.Match) -> str:
-        parts = [p for p in re.split(r"\s*,\s*", match.group(1))
-                 if all(1 <= int(x) <= count for x in re.split(r"\s*[\-–]\s*", p))]
+        parts = [part for part, bounds in _marker_parts(match.group(1))
+                 if all(1 <= n <= count for n in bounds)]
         return f"[{', '.join(parts)}]" if parts else ""
 
     return _MARKER.sub(keep_valid, text)
@@ -306,8 +314,7 @@ def used_citations(text: str, passages: Sequence[Candidate]) -> list[Citation]:
     """Citations for the [n] markers the text uses (1 ≤ n ≤ len(passages)), by number."""
     used: set[int] = set()
     for match in _MARKER.finditer(text):
-        for part in re.split(r"\s*,\s*", match.group(1)):
-            bounds = [int(x) for x in re.split(r"\s*[\-–]\s*", part)]
+        for _, bounds in _marker_parts(match.group(1)):
             low, high = bounds[0], bounds[-1]
             if high - low > len(passages):  # "[1-2000]" is not a citation range
                 continue
