@@ -120,7 +120,7 @@ class Indexer:
         try:
             if rebuild or store.needs_rebuild:
                 if store.needs_rebuild and not rebuild:
-                    logger.warning("%s Rebuilding.", store.mismatch)
+                    logger.warning("%s Rebuilding.", store.rebuild_reason)
                 report = self._rebuild(store, chunks, progress=progress)
             else:
                 report = self._update(store, chunks, progress=progress)

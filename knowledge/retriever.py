@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from knowledge.language import detect_language
+from knowledge.keywords import identifiers, keyword_query
 from knowledge.settings import KnowledgeSettings
 from knowledge.types import Candidate, Chunk
 
@@ -26,25 +26,6 @@ HYBRID_DEPTH_FACTOR = 1
 # How many keyword hits quoting an identifier verbatim are kept among the candidates.
 EXACT_MATCHES = 2
 
-# Function and question words: in nearly every passage, so on the BM25 side they only
-# add noise (Milvus Lite's analyzer ignores stop-word filters; the query is cleaned here).
-STOP_WORDS = frozenset("""
-a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further
-had has have having he her here hers him his how i if in into is it its itself just let me
-more most my no nor not now of off on once only or other our ours out over own same she
-should so some such than that the their theirs them then there these they this those through
-to too under until up very was we were what when where which while who whom why will with
-would you your yours yourself get got use using used want need please tell know way ways
-many much several one something nothing anything right away also like
-s t don doesn didn isn aren wasn weren won
-""".split())
-# Latin-script words; inner dots, dashes, slashes and underscores keep identifiers whole.
-_LATIN_WORD = re.compile(r"[A-Za-z0-9]+(?:[._/\\-][A-Za-z0-9]+)*(?:'[A-Za-z]+)?")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# What marks a word as an identifier: a dot, underscore or slash inside, a digit, an
-# inner capital (camelCase), or all capitals of length two or more (FLAT, IVF_SQ8).
-_IDENTIFIER = re.compile(r"[._/\\]|\d|[a-z][A-Z]|^[A-Z]{2,}$")
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
 # A shorter shared seam is more likely coincidence than overlap.
@@ -176,20 +157,26 @@ class Retriever:
     def _keep_exact_matches(
         self, found: list[Candidate], query: str, limit: int, names
     ) -> list[Candidate]:
-        """Make sure passages quoting the question's identifiers are among the candidates.
+        """Make sure every identifier of the question is quoted by some candidate.
 
         Fusion can rank a passage that only BM25 found (a parameter name, an error
-        string, a version) below passages both sides found moderately well; the
-        best keyword hits that contain an identifier verbatim go in ahead of the tail.
+        string, a version) below passages both sides found moderately well. For the
+        identifiers no top-k candidate quotes yet, the best keyword hits that contain
+        one verbatim go in ahead of the tail; an identifier already quoted (a file
+        name like milvus.yaml that half the docs mention) displaces nothing.
         """
         wanted = [term.lower() for term in identifiers(query) if len(term) >= 3]
         if not wanted or not getattr(self.store, "supports_hybrid", False):
             return found
-        present = {c.chunk.id for c in found[:self.settings.retrieve_top_k]}
-        hits = self.store.search_bm25(" ".join(wanted), limit=EXACT_MATCHES, source_names=names)
+        head = found[:self.settings.retrieve_top_k]
+        missing = [t for t in wanted if not any(t in c.chunk.search_text.lower() for c in head)]
+        if not missing:
+            return found
+        present = {c.chunk.id for c in head}
+        hits = self.store.search_bm25(" ".join(missing), limit=EXACT_MATCHES, source_names=names)
         exact = [
             c for c in hits
-            if c.chunk.id not in present and any(t in c.chunk.search_text.lower() for t in wanted)
+            if c.chunk.id not in present and any(t in c.chunk.search_text.lower() for t in missing)
         ]
         if not exact:
             return found
@@ -242,59 +229,6 @@ class Retriever:
                 candidate = dataclasses.replace(candidate, chunk=dataclasses.replace(chunk, text=text))
             expanded.append(candidate)
         return expanded
-
-
-def keyword_query(query: str) -> str:
-    """The text the BM25 side searches with: the query's words minus stop words.
-
-    A question written mostly in Han characters keeps only its identifiers
-    (`IVF_FLAT`, `2.4.5`, `common.security.authorizationEnabled`): the standard
-    analyzer cannot split Chinese, and the plain English words of a mixed question
-    ("Milvus", "Windows") match too many passages to help. Returns "" when nothing is
-    left, meaning: search dense only.
-    """
-    words = _LATIN_WORD.findall(query)
-    if _is_mostly_han(query):
-        words = [w for w in words if _IDENTIFIER.search(w)]
-    # "what's", "can't": the part before the apostrophe decides.
-    kept = [w for w in words if w.lower().split("'")[0] not in STOP_WORDS]
-    return " ".join(term for word in kept for term in _with_inflections(word))
-
-
-def _with_inflections(word: str) -> list[str]:
-    """The word plus its likely singular/plural and base forms.
-
-    The index has no stemmer (Milvus Lite's analyzer offers none), so "partitions"
-    would never match "partition": the query names both. A guessed form that is
-    not a word matches nothing and costs nothing.
-    """
-    if not word.isalpha() or len(word) < 4 or _IDENTIFIER.search(word):
-        return [word]  # identifiers and short words are searched exactly as written
-    lower = word.lower()
-    forms = [lower]
-    if lower.endswith("ies"):
-        forms.append(lower[:-3] + "y")
-    elif lower.endswith(("ses", "xes", "ches", "shes")):
-        forms.append(lower[:-2])
-    elif lower.endswith("s") and not lower.endswith(("ss", "us", "is")):
-        forms.append(lower[:-1])
-    elif lower.endswith("ing") and len(lower) > 5:
-        forms += [lower[:-3], lower[:-3] + "e"]
-    elif lower.endswith("ed") and len(lower) > 4:
-        forms += [lower[:-2], lower[:-1]]
-    else:
-        forms.append(lower[:-1] + "ies" if lower.endswith("y") else lower + "s")
-    return forms
-
-
-def identifiers(query: str) -> list[str]:
-    """The words of a query that look like identifiers (names, versions, error types)."""
-    return [w for w in _LATIN_WORD.findall(query) if _IDENTIFIER.search(w)]
-
-
-def _is_mostly_han(text: str) -> bool:
-    # The same rule that picks the answer language decides "this question is Chinese".
-    return bool(_HAN.search(text)) and detect_language(text) == "zh"
 
 
 def _occurrence(chunk: Chunk, chunk_id, limit: int = 16) -> int | None:

@@ -5,7 +5,8 @@ collection ``support_docs_<millis>``; a rebuild fills a staging collection
 beside it and switches the alias in one step, so searches never see a half
 built index. Each row holds one Chunk in typed fields (no JSON: filters on
 JSON are slow), its dense vector, and a BM25 sparse vector that Milvus
-derives from ``search_text`` when the backend supports BM25 functions.
+derives from ``search_text`` (stemmed by ``knowledge.keywords.analyze``, which
+every keyword query goes through too) when the backend supports BM25 functions.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from knowledge.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+from knowledge.keywords import ANALYZER_VERSION, analyze
 from knowledge.types import Candidate, Chunk
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 HEADING_SEPARATOR = "\n"  # headings never contain a newline
 MODEL_PROPERTY = "supportbot.model_id"
 DIMENSION_PROPERTY = "supportbot.dimension"
+ANALYZER_PROPERTY = "supportbot.analyzer"
 REBUILD_HINT = "rebuild the index with `supportbot index --rebuild`"
 # VARCHAR limits are in bytes; values are clipped to fit rather than failing the insert.
 TEXT_BYTES = 65535
@@ -94,6 +97,7 @@ class VectorStore:
         self._client = self._connect(uri, token, timeout)
         self._server_hybrid = self._server_supports_hybrid()
         self.mismatch = ""  # why the serving collection cannot be used, "" when it can
+        self.stale = ""  # why it serves dense-only until rebuilt, "" when it is current
         self.supports_hybrid = self._server_hybrid
         self._open_serving()
 
@@ -140,6 +144,12 @@ class VectorStore:
         self._load(target)
         self.supports_hybrid = self._server_hybrid and self._has_bm25(target)
         self.mismatch = self._mismatch(target)
+        if self.supports_hybrid and _collection_analyzer(self._describe(target)) != ANALYZER_VERSION:
+            # Its keywords were analysed another way: BM25 would match badly, so search
+            # dense only until the next refresh rebuilds it.
+            self.stale = f"The keyword index of {target} was built by an older version."
+            self.supports_hybrid = False
+            logger.warning("%s Searching dense only until it is rebuilt.", self.stale)
 
     def physical_name(self) -> str | None:
         """The collection the serving name points at (itself when it is a plain collection)."""
@@ -192,8 +202,13 @@ class VectorStore:
         return ""
 
     @property
+    def rebuild_reason(self) -> str:
+        """Why the next refresh must rebuild rather than update ("" when it need not)."""
+        return self.mismatch or self.stale
+
+    @property
     def needs_rebuild(self) -> bool:
-        return bool(self.mismatch)
+        return bool(self.rebuild_reason)
 
     def check(self) -> None:
         """Raise DimensionMismatchError when the serving collection fits another model."""
@@ -206,7 +221,9 @@ class VectorStore:
         schema = self._client.create_schema(
             auto_id=False,
             enable_dynamic_field=False,
-            description=json.dumps({"model_id": self.model_id, "dimension": self.dimension}),
+            description=json.dumps(
+                {"model_id": self.model_id, "dimension": self.dimension, "analyzer": ANALYZER_VERSION}
+            ),
         )
         add = schema.add_field
         add("id", DataType.VARCHAR, is_primary=True, max_length=1024)
@@ -265,7 +282,11 @@ class VectorStore:
         return name
 
     def _create(self, name: str, *, with_bm25: bool) -> None:
-        properties = {MODEL_PROPERTY: self.model_id, DIMENSION_PROPERTY: str(self.dimension)}
+        properties = {
+            MODEL_PROPERTY: self.model_id,
+            DIMENSION_PROPERTY: str(self.dimension),
+            ANALYZER_PROPERTY: ANALYZER_VERSION,
+        }
         self._client.create_collection(name, schema=self._schema(with_bm25), properties=properties)
         # sync=False: waiting for index builds calls an RPC Milvus Lite lacks (AllocTimestamp).
         self._client.create_index(name, self._index_params(with_bm25), sync=False)
@@ -295,7 +316,7 @@ class VectorStore:
             # Switch first, then drop: Milvus Lite drops an alias along with its collection.
             self._call(self._client.drop_collection, old)
         self.supports_hybrid = self._server_hybrid and self._has_bm25(staging)
-        self.mismatch = ""
+        self.mismatch = self.stale = ""
 
     # ---- writing ------------------------------------------------------------------
 
@@ -402,7 +423,7 @@ class VectorStore:
         results = self._call(
             self._client.search,
             self.name,
-            data=[text],
+            data=[analyze(text)],
             anns_field="sparse",
             limit=limit,
             filter=_filter(source_names),
@@ -445,7 +466,7 @@ class VectorStore:
                 [query.tolist()], "vector",
                 {"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, depth)}}, depth, expr=expr,
             ),
-            AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, depth, expr=expr),
+            AnnSearchRequest([analyze(text)], "sparse", {"metric_type": "BM25"}, depth, expr=expr),
         ]  # fmt: skip
         ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights)
         try:
@@ -592,11 +613,20 @@ def _one_line(error: Exception) -> str:
 
 
 def _collection_model(info: dict) -> str:
+    return _collection_setting(info, MODEL_PROPERTY, "model_id")
+
+
+def _collection_analyzer(info: dict) -> str:
+    return _collection_setting(info, ANALYZER_PROPERTY, "analyzer")
+
+
+def _collection_setting(info: dict, prop: str, key: str) -> str:
+    # Properties where the server keeps them; the schema description otherwise.
     properties = info.get("properties") or {}
-    if properties.get(MODEL_PROPERTY):
-        return properties[MODEL_PROPERTY]
+    if properties.get(prop):
+        return properties[prop]
     try:
-        return json.loads(info.get("description") or "{}").get("model_id", "")
+        return json.loads(info.get("description") or "{}").get(key, "")
     except (ValueError, AttributeError):
         return ""
 
@@ -611,7 +641,7 @@ def _row(chunk: Chunk, vector: np.ndarray) -> dict:
         "id": chunk.id,
         "vector": vector.tolist(),
         "text": _clip(chunk.text),
-        "search_text": _clip(chunk.search_text),
+        "search_text": _clip(analyze(chunk.search_text)),
         "source": _clip(chunk.source, 2048),
         "source_name": _clip(chunk.source_name, 256),
         "title": _clip(chunk.title, 2048),

@@ -105,6 +105,34 @@ def test_bm25_finds_exact_identifier_and_version(store):
     )
 
 
+def test_bm25_matches_other_inflections_of_a_word(store):
+    # "loaded" and "segment" are in the memory passage only as "load" and "segments".
+    hits = store.search_bm25("loaded segment", limit=3)
+    assert hits and hits[0].chunk.source == "faq/memory.md"
+    # Identifier parts are analysed alike on both sides, so they still match exactly.
+    assert store.search_bm25("IVF_FLAT", limit=1)[0].chunk.source == "faq/index.md"
+
+
+def test_keyword_index_from_an_older_analyzer_serves_dense_until_rebuilt(
+    milvus_lite_uri, store, chunks, embedder, monkeypatch
+):
+    store.close()
+    monkeypatch.setattr("knowledge.store.ANALYZER_VERSION", "snowball-english-0")
+    older = VectorStore(uri=milvus_lite_uri, collection="docs", dimension=64, model_id=embedder.model_id)
+    try:
+        assert older.needs_rebuild and "older version" in older.rebuild_reason
+        assert not older.supports_hybrid
+        older.check()  # still servable: only its keywords are out of date
+        hits = older.search_hybrid(embedder.embed_query("etcd metadata"), "etcd", limit=2)
+        assert hits and all(h.bm25_score is None for h in hits)
+        staging = older.create_staging()
+        older.upsert(chunks, embedder.embed_documents([c.search_text for c in chunks]), collection=staging)
+        older.switch_to(staging)
+        assert not older.needs_rebuild and older.supports_hybrid
+    finally:
+        older.close()
+
+
 def test_hybrid_rrf_fuses_both_rankings(store, embedder):
     text = "vector index types HNSW"
     vector = embedder.embed_query("object storage MinIO S3 for vector data")
