@@ -20,11 +20,13 @@ MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 # Extra candidates fetched so that dropping duplicates still leaves top_k.
 _DEDUPE_MARGIN = 5
 # Each side of a hybrid search contributes this many times the candidates asked for.
-# 1 measured best with RRF k=60 on the dev set (whole en/ tree, MiniLM): deeper lists
-# let passages both sides rank only fairly well crowd out one side's clear top hits.
+# Deeper lists measured no better on either eval set (docs/answer-quality.md).
 HYBRID_DEPTH_FACTOR = 1
 # How many keyword hits quoting an identifier verbatim are kept among the candidates.
 EXACT_MATCHES = 2
+# Without identifiers, the best of the keyword side's first hits that fusion left out
+# takes the last candidate slot (measured on two eval sets in docs/answer-quality.md).
+KEYWORD_SLOT_DEPTH = 3
 
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
@@ -151,38 +153,45 @@ class Retriever:
                 source_names=names,
                 depth=limit * HYBRID_DEPTH_FACTOR,
             )
-            found = self._keep_exact_matches(found, query, limit, names)
+            found = self._keep_keyword_hits(found, query, keywords, limit, names)
         return dedupe(found)[:top_k]
 
-    def _keep_exact_matches(
-        self, found: list[Candidate], query: str, limit: int, names
+    def _keep_keyword_hits(
+        self, found: list[Candidate], query: str, keywords: str, limit: int, names
     ) -> list[Candidate]:
-        """Make sure every identifier of the question is quoted by some candidate.
+        """Let the keyword side's strongest hits in where fusion left them out.
 
-        Fusion can rank a passage that only BM25 found (a parameter name, an error
-        string, a version) below passages both sides found moderately well. For the
-        identifiers no top-k candidate quotes yet, the best keyword hits that contain
-        one verbatim go in ahead of the tail; an identifier already quoted (a file
-        name like milvus.yaml that half the docs mention) displaces nothing.
+        Identifiers first: for each one (a parameter name, an error string, a
+        version) that no top-k candidate quotes yet, the best keyword hits quoting it
+        verbatim go in ahead of the tail; one already quoted (a file name like
+        milvus.yaml that half the docs mention) displaces nothing. Otherwise the best
+        of the keyword side's first KEYWORD_SLOT_DEPTH hits that fusion left out
+        takes the last slot: weighted fusion favours the dense side and would never
+        admit a passage only BM25 finds.
         """
-        wanted = [term.lower() for term in identifiers(query) if len(term) >= 3]
-        if not wanted or not getattr(self.store, "supports_hybrid", False):
+        if not getattr(self.store, "supports_hybrid", False):
             return found
-        head = found[:self.settings.retrieve_top_k]
-        missing = [t for t in wanted if not any(t in c.chunk.search_text.lower() for c in head)]
-        if not missing:
-            return found
+        top_k = self.settings.retrieve_top_k
+        head = found[:top_k]
         present = {c.chunk.id for c in head}
-        hits = self.store.search_bm25(" ".join(missing), limit=EXACT_MATCHES, source_names=names)
-        exact = [
-            c for c in hits
-            if c.chunk.id not in present and any(t in c.chunk.search_text.lower() for t in missing)
-        ]
-        if not exact:
+        wanted = [term.lower() for term in identifiers(query) if len(term) >= 3]
+        missing = [t for t in wanted if not any(t in c.chunk.search_text.lower() for c in head)]
+        if missing:
+            hits = self.store.search_bm25(" ".join(missing), limit=EXACT_MATCHES, source_names=names)
+            extra = [
+                c for c in hits
+                if c.chunk.id not in present and any(t in c.chunk.search_text.lower() for t in missing)
+            ]
+        elif wanted:
+            extra = []  # every identifier is quoted already
+        else:
+            hits = self.store.search_bm25(keywords, limit=KEYWORD_SLOT_DEPTH, source_names=names)
+            extra = [c for c in hits if c.chunk.id not in present][:1]
+        if not extra:
             return found
-        keep = max(0, self.settings.retrieve_top_k - len(exact))
-        rest = [c for c in found[keep:] if c.chunk.id not in {e.chunk.id for e in exact}]
-        return [*found[:keep], *exact, *rest][:limit]
+        keep = max(0, top_k - len(extra))
+        ids = {c.chunk.id for c in extra}
+        return [*found[:keep], *extra, *(c for c in found[keep:] if c.chunk.id not in ids)][:limit]
 
     def _expand(self, passages: list[Candidate]) -> list[Candidate]:
         """Join each passage with the parts before/after it when its section was split."""

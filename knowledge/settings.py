@@ -56,7 +56,7 @@ class KnowledgeSettings(BaseSettings):
 
     # Retrieval
     retrieval_mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    fusion: Literal["rrf", "weighted"] = "rrf"
+    fusion: Literal["rrf", "weighted"] = "weighted"
     rrf_k: int = Field(default=60, ge=1)
     dense_weight: float = Field(default=0.6, ge=0)
     bm25_weight: float = Field(default=0.4, ge=0)
