@@ -107,7 +107,7 @@ def run_bench(
     say(f"loading models ({embedding_model}, {reranker_model})")
     embedder = Embedder(
         model=embedding_model, device=settings.device, dtype=settings.dtype,
-        batch_size=settings.embedding_batch_size,
+        batch_size=settings.embedding_batch_size, batch_tokens=settings.embedding_batch_tokens,
     )
 
     def load_reranker(max_tokens: int):

@@ -93,6 +93,7 @@ class KnowledgeBase:
             device=settings.device,
             dtype=settings.dtype,
             batch_size=settings.embedding_batch_size,
+            batch_tokens=settings.embedding_batch_tokens,
         )
         reranker = None
         if settings.reranking:

@@ -65,12 +65,26 @@ def test_without_prompts_queries_and_documents_match(tiny_embedder_no_prompts_pa
 
 
 def test_batched_documents_keep_input_order(tiny_embedder):
-    batched = tiny_embedder.embed_documents(TEXTS)  # batch_size 4, sorted by length inside encode
+    batched = tiny_embedder.embed_documents(TEXTS)  # grouped by token count, longest first
     one_by_one = np.vstack([tiny_embedder.embed_documents([text]) for text in TEXTS])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
     # The rows are distinct, so a permutation could not pass the check above.
     similarity = batched @ batched.T
     assert (similarity[~np.eye(len(TEXTS), dtype=bool)] < 0.9999).all()
+
+
+def test_batches_keep_to_the_token_budget_longest_first(tiny_embedder_path):
+    long_text, short_text = "vector index " * 30, "hello"
+    probe = Embedder(model=str(tiny_embedder_path), device="cpu", dtype="float32")
+    budget = probe.count_tokens(long_text) + 2  # room for one long text (and its special tokens)
+    embedder = Embedder(model=str(tiny_embedder_path), device="cpu", dtype="float32",
+                        batch_size=4, batch_tokens=budget)
+    texts = [short_text, long_text, short_text, long_text] + [short_text] * 4
+    vectors = embedder.embed_documents(texts)
+    # Each long text alone (2 passes); six short ones in passes of at most 4 (2 passes).
+    assert embedder.encode_calls == 4
+    alone = np.stack([probe.embed_documents([t])[0] for t in texts])
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)
 
 
 def test_empty_document_list_returns_an_empty_matrix(tiny_embedder):
