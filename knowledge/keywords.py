@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 
 import Stemmer
 
@@ -41,6 +42,7 @@ _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # inner capital (camelCase), or all capitals of length two or more (FLAT, IVF_SQ8).
 _IDENTIFIER = re.compile(r"[._/\\]|\d|[a-z][A-Z]|^[A-Z]{2,}$")
 _STEMMER = Stemmer.Stemmer("english")
+_STEMMER_LOCK = threading.Lock()  # a PyStemmer object is not safe to share between threads
 
 
 def analyze(text: str) -> str:
@@ -82,4 +84,5 @@ def is_mostly_han(text: str) -> bool:
 @functools.lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
     # A corpus repeats a few thousand words; the cache makes indexing cost nothing here.
-    return _STEMMER.stemWord(word)
+    with _STEMMER_LOCK:
+        return _STEMMER.stemWord(word)
