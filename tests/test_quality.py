@@ -50,18 +50,6 @@ def test_analyze_stems_words_alike_and_leaves_numbers_and_han_text():
     assert analyze("分区键 partition_key") == "分区键 " + analyze("partition") + "_key"
 
 
-def test_analyze_gives_the_same_result_from_many_threads():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from knowledge import keywords
-
-    words = [f"configurations{n} replicating{n} partitioned{n}" for n in range(400)]
-    expected = [analyze(w) for w in words]
-    keywords._stem.cache_clear()  # make the threads stem, not read the cache
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        assert list(pool.map(analyze, words)) == expected
-
-
 def test_chinese_questions_keep_only_their_identifiers_for_bm25():
     assert keyword_query("Milvus 可以安装在 Windows 上吗？") == ""
     assert keyword_query("IVF_FLAT 和 FLAT 有什么区别？").split() == ["IVF_FLAT", "FLAT"]
