@@ -134,10 +134,15 @@ def cmd_chat(args: argparse.Namespace, settings) -> int:
 
 
 def _ensure_index(kb, *, progress: bool) -> None:
-    """Build the index when there is none, so a fresh machine can answer at once."""
-    if kb.status().get("chunks", 0):
+    """Build the index when there is none or it must be rebuilt (another model, an older
+    keyword analysis), so the bot answers at full quality from the start."""
+    status = kb.status()
+    if status.get("chunks", 0) and not status.get("rebuild_reason"):
         return
-    log.info("No index yet: building it from KNOWLEDGE_SOURCES")
+    if status.get("rebuild_reason"):
+        log.info("%s Rebuilding it from KNOWLEDGE_SOURCES", status["rebuild_reason"])
+    else:
+        log.info("No index yet: building it from KNOWLEDGE_SOURCES")
     report = kb.refresh(progress=progress)
     log.info("Indexed %d documents into %d chunks in %.1f s",
              report.documents, report.chunks, report.seconds)

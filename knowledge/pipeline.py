@@ -257,6 +257,8 @@ class KnowledgeBase:
             "reranker_model": getattr(self.reranker, "model_id", "") if self.reranker else "",
             "answer_model": self.answerer.model if self.answerer else "",
             "retrieval_mode": self.settings.retrieval_mode,
+            # Why the next refresh will rebuild the index ("" when it will not).
+            "rebuild_reason": getattr(self.store, "rebuild_reason", ""),
         }
 
     def close(self) -> None:

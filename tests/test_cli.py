@@ -198,3 +198,26 @@ def test_console_script_reports_without_traceback(cli_env, tmp_path):
     assert [line for line in result.stderr.splitlines() if line.startswith("supportbot:")] == [
         line for line in result.stderr.splitlines() if "bad.zip" in line
     ]
+
+
+def test_an_index_from_an_older_keyword_analysis_is_rebuilt_before_serving(make_kb, monkeypatch):
+    from bot.cli import _ensure_index
+    from knowledge.pipeline import KnowledgeBase
+    from tests.fixtures.milvus import release_lite
+
+    with monkeypatch.context() as patch:  # an index an older version of the bot analysed
+        patch.setattr("knowledge.store.ANALYZER_VERSION", "snowball-english-0")
+        old = make_kb(reranker=False, api_key="")
+        settings = old.settings
+        old.close()
+        release_lite(settings.milvus_target)  # what the old process's exit does
+    kb = KnowledgeBase.from_settings(settings)
+    try:
+        assert "older version" in kb.status()["rebuild_reason"]
+        _ensure_index(kb, progress=False)
+        status = kb.status()
+        assert status["rebuild_reason"] == "" and status["last_refresh"]["rebuilt"]
+        assert status["chunks"] > 0
+    finally:
+        kb.close()
+        release_lite(settings.milvus_target)
