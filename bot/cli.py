@@ -134,13 +134,20 @@ def cmd_chat(args: argparse.Namespace, settings) -> int:
 
 
 def _ensure_index(kb, *, progress: bool) -> None:
-    """Build the index when there is none or it must be rebuilt (another model, an older
-    keyword analysis), so the bot answers at full quality from the start."""
+    """Build the index when there is none or it cannot serve (built for another model).
+
+    An index whose keywords an older version analysed still serves (dense only):
+    `serve` rebuilds it in the background, `supportbot index --rebuild` at once.
+    """
     status = kb.status()
-    if status.get("chunks", 0) and not status.get("rebuild_reason"):
+    reason = status.get("rebuild_reason", "")
+    if status.get("chunks", 0) and (not reason or status.get("serves_until_rebuilt")):
+        if reason:
+            log.warning("%s Dense search only until it is rebuilt (`supportbot index --rebuild`; "
+                        "`serve` starts that in the background).", reason)
         return
-    if status.get("rebuild_reason"):
-        log.info("%s Rebuilding it from KNOWLEDGE_SOURCES", status["rebuild_reason"])
+    if reason:
+        log.info("%s Rebuilding it from KNOWLEDGE_SOURCES", reason)
     else:
         log.info("No index yet: building it from KNOWLEDGE_SOURCES")
     report = kb.refresh(progress=progress)

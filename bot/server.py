@@ -95,6 +95,9 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
     observability = None
     try:
         refresher.start()
+        if kb.status().get("serves_until_rebuilt"):
+            # Keywords analysed by an older version: answer (dense only) while it rebuilds.
+            log.info(refresher.request(rebuild=True, by="start-up"))
         if settings.metrics_port:
             observability = ObservabilityServer(
                 metrics=metrics, port=settings.metrics_port, host=settings.host,

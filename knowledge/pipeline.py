@@ -257,8 +257,11 @@ class KnowledgeBase:
             "reranker_model": getattr(self.reranker, "model_id", "") if self.reranker else "",
             "answer_model": self.answerer.model if self.answerer else "",
             "retrieval_mode": self.settings.retrieval_mode,
-            # Why the next refresh will rebuild the index ("" when it will not).
+            # Why the next refresh will rebuild the index ("" when it will not), and
+            # whether the index serves meanwhile (dense-only: keywords analysed another way).
             "rebuild_reason": getattr(self.store, "rebuild_reason", ""),
+            "serves_until_rebuilt": bool(getattr(self.store, "stale", ""))
+            and not getattr(self.store, "mismatch", ""),
         }
 
     def close(self) -> None:

@@ -200,24 +200,55 @@ def test_console_script_reports_without_traceback(cli_env, tmp_path):
     ]
 
 
-def test_an_index_from_an_older_keyword_analysis_is_rebuilt_before_serving(make_kb, monkeypatch):
-    from bot.cli import _ensure_index
+def stale_keyword_kb(make_kb, monkeypatch):
+    """A KnowledgeBase over an index whose keywords an older version analysed."""
     from knowledge.pipeline import KnowledgeBase
     from tests.fixtures.milvus import release_lite
 
-    with monkeypatch.context() as patch:  # an index an older version of the bot analysed
+    with monkeypatch.context() as patch:
         patch.setattr("knowledge.store.ANALYZER_VERSION", "snowball-english-0")
         old = make_kb(reranker=False, api_key="")
         settings = old.settings
         old.close()
         release_lite(settings.milvus_target)  # what the old process's exit does
-    kb = KnowledgeBase.from_settings(settings)
+    return KnowledgeBase.from_settings(settings)
+
+
+def test_an_index_with_older_keywords_serves_at_once_and_serve_rebuilds_it(
+    make_kb, monkeypatch, fake_slack, tmp_path
+):
+    import threading
+    import time
+
+    from bot.cli import _ensure_index
+    from bot.server import serve
+    from bot.settings import BotSettings
+    from tests.fixtures.milvus import release_lite
+
+    kb = stale_keyword_kb(make_kb, monkeypatch)
     try:
-        assert "older version" in kb.status()["rebuild_reason"]
-        _ensure_index(kb, progress=False)
+        status = kb.status()
+        assert "older version" in status["rebuild_reason"] and status["serves_until_rebuilt"]
+        _ensure_index(kb, progress=False)  # no blocking rebuild: it answers meanwhile
+        assert kb.status()["rebuild_reason"] and kb.status()["last_refresh"] is None
+        assert kb.retriever.retrieve("How is data stored?").candidates_top_k
+
+        settings = BotSettings(
+            _env_file=None, slack_bot_token=fake_slack.bot_token, slack_app_token=fake_slack.app_token,
+            slack_api_url=fake_slack.api_url, feedback_db=tmp_path / "feedback.sqlite",
+            reindex_schedule="never", metrics_port=0,
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=serve, args=(settings, kb), kwargs={"stop": stop}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while kb.status()["rebuild_reason"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        thread.join(timeout=60)
         status = kb.status()
         assert status["rebuild_reason"] == "" and status["last_refresh"]["rebuilt"]
-        assert status["chunks"] > 0
+        assert kb.retriever.store.supports_hybrid
     finally:
         kb.close()
-        release_lite(settings.milvus_target)
+        release_lite(kb.settings.milvus_target)
