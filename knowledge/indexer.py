@@ -171,7 +171,8 @@ class Indexer:
         )
 
     def _rebuild(self, store: VectorStore, chunks: list[Chunk], *, progress: bool) -> RefreshReport:
-        previous = {} if store.needs_rebuild else store.content_hashes()
+        # An index built for another model cannot be read; one only analysed another way can.
+        previous = {} if store.mismatch else store.content_hashes()
         staging = store.create_staging()
         self._embed_and_upsert(store, chunks, collection=staging, progress=progress)
         store.switch_to(staging)  # one step: searches see the old or the new, never a mix

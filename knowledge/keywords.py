@@ -12,13 +12,15 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from importlib.metadata import version
 
 import Stemmer
 
 from knowledge.language import detect_language
 
-# Bumped whenever `analyze` changes: an index analysed another way must be rebuilt.
-ANALYZER_VERSION = "snowball-english-1"
+# Changes whenever `analyze` or the stemmer library does: an index analysed another way
+# must be rebuilt.
+ANALYZER_VERSION = f"snowball-english-2+pystemmer-{version('PyStemmer')}"
 
 # Function and question words: in nearly every passage, so on the BM25 side they only
 # add noise.
@@ -37,6 +39,8 @@ s t don doesn didn isn aren wasn weren won
 _LATIN_WORD = re.compile(r"[A-Za-z0-9]+(?:[._/\\-][A-Za-z0-9]+)*(?:'[A-Za-z]+)?")
 # Runs of Latin letters get stemmed; digits, punctuation and Han text pass as they are.
 _LETTERS = re.compile(r"[A-Za-z]+")
+# Plural acronyms (GPUs, SDKs), which Snowball leaves as they are.
+_ACRONYM_PLURAL = re.compile(r"\b([A-Z]{2,})s\b")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # What marks a word as an identifier: a dot, underscore or slash inside, a digit, an
 # inner capital (camelCase), or all capitals of length two or more (FLAT, IVF_SQ8).
@@ -52,6 +56,7 @@ def analyze(text: str) -> str:
     tokenizer still splits identifiers (`milvus.yaml`, `IVF_SQ8`) the same way
     on both sides.
     """
+    text = _ACRONYM_PLURAL.sub(r"\1", text)
     return _LETTERS.sub(lambda match: _stem(match.group().lower()), text)
 
 

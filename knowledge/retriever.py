@@ -20,7 +20,8 @@ MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 # Extra candidates fetched so that dropping duplicates still leaves top_k.
 _DEDUPE_MARGIN = 5
 # Each side of a hybrid search contributes this many times the candidates asked for.
-# Deeper lists measured no better on either eval set (docs/answer-quality.md).
+# Deeper lists won one dev item in bfloat16, lost it in float32 and lowered MRR on
+# both eval sets (docs/answer-quality.md).
 HYBRID_DEPTH_FACTOR = 1
 # How many keyword hits quoting an identifier verbatim are kept among the candidates.
 EXACT_MATCHES = 2
@@ -161,10 +162,11 @@ class Retriever:
     ) -> list[Candidate]:
         """Let the keyword side's strongest hits in where fusion left them out.
 
-        Identifiers first: for each one (a parameter name, an error string, a
-        version) that no top-k candidate quotes yet, the best keyword hits quoting it
-        verbatim go in ahead of the tail; one already quoted (a file name like
-        milvus.yaml that half the docs mention) displaces nothing. Otherwise the best
+        Identifiers first: when some (a parameter name, an error string, a version)
+        are quoted by no top-k candidate yet, the best EXACT_MATCHES keyword hits for
+        them that quote one verbatim go in ahead of the tail; an identifier already
+        quoted (a file name like milvus.yaml that half the docs mention) displaces
+        nothing. Otherwise the best
         of the keyword side's first KEYWORD_SLOT_DEPTH hits that fusion left out
         takes the last slot: weighted fusion favours the dense side and would never
         admit a passage only BM25 finds.

@@ -494,9 +494,12 @@ class VectorStore:
     def _fallback(self, vector, limit: int, source_names) -> list[Candidate]:
         if not self._warned_fallback:
             self._warned_fallback = True
-            logger.warning(
-                "Milvus at %s has no BM25/hybrid search; using dense search only", _safe_uri(self.uri)
-            )
+            if self.stale:
+                logger.warning("%s Using dense search only until it is rebuilt.", self.stale)
+            else:
+                logger.warning(
+                    "Milvus at %s has no BM25/hybrid search; using dense search only", _safe_uri(self.uri)
+                )
         if vector is None:
             return []
         return self.search_dense(vector, limit=limit, source_names=source_names)

@@ -46,6 +46,7 @@ def test_keyword_query_drops_question_words():
 def test_analyze_stems_words_alike_and_leaves_numbers_and_han_text():
     assert analyze("Changed") == analyze("changes") == analyze("change")
     assert analyze("partitions") == analyze("Partition")
+    assert analyze("GPUs and SDKs") == analyze("GPU and SDK")
     assert analyze("v2.4.5 and 1,024 MB") == "v2.4.5 and 1,024 mb"
     assert analyze("分区键 partition_key") == "分区键 " + analyze("partition") + "_key"
 
