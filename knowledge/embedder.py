@@ -17,6 +17,7 @@ from knowledge.errors import ModelLoadError
 from knowledge.runtime import (
     choose_device,
     choose_dtype,
+    first_line,
     limit_malloc_arenas,
     release_free_memory,
     resolve_model_source,
@@ -62,7 +63,7 @@ class Embedder:
             )
         except Exception as error:  # missing weights, bad config, unknown architecture
             raise ModelLoadError(
-                f"Embedding model {self.model_id!r} could not be loaded: {_first_line(error)}"
+                f"Embedding model {self.model_id!r} could not be loaded: {first_line(error)}"
             ) from error
         dimension = self._model.get_embedding_dimension()
         if not dimension:
@@ -177,8 +178,3 @@ class Embedder:
         # Normalizing again in float32: under bfloat16 the model's own Normalize is only ~1e-2 exact.
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

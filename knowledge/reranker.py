@@ -23,6 +23,7 @@ from knowledge.errors import ModelLoadError
 from knowledge.runtime import (
     choose_device,
     choose_dtype,
+    first_line,
     limit_malloc_arenas,
     release_free_memory,
     resolve_model_source,
@@ -105,7 +106,7 @@ class Reranker:
             self.tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, local_files_only=True)
         except Exception as error:  # missing weights, bad config, unknown architecture
-            raise ModelLoadError(f"Reranker model {self.model_id!r} could not be loaded: {_first_line(error)}") from error
+            raise ModelLoadError(f"Reranker model {self.model_id!r} could not be loaded: {first_line(error)}") from error
         self.model.to(self.device).eval()
         self._no_id, self._yes_id = self._answer_token_ids()
         self._prefix_ids = self.tokenizer.encode(PREFIX, add_special_tokens=False)
@@ -234,8 +235,3 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
 
 def _text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

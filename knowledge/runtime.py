@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from pathlib import Path
@@ -99,15 +100,8 @@ def limit_malloc_arenas(arenas: int = DEFAULT_MALLOC_ARENAS) -> bool:
     """
     if os.environ.get("MALLOC_ARENA_MAX", "").strip():
         return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_ARENA_MAX, max(1, arenas)) == 1
+    libc = _glibc()
+    return libc is not None and libc.mallopt(_M_ARENA_MAX, max(1, arenas)) == 1
 
 
 def release_free_memory() -> None:
@@ -116,14 +110,26 @@ def release_free_memory() -> None:
     A forward pass frees its activations into malloc's arenas, which keep them: over a refresh
     and a few questions that held ~700 MB more RSS than the models need (docs/performance.md).
     """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    """glibc with `mallopt` and `malloc_trim` typed, loaded once; None on other C libraries.
+
+    Looked up once: release_free_memory runs after every model call.
+    """
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    return libc
 
 
 def hub_offline() -> bool:
@@ -160,7 +166,7 @@ def resolve_model_source(
     except LocalEntryNotFoundError:
         pass
     except Exception as error:  # a malformed id, an unreadable cache
-        raise ModelLoadError(f"{role} {name!r} cannot be used: {_first_line(error)}") from error
+        raise ModelLoadError(f"{role} {name!r} cannot be used: {first_line(error)}") from error
     unreachable = (
         f"{role} {name!r} is not on this machine and the Hugging Face hub is unreachable; "
         f"download it or set {setting}=/path/to/model"
@@ -170,7 +176,7 @@ def resolve_model_source(
     try:
         return snapshot_download(name, cache_dir=cache_dir, etag_timeout=10)
     except Exception as error:  # no network, unknown repo, disk full
-        raise ModelLoadError(f"{unreachable} ({_first_line(error)})") from error
+        raise ModelLoadError(f"{unreachable} ({first_line(error)})") from error
 
 
 def _looks_like_path(name: str) -> bool:
@@ -183,6 +189,7 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The error's message up to its first line break (its class name when empty)."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
