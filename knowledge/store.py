@@ -142,9 +142,10 @@ class VectorStore:
                 if target is None:
                     raise StoreError(f"Cannot create the Milvus alias {self.name}") from None
         self._load(target)
-        self.supports_hybrid = self._server_hybrid and self._has_bm25(target)
-        self.mismatch = self._mismatch(target)
-        if self.supports_hybrid and _collection_analyzer(self._describe(target)) != ANALYZER_VERSION:
+        info = self._describe(target)
+        self.supports_hybrid = self._server_hybrid and _has_bm25(info)
+        self.mismatch = self._mismatch(target, info)
+        if self.supports_hybrid and _collection_analyzer(info) != ANALYZER_VERSION:
             # Its keywords were analysed another way: BM25 would match badly, so search
             # dense only until the next refresh rebuilds it.
             self.stale = f"The keyword index of {target} was built by an older version."
@@ -172,14 +173,7 @@ class VectorStore:
     def _describe(self, name: str) -> dict:
         return self._call(self._client.describe_collection, name)
 
-    def _has_bm25(self, name: str) -> bool:
-        info = self._describe(name)
-        fields = {f["name"] for f in info.get("fields", [])}
-        functions = info.get("functions") or []
-        return "sparse" in fields and any(f.get("output_field_names") == ["sparse"] for f in functions)
-
-    def _mismatch(self, name: str) -> str:
-        info = self._describe(name)
+    def _mismatch(self, name: str, info: dict) -> str:
         dims = [
             int(f.get("params", {}).get("dim", 0))
             for f in info.get("fields", [])
@@ -315,7 +309,7 @@ class VectorStore:
             self._call(self._client.alter_alias, staging, self.name)
             # Switch first, then drop: Milvus Lite drops an alias along with its collection.
             self._call(self._client.drop_collection, old)
-        self.supports_hybrid = self._server_hybrid and self._has_bm25(staging)
+        self.supports_hybrid = self._server_hybrid and _has_bm25(self._describe(staging))
         self.mismatch = self.stale = ""
 
     # ---- writing ------------------------------------------------------------------
@@ -613,6 +607,13 @@ def _is_unavailable(error: MilvusException) -> bool:
 def _one_line(error: Exception) -> str:
     message = getattr(error, "message", None) or str(error) or type(error).__name__
     return " ".join(str(message).split())[:300]
+
+
+def _has_bm25(info: dict) -> bool:
+    """Whether a described collection has the BM25 function filling `sparse`."""
+    fields = {f["name"] for f in info.get("fields", [])}
+    functions = info.get("functions") or []
+    return "sparse" in fields and any(f.get("output_field_names") == ["sparse"] for f in functions)
 
 
 def _collection_model(info: dict) -> str:
