@@ -166,10 +166,9 @@ class Retriever:
         are quoted by no top-k candidate yet, the best EXACT_MATCHES keyword hits for
         them that quote one verbatim go in ahead of the tail; an identifier already
         quoted (a file name like milvus.yaml that half the docs mention) displaces
-        nothing. Otherwise the best
-        of the keyword side's first KEYWORD_SLOT_DEPTH hits that fusion left out
-        takes the last slot: weighted fusion favours the dense side and would never
-        admit a passage only BM25 finds.
+        nothing. Otherwise the best of the keyword side's first KEYWORD_SLOT_DEPTH
+        hits that fusion left out takes the last slot: weighted fusion favours the
+        dense side and would never admit a passage only BM25 finds.
         """
         if not getattr(self.store, "supports_hybrid", False):
             return found
@@ -177,7 +176,8 @@ class Retriever:
         head = found[:top_k]
         present = {c.chunk.id for c in head}
         wanted = [term.lower() for term in identifiers(query) if len(term) >= 3]
-        missing = [t for t in wanted if not any(t in c.chunk.search_text.lower() for c in head)]
+        quoted = [c.chunk.search_text.lower() for c in head]  # search_text is built on each access
+        missing = [t for t in wanted if not any(t in text for text in quoted)]
         if missing:
             hits = self.store.search_bm25(" ".join(missing), limit=EXACT_MATCHES, source_names=names)
             extra = [
