@@ -105,7 +105,7 @@ class Responder:
                 return progress
             except (SlackClientError, OSError) as error:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
-                log.info("assistant.threads.setStatus failed (%s); posting a placeholder", _code(error))
+                log.info("assistant.threads.setStatus failed (%s); posting a placeholder", slack_error_code(error))
         progress.placeholder_ts = self._post(question, {"text": escape(self._settings.placeholder_text)})
         return progress
 
@@ -118,7 +118,7 @@ class Responder:
         try:
             self._deliver(question, progress, [{"text": BUSY_TEXT}])
         except (SlackClientError, OSError) as error:
-            log.warning("could not post the busy reply: %s", _code(error))
+            log.warning("could not post the busy reply: %s", slack_error_code(error))
 
     # -- on a worker -------------------------------------------------------
     def finish(self, question: Question, progress: Progress) -> Answer | None:
@@ -210,7 +210,7 @@ class Responder:
             )
             return response.get("ts", "")
         except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
-            log.warning("chat.postMessage failed: %s", _code(error))
+            log.warning("chat.postMessage failed: %s", slack_error_code(error))
             return ""
 
     def _deliver(self, question: Question, progress: Progress, messages: list[dict]) -> str:
@@ -224,7 +224,7 @@ class Responder:
                     continue
                 except SlackApiError as error:
                     # The placeholder was deleted (or cannot be edited): post the answer anew.
-                    log.info("chat.update of the placeholder failed (%s); posting instead", _code(error))
+                    log.info("chat.update of the placeholder failed (%s); posting instead", slack_error_code(error))
             response = self._client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, **message)
             first_ts = first_ts or response.get("ts", "")
         return first_ts
@@ -264,13 +264,14 @@ class _Stream:
                 progress.placeholder_ts = response.get("ts", "")
         except (SlackClientError, OSError) as error:
             # Streaming is a courtesy: a rate-limited update is skipped, the final post still happens.
-            log.info("streaming update skipped: %s", _code(error))
+            log.info("streaming update skipped: %s", slack_error_code(error))
             response = getattr(error, "response", None)
             if response is not None and response.status_code == 429:
                 retry_after = float(response.headers.get("retry-after", response.headers.get("Retry-After", 1)) or 1)
                 self._last = time.monotonic() + retry_after  # no more updates until Slack allows them
 
 
-def _code(error: Exception) -> str:
+def slack_error_code(error: Exception) -> str:
+    """Slack's error code ("not_in_channel", ...) for logs, else the exception's class name."""
     response = getattr(error, "response", None)
     return str(response.get("error")) if response is not None else type(error).__name__

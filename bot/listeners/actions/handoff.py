@@ -12,6 +12,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot.blocks import ASK_HUMAN
 from bot.channels import ChannelRules
 from bot.handoff import ALREADY, POST_FAILED, UNKNOWN_ANSWER, handoff_message
+from bot.responder import slack_error_code
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def register(app: App, services: Services) -> None:
             try:
                 posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
             except (SlackApiError, SlackClientError) as error:
-                log.warning("could not post the hand-off in %s: %s", channel, _code(error))
+                log.warning("could not post the hand-off in %s: %s", channel, slack_error_code(error))
                 _tell(client, channel, user, POST_FAILED, thread_ts=thread_ts or None)
                 return
             if not thread_ts:  # a new top-level message: its thread is where people answer
@@ -66,9 +67,4 @@ def _tell(client: WebClient, channel: str, user: str, text: str, *, thread_ts: s
     try:
         client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts)
     except (SlackApiError, SlackClientError) as error:
-        log.info("chat.postEphemeral failed: %s", _code(error))
-
-
-def _code(error: SlackClientError) -> str:
-    response = getattr(error, "response", None)
-    return str(response.get("error")) if response is not None else type(error).__name__
+        log.info("chat.postEphemeral failed: %s", slack_error_code(error))
