@@ -120,6 +120,10 @@ class Records:
             except sqlite3.Error as error:
                 raise RecordsError(f"feedback database error: {error}") from error
 
+    def _exists(self, where: str, *params: str) -> bool:
+        """Whether `SELECT 1 FROM <where>` finds a row; False at once when a value is empty."""
+        return all(params) and bool(self._execute(f"SELECT 1 FROM {where} LIMIT 1", params))
+
     def record_answer(
         self, answer: Answer, *, user_id: str = "", channel: str = "", thread_ts: str = "",
         question_ts: str = "",
@@ -146,7 +150,7 @@ class Records:
         """Store a 👍 (+1) or 👎 (-1); False when the answer id is unknown."""
         if value not in (1, -1):
             raise ValueError("feedback value must be +1 or -1")
-        if not self._execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)):
+        if not self._exists("answers WHERE id = ?", answer_id):
             return False
         self._execute(
             "INSERT INTO feedback (answer_id, created_at, user_id, value) VALUES (?, ?, ?, ?)",
@@ -156,23 +160,11 @@ class Records:
 
     def answered_question(self, channel: str, question_ts: str) -> bool:
         """Whether the message posted at `question_ts` was already answered (kept across restarts)."""
-        if not channel or not question_ts:
-            return False
-        return bool(
-            self._execute(
-                "SELECT 1 FROM answers WHERE channel = ? AND question_ts = ? LIMIT 1", (channel, question_ts)
-            )
-        )
+        return self._exists("answers WHERE channel = ? AND question_ts = ?", channel, question_ts)
 
     def answered_thread(self, channel: str, thread_ts: str) -> bool:
         """Whether the bot answered in this thread (so follow-ups need no mention)."""
-        if not channel or not thread_ts:
-            return False
-        return bool(
-            self._execute(
-                "SELECT 1 FROM answers WHERE channel = ? AND thread_ts = ? LIMIT 1", (channel, thread_ts)
-            )
-        )
+        return self._exists("answers WHERE channel = ? AND thread_ts = ?", channel, thread_ts)
 
     def answer(self, record_id: str) -> AnswerRow | None:
         """One stored answer with its text and note, or None for an unknown id."""
@@ -196,7 +188,7 @@ class Records:
     def record_handoff(self, answer_id: str, *, channel: str, thread_ts: str, user_id: str,
                        contacts: tuple[str, ...]) -> bool:
         """Store that a thread was handed to humans; False when it already was (or the answer is unknown)."""
-        if not self._execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)):
+        if not self._exists("answers WHERE id = ?", answer_id):
             return False
         with self._lock:
             try:
@@ -213,15 +205,11 @@ class Records:
 
     def answer_handed_off(self, answer_id: str) -> bool:
         """Whether a hand-off was already made from this answer (wherever it was posted)."""
-        return bool(self._execute("SELECT 1 FROM handoffs WHERE answer_id = ? LIMIT 1", (answer_id,)))
+        return self._exists("handoffs WHERE answer_id = ?", answer_id)
 
     def handed_off(self, channel: str, thread_ts: str) -> bool:
         """Whether humans were asked to take over this thread (the bot then stays quiet there)."""
-        if not channel or not thread_ts:
-            return False
-        return bool(
-            self._execute("SELECT 1 FROM handoffs WHERE channel = ? AND thread_ts = ? LIMIT 1", (channel, thread_ts))
-        )
+        return self._exists("handoffs WHERE channel = ? AND thread_ts = ?", channel, thread_ts)
 
     def insights(self, *, since: float, top: int = 5) -> Insights:
         """Counts since `since` (epoch seconds) and the most frequent unanswered questions."""
