@@ -128,7 +128,8 @@ class Reranker:
 
     def score(self, query: str, documents: Sequence[str], *, use_cache: bool = True) -> list[float]:
         """P("yes") for each document, in input order; repeated (query, document) pairs hit a cache
-        (`use_cache=False` always runs the model and leaves the cache alone, for benchmarks)."""
+        (`use_cache=False` always runs the model and leaves the cache alone: tests compare
+        batched and single scoring with it)."""
         if not documents:
             return []
         if not use_cache:
