@@ -11,6 +11,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot import listeners
+from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
 from bot.observability import Metrics
@@ -81,12 +82,14 @@ def build_app(
     )
     records = records or Records(path=settings.feedback_db)
     metrics = metrics or Metrics(process_metrics=False)
+    rules = ChannelRules.from_settings(settings)
     responder = Responder(
         metrics=metrics,
         kb=kb,
         client=client,
         records=records,
         settings=settings,
+        rules=rules,
         bot_user_id=identity.get("user_id", ""),
         bot_id=identity.get("bot_id", ""),
     )
@@ -99,6 +102,7 @@ def build_app(
         responder=responder,
         limiter=UserLimiter(per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent),
         metrics=metrics,
+        rules=rules,
     )
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))

@@ -74,6 +74,7 @@ class Responder:
         client: WebClient,
         records: Records,
         settings: BotSettings,
+        rules: ChannelRules,
         bot_user_id: str = "",
         bot_id: str = "",
         metrics: Metrics | None = None,
@@ -88,7 +89,7 @@ class Responder:
         )
         self._records = records
         self._settings = settings
-        self._rules = ChannelRules.from_settings(settings)  # CHANNEL_SOURCES: what each channel may see
+        self._rules = rules  # CHANNEL_SOURCES: what each channel may see
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
 

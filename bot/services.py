@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
 from bot.observability import Metrics
@@ -33,6 +34,7 @@ class Services:
     responder: Responder
     limiter: UserLimiter
     metrics: Metrics
+    rules: ChannelRules  # AUTO_ANSWER_CHANNELS, CHANNEL_SOURCES, ESCALATION_CONTACTS, parsed once
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
 

@@ -6,7 +6,6 @@ import logging
 
 from slack_bolt import App
 
-from bot.channels import ChannelRules
 from bot.listeners import assistant, middleware
 from bot.listeners.actions import feedback, handoff, share
 from bot.listeners.commands import register as register_commands
@@ -39,7 +38,7 @@ def _check_channel_sources(services: Services) -> None:
         known = {spec.name for spec in parse_sources(sources)}
     except SourceError:
         return  # reported where the index is built
-    unknown = ChannelRules.from_settings(services.settings).unknown_sources(known)
+    unknown = services.rules.unknown_sources(known)
     if unknown:
         log.warning("CHANNEL_SOURCES names %s, which KNOWLEDGE_SOURCES does not define (known: %s)",
                     ", ".join(unknown), ", ".join(sorted(known)))

@@ -10,7 +10,6 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import ASK_HUMAN
-from bot.channels import ChannelRules
 from bot.handoff import ALREADY, POST_FAILED, UNKNOWN_ANSWER, handoff_message
 from bot.responder import slack_error_code
 from bot.services import Services
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, services: Services) -> None:
-    rules = ChannelRules.from_settings(services.settings)
+    rules = services.rules
     records = services.records
     lock = threading.Lock()
 

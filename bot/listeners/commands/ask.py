@@ -26,7 +26,7 @@ USAGE = "Ask me about the docs: `/ask how do I create a collection?` — only yo
 
 
 def register(app: App, services: Services) -> None:
-    rules = ChannelRules.from_settings(services.settings)
+    rules = services.rules
 
     @app.command(COMMAND)
     def on_ask(ack: Ack, command: dict, respond: Respond) -> None:

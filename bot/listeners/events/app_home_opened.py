@@ -10,7 +10,6 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.admins import AdminCache, is_admin
-from bot.channels import ChannelRules
 from bot.home import INSIGHT_DAYS, TOP_GAPS, home_view
 from bot.services import Services
 
@@ -18,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, services: Services) -> None:
-    rules = ChannelRules.from_settings(services.settings)
+    rules = services.rules
     admins = AdminCache()
 
     @app.event("app_home_opened")

@@ -7,7 +7,6 @@ import re
 
 from slack_bolt import App, BoltContext
 
-from bot.channels import ChannelRules
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
 from bot.triage import looks_like_question
@@ -15,7 +14,7 @@ from bot.triage import looks_like_question
 
 def register(app: App, services: Services) -> None:
     settings = services.settings
-    rules = ChannelRules.from_settings(settings)
+    rules = services.rules
 
     @app.event("message")
     def on_message(event: dict, context: BoltContext) -> None:
