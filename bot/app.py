@@ -15,7 +15,7 @@ from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
 from bot.observability import Metrics
-from bot.records import Records
+from bot.state import Database, Records
 from bot.responder import Responder
 from bot.services import Services
 from bot.settings import BotSettings
@@ -54,9 +54,13 @@ def web_client(settings: BotSettings) -> WebClient:
 
 
 def build_app(
-    settings: BotSettings, kb, *, records: Records | None = None, metrics: Metrics | None = None
+    settings: BotSettings, kb, *, database: Database | None = None, metrics: Metrics | None = None
 ) -> SupportBot:
-    """Wire the Bolt app; raises SlackSetupError when the token is missing or rejected."""
+    """Wire the Bolt app; raises SlackSetupError when the token is missing or rejected,
+    StateError when the state database cannot be opened.
+
+    Without `database` one is opened from the settings (and closed with the bot).
+    """
     token = settings.slack_bot_token.get_secret_value()
     if not token:
         raise SlackSetupError("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) into .env")
@@ -80,7 +84,9 @@ def build_app(
         ignoring_self_events_enabled=True,
         logger=logging.getLogger("slack_bolt"),
     )
-    records = records or Records(path=settings.feedback_db)
+    owns_database = database is None
+    database = database or Database.from_settings(settings)
+    records = Records(database=database)
     metrics = metrics or Metrics(process_metrics=False)
     rules = ChannelRules.from_settings(settings)
     responder = Responder(
@@ -97,6 +103,8 @@ def build_app(
         settings=settings,
         kb=kb,
         records=records,
+        database=database,
+        owns_database=owns_database,
         pool=WorkerPool(workers=settings.bot_workers, queue_size=settings.bot_queue_size),
         seen=SeenKeys(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries),
         responder=responder,

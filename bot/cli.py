@@ -186,13 +186,13 @@ def cmd_run(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace, settings) -> int:
-    from bot.records import Records, format_feedback_report
+    from bot.state import Database, Records, format_feedback_report
 
-    records = Records(path=settings.feedback_db)
+    database = Database.from_settings(settings)
     try:
-        print(format_feedback_report(records, limit=args.limit))
+        print(format_feedback_report(Records(database=database), limit=args.limit))
     finally:
-        records.close()
+        database.close()
     return 0
 
 

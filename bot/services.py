@@ -11,7 +11,7 @@ from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
 from bot.observability import Metrics
 from bot.outcomes import log_outcome
-from bot.records import Records
+from bot.state import Database, Records
 from bot.responder import Question, Responder
 from bot.settings import BotSettings
 from bot.workers import WorkerPool
@@ -29,6 +29,8 @@ class Services:
     settings: BotSettings
     kb: object  # knowledge.pipeline.KnowledgeBase (anything with its `ask`)
     records: Records
+    database: Database
+    owns_database: bool
     pool: WorkerPool
     seen: SeenKeys
     responder: Responder
@@ -97,3 +99,5 @@ class Services:
     def close(self) -> None:
         self.pool.shutdown(wait=False)
         self.records.close()
+        if self.owns_database:
+            self.database.close()

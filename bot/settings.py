@@ -62,8 +62,13 @@ class BotSettings(KnowledgeSettings):
     admin_user_ids: str = ""  # comma-separated Slack user ids allowed to /reindex
     admins_from_slack: bool = True  # workspace admins and owners (users.info) may /reindex too
 
-    # Records
-    feedback_db: Path = Path("data/feedback.sqlite")  # answers and 👍/👎, SQLite
+    # Shared state (bot.state): answers, feedback, claims, limits, refresh runs.
+    # Empty: a SQLite file DATA_DIR/feedback.sqlite; postgresql://… for several replicas.
+    database_url: SecretStr = SecretStr("")
+    feedback_db: Path | None = None  # deprecated: a SQLite file; DATABASE_URL wins when both are set
+    claim_lease_seconds: float = Field(default=30.0, ge=1)  # a question's claim lapses this long after its replica died
+    claim_sweep_seconds: float = Field(default=10.0, gt=0)  # how often each replica looks for lapsed claims
+    records_retention_days: float = Field(default=90, ge=0)  # answers and votes older than this are purged; 0 keeps them
 
     # Operations
     log_level: str = "INFO"
@@ -71,6 +76,16 @@ class BotSettings(KnowledgeSettings):
     log_questions: bool = False  # put question text in logs (else its length and a hash)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: off
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)  # SIGTERM: wait this long for answers in flight
+
+    def database_target(self) -> str:
+        """The URL bot.state opens: DATABASE_URL, else FEEDBACK_DB, else DATA_DIR/feedback.sqlite."""
+        from bot.state.database import database_url
+
+        value = self.database_url.get_secret_value().strip()
+        if not value and self.feedback_db is not None:
+            value = str(self.feedback_db)
+        url = database_url(value, default_path=self.data_dir / "feedback.sqlite")
+        return url.render_as_string(hide_password=False)
 
     @field_validator("auto_answer_channels", "channel_sources", "escalation_contacts")
     @classmethod
@@ -82,6 +97,11 @@ class BotSettings(KnowledgeSettings):
                  "escalation_contacts": channels.parse_escalation_contacts}[info.field_name]
         parse(value)
         return value
+
+    @field_validator("feedback_db", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_format", mode="before")
     @classmethod

@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.openai_fake",
     "tests.fixtures.knowledge",
     "tests.fixtures.slack_fake",
+    "tests.fixtures.postgres",
 ]

@@ -143,7 +143,8 @@ def test_insights_count_the_period_only(tmp_path):
     records = Records(path=tmp_path / "r.sqlite")
     try:
         old = records.record_answer(Answer("Old gap?", "no", "abstained"), channel="C1", thread_ts="1")
-        records._execute("UPDATE answers SET created_at = created_at - 8 * 86400 WHERE id = ?", (old,))
+        with records.db.begin() as connection:
+            connection.exec_driver_sql("UPDATE answers SET created_at = created_at - 8 * 86400 WHERE id = ?", (old,))
         records.record_answer(Answer("New gap?", "no", "abstained"), channel="C1", thread_ts="2")
         insights = records.insights(since=time.time() - 7 * 86400)
         assert (insights.questions, insights.abstained, insights.gaps) == (1, 1, [("New gap?", 1)])

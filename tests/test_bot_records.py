@@ -69,5 +69,5 @@ def test_concurrent_writers(records):
 def test_unopenable_path_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RecordsError, match="cannot open the feedback database"):
+    with pytest.raises(RecordsError, match="cannot open the state database"):
         Records(path=blocker / "feedback.sqlite")

@@ -66,7 +66,7 @@ def test_settings_defaults_and_api_url(monkeypatch):
     settings = BotSettings(_env_file=None)
     assert settings.slack_api_url == "http://127.0.0.1:9/api/"
     assert settings.bot_workers == 2 and settings.port == 3000 and settings.answer_thread_followups
-    assert str(settings.feedback_db) == "data/feedback.sqlite"
+    assert settings.database_target() == "sqlite:///data/feedback.sqlite"  # under DATA_DIR
     assert "xoxb" not in repr(BotSettings(_env_file=None, slack_bot_token="xoxb-secret"))
 
 
