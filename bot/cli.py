@@ -126,6 +126,7 @@ def cmd_chat(args: argparse.Namespace, settings) -> int:
 
     kb = _knowledge_base(settings)
     try:
+        _check_answerer(kb)
         _ensure_index(kb, progress=True)
         run_chat(kb)
     finally:
@@ -155,6 +156,13 @@ def _ensure_index(kb, *, progress: bool) -> None:
              report.documents, report.chunks, report.seconds)
 
 
+def _check_answerer(kb) -> None:
+    """Say at start, in one line, when answers cannot be written (bad key, model or URL)."""
+    problem = kb.check_answerer()
+    if problem:
+        log.warning("%s Answers will list the best passages until this is fixed.", problem)
+
+
 def _has_slack_credentials(settings) -> bool:
     return bool(settings.slack_bot_token.get_secret_value()) and bool(
         settings.slack_app_token.get_secret_value() or settings.slack_signing_secret.get_secret_value()
@@ -166,6 +174,7 @@ def cmd_serve(args: argparse.Namespace, settings) -> int:
 
     kb = _knowledge_base(settings)
     try:
+        _check_answerer(kb)
         _ensure_index(kb, progress=settings.log_format != "json")
         serve(settings, kb)
     finally:

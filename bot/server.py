@@ -143,7 +143,11 @@ def _stop_on_sigterm(stop: threading.Event) -> None:
 
 def _index_ready(kb) -> tuple[bool, str]:
     chunks = kb.status().get("chunks", 0)
-    return (True, "") if chunks else (False, "the docs index is empty")
+    if not chunks:
+        return False, "the docs index is empty"
+    # A wrong OpenAI key, model or URL found at start (re-checked now and then).
+    answer_readiness = getattr(kb, "answer_readiness", None)
+    return answer_readiness() if answer_readiness is not None else (True, "")
 
 
 def serve_in_thread(server) -> threading.Thread:

@@ -47,3 +47,7 @@ class RefreshInProgressError(KnowledgeError):
 
 class AnswerError(KnowledgeError):
     """The language model failed to produce an answer."""
+
+
+class ModelUnavailableError(AnswerError):
+    """The language model is not called for now: it failed repeatedly (circuit open)."""

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from knowledge.errors import AnswerError, InvalidQuestionError
+from knowledge.errors import AnswerError, InvalidQuestionError, ModelUnavailableError
 from knowledge.language import detect_language
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
@@ -32,6 +32,7 @@ TEXTS = {
         "relevant passages, not a written answer.",
         "model_failed": "The language model failed ({error}), after retries: these are "
         "the most relevant passages, not a written answer.",
+        "model_paused": "{error}: these are the most relevant passages, not a written answer.",
     },
     "zh": {
         "abstain": "文档中似乎没有涉及这个问题，我不做猜测。",
@@ -39,9 +40,11 @@ TEXTS = {
         "retrieval_only": "以下是文档中最相关的段落：",
         "no_key": "未配置 OpenAI API 密钥（OPENAI_API_KEY）：以下是最相关的段落，而不是生成的回答。",
         "model_failed": "语言模型调用失败（{error}，已重试）：以下是最相关的段落，而不是生成的回答。",
+        "model_paused": "语言模型多次失败，暂停调用（{error}）：以下是最相关的段落，而不是生成的回答。",
     },
 }
 _EXCERPT_CHARS = 300
+ANSWER_RECHECK_SECONDS = 30.0  # how often /readyz re-checks a language model found broken
 # C0/C1 control characters other than tab and newline: noise to search, risky in logs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -71,11 +74,14 @@ class KnowledgeBase:
         self._lock = threading.Lock()
         self._last_refresh: RefreshReport | None = None
         self._closed = False
+        self.answer_problem = ""  # why the language model cannot answer, from check_answerer()
+        self._answer_checked_at = 0.0
 
     @classmethod
     def from_settings(cls, settings: KnowledgeSettings) -> KnowledgeBase:
         """Load the models and open the store. Raises ModelLoadError, StoreError subclasses."""
         from knowledge.answerer import Answerer
+        from knowledge.breaker import CircuitBreaker
         from knowledge.embedder import Embedder
         from knowledge.indexer import Indexer
         from knowledge.reranker import Reranker
@@ -124,6 +130,11 @@ class KnowledgeBase:
                 max_retries=settings.openai_max_retries,
                 max_tokens=settings.answer_max_tokens,
                 history_max_tokens=settings.history_max_tokens,
+                breaker=CircuitBreaker(
+                    name="The language model",
+                    failure_threshold=settings.answer_breaker_failures,
+                    cooldown=settings.answer_breaker_cooldown,
+                ),
             )
         return cls(
             settings=settings,
@@ -189,6 +200,11 @@ class KnowledgeBase:
                     language=language,
                     on_delta=on_delta,
                 )
+            except ModelUnavailableError as error:
+                reason = str(error).rstrip(".")
+                self._retrieval_only(
+                    answer, passages, _texts(language)["model_paused"].format(error=reason)
+                )
             except AnswerError as error:
                 reason = str(error).rstrip(".")
                 self._retrieval_only(
@@ -202,6 +218,26 @@ class KnowledgeBase:
         timings.setdefault("model", 0.0)
         timings["total"] = _ms(started)
         return answer
+
+    def check_answerer(self) -> str:
+        """Check the language model settings once (key, model, URL) and remember the outcome.
+
+        Returns "" when answers can be written, else one line saying why not (also kept
+        in `answer_problem` and `status()`); never raises. Without an API key there is
+        nothing to check: answers are passages by design.
+        """
+        check = getattr(self.answerer, "check", None)
+        self.answer_problem = check() if check is not None else ""
+        self._answer_checked_at = time.monotonic()
+        return self.answer_problem
+
+    def answer_readiness(self, *, recheck_after: float = ANSWER_RECHECK_SECONDS) -> tuple[bool, str]:
+        """(ready, reason) for the language model: the start-up check's outcome, re-checked at
+        most every `recheck_after` seconds while it reports a problem (a server that was
+        still starting comes good without a restart). Never raises."""
+        if self.answer_problem and time.monotonic() - self._answer_checked_at >= recheck_after:
+            self.check_answerer()
+        return (not self.answer_problem, self.answer_problem)
 
     def _validated(self, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
@@ -256,6 +292,8 @@ class KnowledgeBase:
             "embedding_model": self.embedder.model_id,
             "reranker_model": getattr(self.reranker, "model_id", "") if self.reranker else "",
             "answer_model": self.answerer.model if self.answerer else "",
+            "answer_problem": self.answer_problem,
+            "answer_paused": getattr(getattr(self.answerer, "breaker", None), "state", "") == "open",
             "retrieval_mode": self.settings.retrieval_mode,
             # Why the next refresh will rebuild the index ("" when it will not), and
             # whether the index serves meanwhile (dense-only: keywords analysed another way).

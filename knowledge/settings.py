@@ -76,6 +76,11 @@ class KnowledgeSettings(BaseSettings):
     answer_max_tokens: int = Field(default=800, ge=16)
     history_max_tokens: int = Field(default=1500, ge=0)
 
+    # Language model outages (knowledge/breaker.py): after this many failures in a row the
+    # model is not called for the cool-down (answers are passages at once); 0 never pauses it.
+    answer_breaker_failures: int = Field(default=3, ge=0)
+    answer_breaker_cooldown: float = Field(default=30.0, ge=0)  # seconds until one question probes it
+
     @field_validator("reranker_model")
     @classmethod
     def _normalise_none(cls, value: str) -> str:
