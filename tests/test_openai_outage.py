@@ -64,7 +64,6 @@ def test_outage_opens_the_breaker_then_it_closes_by_itself(make_kb, fake_openai)
         answer = kb.ask(QUESTION)
         assert answer.status == "retrieval_only" and "HTTP 500" in answer.note
     assert len(fake_openai.requests) == 2
-    assert kb.status()["answer_paused"]
 
     started = time.perf_counter()
     answer = kb.ask(QUESTION)  # open: passages at once, the server is not asked
@@ -72,6 +71,7 @@ def test_outage_opens_the_breaker_then_it_closes_by_itself(make_kb, fake_openai)
     assert answer.status == "retrieval_only" and "paused after repeated failures" in answer.note
     assert answer.timings_ms["model"] < 50
     assert answer.citations and len(fake_openai.requests) == 2
+    assert kb.status()["answer_paused"]
 
     time.sleep(1.6)  # the cool-down: the next question probes, and gets the scripted 500
     answer = kb.ask(QUESTION)
@@ -144,7 +144,7 @@ def test_serve_with_a_wrong_key_says_so_at_start_and_is_not_ready(
             assert process.poll() is None, stderr_path.read_text()[-3000:]
             try:
                 status, body = _get(f"http://127.0.0.1:{metrics_port}/readyz")
-                if "index" not in body.get("reason", "index"):
+                if status == 200 or "index" not in body.get("reason", ""):
                     break
             except OSError:
                 pass
