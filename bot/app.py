@@ -11,6 +11,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot import listeners
+from bot.access import SourceAccess
 from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
@@ -89,6 +90,7 @@ def build_app(
     records = Records(database=database)
     metrics = metrics or Metrics(process_metrics=False)
     rules = ChannelRules.from_settings(settings)
+    access = SourceAccess.from_settings(settings, client=client)
     responder = Responder(
         metrics=metrics,
         kb=kb,
@@ -96,6 +98,7 @@ def build_app(
         records=records,
         settings=settings,
         rules=rules,
+        access=access,
         bot_user_id=identity.get("user_id", ""),
         bot_id=identity.get("bot_id", ""),
     )
@@ -111,6 +114,7 @@ def build_app(
         limiter=UserLimiter(per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent),
         metrics=metrics,
         rules=rules,
+        access=access,
     )
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))

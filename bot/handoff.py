@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bot.blocks import source_line
 from bot.channels import mention
 from bot.mrkdwn import escape
@@ -26,6 +28,7 @@ def citations_from(sources: list[dict]) -> list[Citation]:
                     heading_path=tuple(item.get("heading_path") or ()),
                     url=str(item.get("url", "")),
                     source=str(item.get("source", "")),
+                    source_name=str(item.get("source_name", "")),
                 )
             )
         except (KeyError, TypeError, ValueError):
@@ -33,14 +36,19 @@ def citations_from(sources: list[dict]) -> list[Citation]:
     return citations
 
 
-def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ...], sources: list[dict]) -> dict:
-    """The `text` + `blocks` posted in the thread: who asked, who is tagged, the question, the bot's sources."""
+def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ...], sources: list[dict],
+                    may_read: Callable[[str], bool] | None = None) -> dict:
+    """The `text` + `blocks` posted in the thread: who asked, who is tagged, the question, the bot's sources.
+
+    `may_read(source_name)` says whether the channel may read a source (bot.access); the
+    sources it may not read are left out of the message.
+    """
     tags = " ".join(mention(contact) for contact in contacts)
     who = f"<@{requested_by}> asked for a person to help" if requested_by else "A person was asked to help"
     head = f"🙋 {who}: {tags}" if tags else f"🙋 {who}. {NO_CONTACTS}"
     quoted = escape(" ".join(question.split()))[:QUOTE_LIMIT]
     body = f"*Question*\n> {quoted}"
-    citations = citations_from(sources)
+    citations = [c for c in citations_from(sources) if may_read is None or may_read(c.source_name)]
     found = "\n".join(source_line(c) for c in sorted(citations, key=lambda c: c.number))
     found = f"*What the bot looked at*\n{found}" if found else "_The bot found nothing relevant in the docs._"
     blocks = [

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.access import SourceAccess
 from bot.blocks import answer_messages, progress_message
 from bot.channels import ChannelRules
 from bot.history import thread_history
@@ -75,6 +76,7 @@ class Responder:
         records: Records,
         settings: BotSettings,
         rules: ChannelRules,
+        access: SourceAccess | None = None,
         bot_user_id: str = "",
         bot_id: str = "",
         metrics: Metrics | None = None,
@@ -90,6 +92,7 @@ class Responder:
         self._records = records
         self._settings = settings
         self._rules = rules  # CHANNEL_SOURCES: what each channel may see
+        self._access = access or SourceAccess()  # SOURCE_ACCESS: restricted sources
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
 
@@ -127,10 +130,12 @@ class Responder:
         try:
             history = self._history(question)
             stream = _Stream(self, question, progress)
-            answer = self._kb.ask(
-                question.text, history=history, source_names=self._rules.sources_for(question.channel),
-                on_delta=stream.on_delta,
+            # In Milvus, before retrieval: the channel's sources minus what its readers may not read.
+            sources = self._access.for_question(
+                channel=question.channel, user=question.user, private=question.assistant,
+                base=self._rules.sources_for(question.channel),
             )
+            answer = self._kb.ask(question.text, history=history, source_names=sources, on_delta=stream.on_delta)
         except StoreError as error:
             # Milvus down or the Lite file locked: the store reconnects on a later question.
             error_id = uuid.uuid4().hex[:8]

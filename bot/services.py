@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bot.access import SourceAccess
 from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
@@ -37,6 +38,7 @@ class Services:
     limiter: UserLimiter
     metrics: Metrics
     rules: ChannelRules  # AUTO_ANSWER_CHANNELS, CHANNEL_SOURCES, ESCALATION_CONTACTS, parsed once
+    access: SourceAccess = field(default_factory=SourceAccess)  # SOURCE_ACCESS + run-time restrictions
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
 

@@ -57,6 +57,10 @@ class BotSettings(KnowledgeSettings):
     channel_sources: str = ""  # "C1=docs|faq,*=docs": the sources a channel may draw on; default all
     escalation_contacts: str = ""  # "C1=U1|S2,*=U9": users / user groups tagged by "Ask a human"
 
+    # Who may read which source (bot.access): restricted sources by channel / user group membership
+    source_access: str = ""  # "hr=C0HR|S0PEOPLE,legal=C0LEGAL"; sources not listed are open to everyone
+    access_cache_seconds: float = Field(default=300.0, ge=0)  # how long Slack memberships are cached
+
     # Index refresh inside the bot (bot.refresher) and who may ask for one (/reindex)
     reindex_schedule: str = "0 3 * * *"  # crontab, "every 6h", or "never" (see bot.refresher)
     admin_user_ids: str = ""  # comma-separated Slack user ids allowed to /reindex
@@ -102,6 +106,14 @@ class BotSettings(KnowledgeSettings):
     @classmethod
     def _empty_is_unset(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("source_access")
+    @classmethod
+    def _source_access(cls, value: str) -> str:
+        from bot.access import parse_source_access
+
+        parse_source_access(value)
+        return value
 
     @field_validator("log_format", mode="before")
     @classmethod

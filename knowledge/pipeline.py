@@ -14,7 +14,7 @@ from knowledge.language import detect_language
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
 from knowledge.settings import DEFAULT_DOCS_BASE_URL, DEFAULT_SOURCES, KnowledgeSettings
-from knowledge.types import Answer, Candidate, Citation, RefreshReport, Turn
+from knowledge.types import Answer, Candidate, Citation, RefreshReport, SourceFilter, Turn
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class KnowledgeBase:
         question: str,
         *,
         history: Sequence[Turn] = (),
-        source_names: Sequence[str] | None = None,
+        source_names: Sequence[str] | SourceFilter | None = None,
         on_delta: Callable[[str], None] | None = None,
     ) -> Answer:
         """Answer one question from the documentation.
@@ -378,6 +378,7 @@ def _citation(number: int, candidate: Candidate) -> Citation:
         heading_path=chunk.heading_path,
         url=chunk.url,
         source=chunk.source,
+        source_name=chunk.source_name,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from knowledge.keywords import identifiers, keyword_query
 from knowledge.settings import KnowledgeSettings
-from knowledge.types import Candidate, Chunk
+from knowledge.types import Candidate, Chunk, SourceFilter, as_source_filter
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
@@ -61,7 +61,7 @@ class Retriever:
         *,
         mode: str | None = None,
         rerank: bool | None = None,
-        source_names: Sequence[str] | None = None,
+        source_names: Sequence[str] | SourceFilter | None = None,
     ) -> RetrievalResult:
         """Search, de-duplicate, rerank (when on and a reranker exists), expand.
 
@@ -132,7 +132,7 @@ class Retriever:
     def _search(self, query: str, vector, mode: str, source_names) -> list[Candidate]:
         top_k = self.settings.retrieve_top_k
         limit = top_k + _DEDUPE_MARGIN
-        names = list(source_names) if source_names else None
+        names = as_source_filter(source_names)  # a list of names or a SourceFilter (bot.access)
         if mode == "dense":
             found = self.store.search_dense(vector, limit=limit, source_names=names)
         elif mode == "bm25":

@@ -41,7 +41,7 @@ from knowledge.errors import (
     StoreUnavailableError,
 )
 from knowledge.keywords import ANALYZER_VERSION, analyze
-from knowledge.types import Candidate, Chunk
+from knowledge.types import Candidate, Chunk, as_source_filter
 
 logger = logging.getLogger(__name__)
 
@@ -674,9 +674,16 @@ def _chunk(row: dict) -> Chunk:
 
 
 def _filter(source_names) -> str:
-    if not source_names:
+    """A list of names or a SourceFilter -> a Milvus boolean expression on the typed field."""
+    wanted = as_source_filter(source_names)
+    if wanted is None:
         return ""
-    return f"source_name in {json.dumps(list(source_names), ensure_ascii=False)}"
+    parts = []
+    if wanted.only is not None:
+        parts.append(f"source_name in {json.dumps(list(wanted.only), ensure_ascii=False)}")
+    if wanted.exclude:
+        parts.append(f"source_name not in {json.dumps(list(wanted.exclude), ensure_ascii=False)}")
+    return " and ".join(parts)
 
 
 def _as_list(vector) -> list[float]:

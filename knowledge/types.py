@@ -92,6 +92,7 @@ class Citation:
     heading_path: tuple[str, ...]
     url: str
     source: str
+    source_name: str = ""  # the KNOWLEDGE_SOURCES entry (who may read it); "" in older records
 
     @property
     def breadcrumb(self) -> str:
@@ -101,6 +102,32 @@ class Citation:
         data = asdict(self)
         data["heading_path"] = list(self.heading_path)
         return data
+
+
+@dataclass(frozen=True)
+class SourceFilter:
+    """Which sources a search may draw on: the store turns it into a filter on the typed field.
+
+    `only` None means every source; `exclude` wins over `only` (a restricted source the
+    asker may not read stays out even when a channel's CHANNEL_SOURCES lists it).
+    """
+
+    only: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        return self.only is not None or bool(self.exclude)
+
+
+def as_source_filter(value) -> SourceFilter | None:
+    """None, a list of source names (empty: all) or a SourceFilter -> a SourceFilter or None (no filter)."""
+    if value is None:
+        return None
+    if isinstance(value, SourceFilter):
+        return value if value.restricts else None
+    names = tuple(value)
+    return SourceFilter(only=names) if names else None
 
 
 @dataclass(frozen=True)

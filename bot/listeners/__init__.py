@@ -10,6 +10,7 @@ from bot.listeners import assistant, middleware
 from bot.listeners.actions import feedback, handoff, share
 from bot.listeners.commands import register as register_commands
 from bot.listeners.events import app_home_opened, app_mention, message
+from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
 from bot.services import Services
 from knowledge.errors import SourceError
 from knowledge.sources import parse_sources
@@ -26,6 +27,9 @@ def register(app: App, services: Services) -> None:
     handoff.register(app, services)
     share.register(app, services)
     app_home_opened.register(app, services)
+    member_joined_channel.register(app, services)  # SOURCE_ACCESS membership cache (bot.access)
+    member_left_channel.register(app, services)
+    subteam_members_changed.register(app, services)
     register_commands(app, services)
     _check_channel_sources(services)
 

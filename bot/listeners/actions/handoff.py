@@ -36,7 +36,8 @@ def register(app: App, services: Services) -> None:
         thread_ts = row.thread_ts if row.channel == channel and row.thread_ts else (
             message.get("thread_ts") or message.get("ts") or "")
         contacts = rules.contacts_for(channel)
-        payload = handoff_message(question=row.question, requested_by=user, contacts=contacts, sources=row.sources)
+        payload = handoff_message(question=row.question, requested_by=user, contacts=contacts, sources=row.sources,
+                                  may_read=lambda name: services.access.conversation_may_read(channel, user, name))
         # One at a time: a double click must not tag people twice, and a private answer's
         # thread exists only once the hand-off message is posted (hand-offs are rare).
         with lock:

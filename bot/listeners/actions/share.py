@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 NOT_IN_CHANNEL = "I can't post in this channel. Invite me first (`/invite @docsbot`), then share again."
 ALREADY_SHARED = "This answer was already shared."
+RESTRICTED = "I can't share this answer here: it cites {names}, which not everyone in this channel may read."
 QUESTION_LIMIT = 500
 
 
@@ -40,8 +41,16 @@ def register(app: App, services: Services) -> None:
             if row.thread_ts:  # moved into a channel thread by an earlier click
                 respond(text=ALREADY_SHARED, response_type="ephemeral", replace_original=False)
                 return
+            citations = citations_from(row.sources)
+            hidden = sorted({c.source_name or "an unnamed source" for c in citations
+                             if not services.access.conversation_may_read(channel, user, c.source_name)})
+            if hidden:
+                log.info("share in %s refused: cites restricted %s", channel, ", ".join(hidden))
+                respond(text=RESTRICTED.format(names=", ".join(f"`{escape(n)}`" for n in hidden)),
+                        response_type="ephemeral", replace_original=False)
+                return
             answer = Answer(question=row.question, text=row.answer_text, status=row.status,
-                            citations=citations_from(row.sources), note=row.note)
+                            citations=citations, note=row.note)
             messages = answer_messages(answer, record_id=row.id)
             asked = escape(" ".join(row.question.split()))[:QUESTION_LIMIT]
             header = {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<@{user}> asked: {asked}"}]}

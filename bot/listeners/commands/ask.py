@@ -63,7 +63,9 @@ def register(app: App, services: Services) -> None:
 def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: str, user: str, channel: str) -> None:
     """Runs on a worker: answer, record, replace the placeholder; errors become a short reply."""
     try:
-        answer = services.kb.ask(text, source_names=rules.sources_for(channel))
+        # Only the asker sees the answer: their own access counts (sharing it is checked again).
+        sources = services.access.for_user(user, rules.sources_for(channel))
+        answer = services.kb.ask(text, source_names=sources)
     except KnowledgeError as error:
         services.metrics.record_error(type(error).__name__)
         _reply(respond, [{"text": escape(str(error))}])

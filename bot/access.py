@@ -1,0 +1,239 @@
+"""Who may read which source: SOURCE_ACCESS, restrictions registered at run time, Slack membership.
+
+    SOURCE_ACCESS="hr=C0HR|S0PEOPLE,legal=C0LEGAL"
+
+A restricted source may be read by the members of any of its channels (C…/G…) or user
+groups (S…); a source not listed is open to everyone. Membership comes from Slack
+(`conversations.members`, `usergroups.users.list`), is cached for ACCESS_CACHE_SECONDS and
+follows member_joined_channel / member_left_channel / subteam_members_changed events. A
+Slack API failure while checking membership denies.
+
+Where a question is asked decides whose access counts:
+
+- in a channel (or a group DM), the channel's: a restricted source is used only when that
+  channel is one of the source's channels (everyone who can see the answer may read it);
+- in a DM, the assistant pane and /ask, the asker's.
+
+Filtering happens in Milvus on the typed `source_name` field: these methods return a
+`knowledge.types.SourceFilter` (CHANNEL_SOURCES' list as `only`, the restricted sources
+that may not be read as `exclude`) that goes to `KnowledgeBase.ask(source_names=...)`.
+Because it is a deny list, sources that are not in KNOWLEDGE_SOURCES (added by other
+modules at run time) are covered as soon as their restriction is registered.
+
+API (one `SourceAccess` per app, on `services.access`):
+
+    access.restrict("learned-C0PRIV", ["C0PRIV"])     # run-time restriction (replaces an earlier one)
+    access.unrestrict("learned-C0PRIV")
+    access.restrictions() -> dict[str, tuple[str, ...]]  # SOURCE_ACCESS plus run-time ones
+    access.for_channel(channel, base=None) -> SourceFilter | None   # an answer seen in a channel
+    access.for_user(user, base=None) -> SourceFilter | None         # DMs, assistant pane, /ask
+    access.for_question(channel=, user=, private=, base=None)       # picks one of the two
+    access.channel_may_read(channel, source_name) -> bool
+    access.user_may_read(user, source_name) -> bool
+    access.conversation_may_read(channel, user, source_name) -> bool   # a DM: its person; else the channel
+    access.member_joined(channel, user) / member_left(channel, user)
+    access.group_changed(group, added=(), removed=())
+
+`base` is CHANNEL_SOURCES' tuple for the channel (None: every source). None is returned
+when nothing needs filtering. Principals are upper-cased Slack ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from knowledge.types import SourceFilter
+
+log = logging.getLogger(__name__)
+
+_SOURCE_NAME = re.compile(r"^[\w.-]+$")
+_PRINCIPAL = re.compile(r"^[CGS][A-Z0-9]+$")
+_PAGE = 1000
+
+
+def parse_source_access(value: str) -> dict[str, tuple[str, ...]]:
+    """"hr=C0HR|S0PEOPLE,legal=C0LEGAL" -> {"hr": ("C0HR", "S0PEOPLE"), ...}.
+
+    Raises ValueError naming a malformed entry, a bad id or a source listed twice.
+    """
+    mapping: dict[str, tuple[str, ...]] = {}
+    for entry in (e.strip() for e in (value or "").split(",")):
+        if not entry:
+            continue
+        name, sep, items = entry.partition("=")
+        name = name.strip()
+        principals = tuple(p.strip().upper() for p in items.split("|") if p.strip())
+        if not sep or not name or not principals:
+            raise ValueError(f"SOURCE_ACCESS entry {entry!r} should look like SOURCE=C0CHANNEL|S0GROUP")
+        if not _SOURCE_NAME.match(name):
+            raise ValueError(f"SOURCE_ACCESS: {name!r} is not a source name")
+        bad = [p for p in principals if not _PRINCIPAL.match(p)]
+        if bad:
+            raise ValueError(f"SOURCE_ACCESS: {bad[0]!r} in {entry!r} is not a channel (C…, G…) or user group (S…) id")
+        if name in mapping:
+            raise ValueError(f"SOURCE_ACCESS: source {name!r} is listed twice")
+        mapping[name] = principals
+    return mapping
+
+
+def is_private_conversation(channel: str) -> bool:
+    """A DM (D…): only the asker sees the answer, so the asker's own access counts."""
+    return channel.upper().startswith("D")
+
+
+class Memberships:
+    """Members of channels and user groups from Slack, cached; a failed lookup is an empty set (deny)."""
+
+    def __init__(self, *, client: WebClient | None, ttl: float = 300.0) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, set[str]]] = {}
+        self._lock = threading.Lock()
+
+    def members(self, principal: str) -> frozenset[str]:
+        with self._lock:
+            cached = self._cache.get(principal)
+            if cached and time.monotonic() - cached[0] < self._ttl:
+                return frozenset(cached[1])
+        found = self._fetch(principal)
+        if found is None:
+            return frozenset()  # not cached: the next question asks Slack again
+        with self._lock:
+            self._cache[principal] = (time.monotonic(), set(found))
+        return frozenset(found)
+
+    def _fetch(self, principal: str) -> set[str] | None:
+        if self._client is None:
+            return None
+        try:
+            if principal.startswith("S"):
+                response = self._client.usergroups_users_list(usergroup=principal)
+                return set(response.get("users") or [])
+            users: set[str] = set()
+            cursor = None
+            while True:
+                response = self._client.conversations_members(channel=principal, limit=_PAGE, cursor=cursor)
+                users.update(response.get("members") or [])
+                cursor = (response.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    return users
+        except SlackApiError as error:
+            log.warning("membership of %s unknown (Slack said %s): access denied", principal,
+                        error.response.get("error"))
+        except (SlackClientError, OSError) as error:
+            log.warning("membership of %s unknown (%s): access denied", principal, type(error).__name__)
+        return None
+
+    def update(self, principal: str, *, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
+        """Apply a membership event to a cached entry (an uncached one is fetched when needed)."""
+        with self._lock:
+            cached = self._cache.get(principal)
+            if cached is None:
+                return
+            cached[1].update(added)
+            cached[1].difference_update(removed)
+
+    def forget(self, principal: str) -> None:
+        with self._lock:
+            self._cache.pop(principal, None)
+
+
+class SourceAccess:
+    """The access policy: restrictions (settings + run time) and Slack membership; thread-safe."""
+
+    def __init__(self, *, restrictions: dict[str, Sequence[str]] | None = None,
+                 memberships: Memberships | None = None) -> None:
+        self._restrictions: dict[str, tuple[str, ...]] = {
+            name: tuple(p.upper() for p in principals) for name, principals in (restrictions or {}).items()
+        }
+        self._memberships = memberships or Memberships(client=None)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings, *, client: WebClient | None) -> SourceAccess:
+        """Raises ValueError for a malformed SOURCE_ACCESS (BotSettings already rejects those)."""
+        return cls(restrictions=parse_source_access(settings.source_access),
+                   memberships=Memberships(client=client, ttl=settings.access_cache_seconds))
+
+    # -- restrictions ------------------------------------------------------------------
+    def restrict(self, source_name: str, principals: Sequence[str]) -> None:
+        """Make `source_name` readable only by these channels / user groups (replaces earlier ones).
+
+        Raises ValueError for an empty list or an id that is not C…, G… or S….
+        """
+        upper = tuple(p.strip().upper() for p in principals if p.strip())
+        if not upper or any(not _PRINCIPAL.match(p) for p in upper):
+            raise ValueError(f"restrict({source_name!r}): give channel (C…, G…) or user group (S…) ids")
+        with self._lock:
+            self._restrictions[source_name] = upper
+
+    def unrestrict(self, source_name: str) -> None:
+        with self._lock:
+            self._restrictions.pop(source_name, None)
+
+    def restrictions(self) -> dict[str, tuple[str, ...]]:
+        with self._lock:
+            return dict(self._restrictions)
+
+    # -- decisions ---------------------------------------------------------------------
+    def channel_may_read(self, channel: str, source_name: str) -> bool:
+        """May everyone who sees `channel` read this source? (open sources: always)."""
+        principals = self.restrictions().get(source_name)
+        return principals is None or channel.upper() in principals
+
+    def user_may_read(self, user: str, source_name: str) -> bool:
+        """Is `user` a member of one of the source's channels or user groups? (open sources: always)."""
+        principals = self.restrictions().get(source_name)
+        if principals is None:
+            return True
+        return bool(user) and any(user in self._memberships.members(p) for p in principals)
+
+    def conversation_may_read(self, channel: str, user: str, source_name: str) -> bool:
+        """May everyone who sees a message in `channel` read the source? (a DM: its person).
+
+        A source name that is not known ("" from an answer recorded before names were kept)
+        is readable only while nothing is restricted.
+        """
+        if not source_name:
+            return not self.restrictions()
+        if is_private_conversation(channel):
+            return self.user_may_read(user, source_name)
+        return self.channel_may_read(channel, source_name)
+
+    def for_channel(self, channel: str, base: Sequence[str] | None = None) -> SourceFilter | None:
+        denied = [name for name in self.restrictions() if not self.channel_may_read(channel, name)]
+        return _filter(base, denied)
+
+    def for_user(self, user: str, base: Sequence[str] | None = None) -> SourceFilter | None:
+        denied = [name for name in self.restrictions() if not self.user_may_read(user, name)]
+        return _filter(base, denied)
+
+    def for_question(self, *, channel: str, user: str, private: bool,
+                     base: Sequence[str] | None = None) -> SourceFilter | None:
+        """The asker's access when only they see the answer, else the channel's."""
+        if private or is_private_conversation(channel):
+            return self.for_user(user, base)
+        return self.for_channel(channel, base)
+
+    # -- membership events -------------------------------------------------------------
+    def member_joined(self, channel: str, user: str) -> None:
+        self._memberships.update(channel.upper(), added=[user])
+
+    def member_left(self, channel: str, user: str) -> None:
+        self._memberships.update(channel.upper(), removed=[user])
+
+    def group_changed(self, group: str, *, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
+        self._memberships.update(group.upper(), added=added, removed=removed)
+
+
+def _filter(base: Sequence[str] | None, denied: list[str]) -> SourceFilter | None:
+    if base is None and not denied:
+        return None
+    return SourceFilter(only=tuple(base) if base is not None else None, exclude=tuple(sorted(denied)))

@@ -1,0 +1,182 @@
+"""SOURCE_ACCESS: restricted sources by Slack channel and user-group membership (bot.access).
+
+Over the fake Slack (conversations.members, usergroups.users.list) and a real
+KnowledgeBase: a restricted passage reaches the model only for people and channels
+allowed to read it; sharing and hand-offs do not leak it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from pydantic import ValidationError
+from slack_sdk import WebClient
+
+from bot.access import Memberships, SourceAccess, parse_source_access
+from bot.blocks import ASK_HUMAN, SHARE_ANSWER
+from bot.handoff import handoff_message
+from bot.settings import BotSettings
+from knowledge.types import SourceFilter
+from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+HR_FACT = "Parental leave is 26 weeks at full pay"
+QUESTION = "How long is parental leave?"
+
+
+@pytest.fixture
+def hr_and_docs(tmp_path):
+    """An open source and a restricted one that both speak about leave."""
+    docs, hr = tmp_path / "docs", tmp_path / "hr"
+    docs.mkdir()
+    hr.mkdir()
+    (docs / "leave.md").write_text(
+        "# Time off\n\n## How long is parental leave?\n\nAsk your manager; the public handbook does not say.\n"
+        "\n## Holidays\n\nThe office closes between Christmas and New Year.\n")
+    (hr / "policy.md").write_text(
+        f"# HR policy\n\n## How long is parental leave?\n\n{HR_FACT}, for every parent.\n"
+        "\n## Salaries\n\nSalary bands are reviewed every April.\n")
+    return f"docs={docs},hr={hr}"
+
+
+def _client(fake_slack) -> WebClient:
+    return WebClient(token=fake_slack.bot_token, base_url=fake_slack.api_url)
+
+
+def _prompt(request: dict) -> str:
+    return json.dumps(request.get("messages"), ensure_ascii=False)
+
+
+def _blocks(params):
+    blocks = params.get("blocks") or []
+    return json.loads(blocks) if isinstance(blocks, str) else blocks
+
+
+def _button(params, action_id):
+    return next(e["value"] for b in _blocks(params) if b["type"] == "actions" for e in b["elements"]
+                if e["action_id"] == action_id)
+
+
+def test_source_access_setting_parses_and_rejects_bad_entries():
+    assert parse_source_access("hr=C0HR|s0people, legal=C0LEGAL") == {
+        "hr": ("C0HR", "S0PEOPLE"), "legal": ("C0LEGAL",)}
+    assert parse_source_access("") == {}
+    for value, message in [("hr", "should look like"), ("hr=U01", "is not a channel"),
+                           ("hr=C1,hr=C2", "listed twice"), ("h r=C1", "not a source name")]:
+        with pytest.raises(ValidationError, match=message):
+            BotSettings(_env_file=None, source_access=value)
+
+
+def test_membership_is_cached_follows_events_and_a_slack_failure_denies(fake_slack):
+    fake_slack.set_members("C0HR", ["U1"])
+    fake_slack.set_members("S0PEOPLE", ["U2"])
+    access = SourceAccess(restrictions=parse_source_access("hr=C0HR|S0PEOPLE"),
+                          memberships=Memberships(client=_client(fake_slack), ttl=300))
+    assert access.user_may_read("U1", "hr") and access.user_may_read("U2", "hr")
+    assert not access.user_may_read("U3", "hr") and access.user_may_read("U3", "open-source")
+    calls = len(fake_slack.calls("conversations.members")) + len(fake_slack.calls("usergroups.users.list"))
+    access.user_may_read("U3", "hr")  # cached: Slack is not asked again
+    assert len(fake_slack.calls("conversations.members")) + len(fake_slack.calls("usergroups.users.list")) == calls
+
+    access.member_joined("C0HR", "U3")
+    access.member_left("C0HR", "U1")
+    access.group_changed("S0PEOPLE", removed=["U2"])
+    assert access.user_may_read("U3", "hr") and not access.user_may_read("U1", "hr")
+    assert not access.user_may_read("U2", "hr")
+
+    # A fresh policy while Slack fails: denied, and not remembered as "no members".
+    failing = SourceAccess(restrictions={"hr": ("C0HR",)},
+                           memberships=Memberships(client=_client(fake_slack), ttl=300))
+    fake_slack.fail_next("conversations.members", status=200, error="internal_error", retry_after=None)
+    assert not failing.user_may_read("U1", "hr")
+    assert failing.user_may_read("U1", "hr")
+
+    # Channels: only a listed channel reads it; filters are deny lists beside CHANNEL_SOURCES.
+    assert access.for_channel("C0HR") is None
+    assert access.for_channel("CGEN") == SourceFilter(only=None, exclude=("hr",))
+    assert access.for_channel("CGEN", ("docs", "hr")) == SourceFilter(only=("docs", "hr"), exclude=("hr",))
+    assert SourceAccess().for_user("U1", None) is None
+
+
+def test_run_time_restrictions_cover_sources_not_in_settings():
+    access = SourceAccess()
+    access.restrict("learned-C0PRIV", ["c0priv"])
+    assert access.for_channel("CGEN") == SourceFilter(exclude=("learned-C0PRIV",))
+    assert access.for_channel("C0PRIV") is None and access.channel_may_read("C0PRIV", "learned-C0PRIV")
+    with pytest.raises(ValueError):
+        access.restrict("x", ["U01"])
+    access.unrestrict("learned-C0PRIV")
+    assert access.for_channel("CGEN") is None
+
+
+def test_handoff_quotes_only_sources_the_channel_may_read():
+    sources = [{"number": 1, "title": "HR policy", "url": "https://hr/1", "source": "policy.md", "source_name": "hr"},
+               {"number": 2, "title": "Time off", "url": "https://docs/2", "source": "leave.md",
+                "source_name": "docs"}]
+    message = handoff_message(question="q", requested_by="U1", contacts=(), sources=sources,
+                              may_read=lambda name: name != "hr")
+    text = json.dumps(message)
+    assert "Time off" in text and "HR policy" not in text
+
+
+def test_only_members_get_restricted_passages(make_kb, fake_openai, fake_slack, start_bot, hr_and_docs):
+    kb = make_kb(sources=hr_and_docs, abstain_threshold=0.0)
+    fake_slack.set_members("C0HR", ["UHRCHAN"])
+    fake_slack.set_members("S0PEOPLE", ["UMEMBER"])
+    bot = start_bot(kb, source_access="hr=C0HR|S0PEOPLE", escalation_contacts="*=U7")
+
+    # Two people DM the same question: only the user-group member's prompt holds the HR passage.
+    prompts = {}
+    for user, dm in (("UMEMBER", "D0MEMBER"), ("UOTHER", "D0OTHER")):
+        before = len(fake_openai.requests)
+        fake_slack.send_event(fake_slack.message_event(QUESTION, channel=dm, user=user, channel_type="im"))
+        deadline = time.monotonic() + 60
+        while len(fake_openai.requests) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        prompts[user] = _prompt(fake_openai.requests[-1])
+    assert HR_FACT in prompts["UMEMBER"]
+    assert HR_FACT not in prompts["UOTHER"] and "public handbook" in prompts["UOTHER"]
+
+    # In channels the channel decides: C0HR is one of hr's channels, CGEN is not (whoever asks).
+    for channel in ("C0HR", "CGEN"):
+        before = len(fake_openai.requests)
+        fake_slack.send_event(fake_slack.mention(QUESTION, channel=channel, user="UMEMBER"))
+        deadline = time.monotonic() + 60
+        while len(fake_openai.requests) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        prompts[channel] = _prompt(fake_openai.requests[-1])
+    assert HR_FACT in prompts["C0HR"] and HR_FACT not in prompts["CGEN"]
+
+    # /ask in CGEN by the member: the private answer cites hr; sharing it in CGEN is refused.
+    fake_openai.reply("Parental leave is 26 weeks [1].")
+    fake_slack.send_command(fake_slack.command_payload("/ask", QUESTION, channel="CGEN", user="UMEMBER"))
+    [reply] = fake_slack.wait_for("response_url", where=lambda c: _blocks(c.params))
+    assert "HR policy" in json.dumps(_blocks(reply.params))
+    click = fake_slack.action_payload(SHARE_ANSWER, _button(reply.params, SHARE_ANSWER), channel="CGEN",
+                                      user="UMEMBER")
+    click.pop("message")
+    click["container"] = {"type": "message", "message_ts": "", "is_ephemeral": True, "channel_id": "CGEN"}
+    click["response_url"] = fake_slack.api_url + "response_url"
+    posted = len(fake_slack.calls("chat.postMessage"))
+    fake_slack.send_action(click)
+    [refusal] = fake_slack.wait_for("response_url", where=lambda c: "can't share" in c.params.get("text", ""))
+    assert "`hr`" in refusal.params["text"]
+
+    # "Ask a human" on that private answer posts in CGEN without naming the HR section.
+    click = {**click, "actions": [{**click["actions"][0], "action_id": ASK_HUMAN,
+                                   "value": _button(reply.params, ASK_HUMAN)}]}
+    fake_slack.send_action(click)
+    [handoff] = fake_slack.wait_for("chat.postMessage", where=lambda c: "asked for a person" in c.params.get("text", ""))
+    assert handoff.params["channel"] == "CGEN" and "HR policy" not in json.dumps(_blocks(handoff.params))
+    assert len(fake_slack.calls("chat.postMessage")) == posted + 1  # the hand-off only, no shared answer
+
+    # Joining C0HR (event) lets a person read hr in DMs at once.
+    fake_slack.wait_ack(fake_slack.send_event(fake_slack.member_event("member_joined_channel", channel="C0HR",
+                                                                      user="UOTHER")))
+    deadline = time.monotonic() + 10
+    while not bot.services.access.user_may_read("UOTHER", "hr") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert bot.services.access.user_may_read("UOTHER", "hr")
