@@ -53,7 +53,7 @@ def cmd_index(args: argparse.Namespace, settings) -> int:
     if args.json:
         data = report.to_dict()
         _print_json({key: data[key] for key in (
-            "documents", "chunks", "added", "updated", "deleted", "unchanged", "seconds")})
+            "documents", "chunks", "added", "updated", "deleted", "unchanged", "seconds", "failed", "problems")})
     else:
         print(
             f"Indexed {report.documents} documents into {report.chunks} chunks in "
@@ -61,7 +61,12 @@ def cmd_index(args: argparse.Namespace, settings) -> int:
             f"{report.added} added, {report.updated} updated, {report.deleted} deleted, "
             f"{report.unchanged} unchanged."
         )
-    return 0
+        for name, reason in report.failed.items():
+            print(f"Source {name!r} failed; its previous chunks were kept: {reason}", file=sys.stderr)
+        for name, problems in report.problems.items():
+            for problem in problems:
+                print(f"Source {name!r}: {problem}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def cmd_ask(args: argparse.Namespace, settings) -> int:
@@ -154,6 +159,8 @@ def _ensure_index(kb, *, progress: bool) -> None:
     report = kb.refresh(progress=progress)
     log.info("Indexed %d documents into %d chunks in %.1f s",
              report.documents, report.chunks, report.seconds)
+    for name, reason in report.failed.items():
+        log.warning("Source %r failed: %s", name, reason)
 
 
 def _check_answerer(kb) -> None:

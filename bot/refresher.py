@@ -400,7 +400,17 @@ def summary(report: dict) -> str:
         f"{report.get('updated', 0)} updated, {report.get('deleted', 0)} deleted, "
         f"{report.get('unchanged', 0)} unchanged ({report.get('chunks', 0)} chunks from "
         f"{report.get('documents', 0)} documents)."
-    )
+    ) + _source_failures(report)
+
+
+def _source_failures(report: dict) -> str:
+    """Each source that failed, by name (its previous chunks keep serving), and partial problems."""
+    parts = [f" Source `{name}` failed, its previous chunks kept: {_shown(reason)}."
+             for name, reason in (report.get("failed") or {}).items()]
+    for name, problems in (report.get("problems") or {}).items():
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        parts.append(f" Source `{name}`: {_shown(shown)}.")
+    return "".join(parts)
 
 
 def format_status(status: dict) -> str:

@@ -36,7 +36,7 @@ ENORMOUS_FACTOR = 4
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_CUSTOM_ID = re.compile(r"\s*\{#([^}\s]+)\}\s*$")
+_CUSTOM_ID = re.compile(r"\s*\{#([^}\s]*)\}\s*$")  # "{#}": a heading with no anchor (HTML without id)
 _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 _WORD = re.compile(r"[^\W_]+|[^\w\s]|_", re.UNICODE)
 _SLUG_DROP = re.compile(r"[^\w\- ]", re.UNICODE)
@@ -444,7 +444,7 @@ def chunk_document(doc: Document, *, max_tokens: int, overlap_tokens: int, min_t
                                    overlap_tokens=overlap_tokens)
         else:
             texts = ["\n\n".join(s.text() for s in unit.sections)]
-        url = render_url(url_template, source=doc.source, anchor=lead.anchor)
+        url = render_url(_template(doc, url_template), source=doc.source, anchor=lead.anchor)
         for ordinal, passage in enumerate(texts):
             chunk = Chunk(
                 id=chunk_id(doc.source_name, doc.source, lead.path, ordinal, lead.occurrence),
@@ -460,6 +460,13 @@ def chunk_document(doc: Document, *, max_tokens: int, overlap_tokens: int, min_t
             digest = hashlib.sha256(f"{chunk.search_text}\n{url}".encode("utf-8")).hexdigest()
             chunks.append(replace(chunk, content_hash=digest))
     return chunks
+
+
+def _template(doc: Document, url_template: str) -> str:
+    """DOCS_BASE_URL for files; the document's own location without it, and always for a web page."""
+    if doc.link and (not url_template or doc.source.startswith(("http://", "https://"))):
+        return doc.link
+    return url_template
 
 
 def _memoised(count: TokenCounter) -> TokenCounter:

@@ -23,7 +23,7 @@ from pathlib import Path
 from knowledge.chunking import chunk_document
 from knowledge.errors import RefreshInProgressError, SourceError
 from knowledge.settings import KnowledgeSettings
-from knowledge.sources import parse_sources, read_documents
+from knowledge.sources import FetchOptions, ReadResult, parse_sources, read_sources
 from knowledge.store import VectorStore
 from knowledge.types import Chunk, RefreshReport
 
@@ -105,9 +105,15 @@ class Indexer:
     def _refresh(self, *, rebuild: bool, progress: bool) -> RefreshReport:
         started = time.perf_counter()
         # Read and chunk everything before any write: a bad source changes nothing.
-        documents = read_documents(
-            parse_sources(self.settings.knowledge_sources), cache_dir=self.settings.cache_dir
-        )
+        read = read_sources(parse_sources(self.settings.knowledge_sources),
+                            options=FetchOptions.from_settings(self.settings))
+        if not read.read:  # every source failed: nothing to compare with, nothing changes
+            reasons = list(read.failed.values())
+            raise SourceError(reasons[0] if len(reasons) == 1 else
+                              "No source could be read; the index was left as it was: " + "; ".join(reasons))
+        for reason in read.failed.values():
+            logger.warning("%s; its previous chunks keep serving", reason)
+        documents = read.documents
         chunks = self._chunks(documents)
         if not chunks:
             # Files that hold no text (emptied, or a glob that picks only stubs) would
@@ -116,6 +122,10 @@ class Indexer:
                 f"The sources hold {len(documents)} file(s) but no text to index; "
                 "the index was left as it was. Check KNOWLEDGE_SOURCES."
             )
+        if rebuild and read.failed:
+            # A rebuild starts from nothing: it would drop what the failed sources still serve.
+            raise SourceError("Not rebuilding while a source fails (the index was left as it was): "
+                              + "; ".join(read.failed.values()))
         store = self._store or self._store_factory()
         try:
             if rebuild or store.needs_rebuild:
@@ -123,10 +133,12 @@ class Indexer:
                     logger.warning("%s Rebuilding.", store.rebuild_reason)
                 report = self._rebuild(store, chunks, progress=progress)
             else:
-                report = self._update(store, chunks, progress=progress)
+                report = self._update(store, chunks, progress=progress, keep=self._kept_ids(store, read))
         finally:
             if self._store is None:
                 store.close()
+        report.failed = dict(read.failed)
+        report.problems = {name: list(items) for name, items in read.problems.items()}
         report.documents = len(documents)
         report.chunks = len(chunks)
         report.seconds = time.perf_counter() - started
@@ -142,7 +154,7 @@ class Indexer:
                 max_tokens=settings.chunk_max_tokens,
                 overlap_tokens=settings.chunk_overlap_tokens,
                 min_tokens=settings.chunk_min_tokens,
-                url_template=settings.docs_base_url,
+                url_template=settings.citation_template,
                 count_tokens=self.embedder.count_tokens,
             ):
                 if chunk.id in unique:
@@ -151,11 +163,19 @@ class Indexer:
                 unique[chunk.id] = chunk
         return list(unique.values())
 
-    def _update(self, store: VectorStore, chunks: list[Chunk], *, progress: bool) -> RefreshReport:
+    @staticmethod
+    def _kept_ids(store: VectorStore, read: ReadResult) -> set[str]:
+        """The indexed chunks of sources that failed to read: they keep serving as they were."""
+        if not read.failed:
+            return set()
+        return {chunk_id for chunk_id, name in store.source_names().items() if name in read.failed}
+
+    def _update(self, store: VectorStore, chunks: list[Chunk], *, progress: bool,
+                keep: set[str] = frozenset()) -> RefreshReport:
         indexed = store.content_hashes()
         wanted = {chunk.id for chunk in chunks}
         changed = [c for c in chunks if indexed.get(c.id) != c.content_hash]
-        stale = [chunk_id for chunk_id in indexed if chunk_id not in wanted]
+        stale = [chunk_id for chunk_id in indexed if chunk_id not in wanted and chunk_id not in keep]
         added = sum(1 for c in changed if c.id not in indexed)
         self._embed_and_upsert(store, changed, collection=None, progress=progress)
         # Deletes last: until the new chunks are in, the old ones keep answering.

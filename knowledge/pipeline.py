@@ -13,7 +13,7 @@ from knowledge.errors import AnswerError, InvalidQuestionError, ModelUnavailable
 from knowledge.language import detect_language
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
-from knowledge.settings import DEFAULT_DOCS_BASE_URL, DEFAULT_SOURCES, KnowledgeSettings
+from knowledge.settings import KnowledgeSettings
 from knowledge.types import Answer, Candidate, Citation, RefreshReport, SourceFilter, Turn
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,6 @@ class KnowledgeBase:
         from knowledge.store import VectorStore
 
         configure_torch_threads(settings.torch_threads)
-        if (settings.docs_base_url == DEFAULT_DOCS_BASE_URL
-                and settings.knowledge_sources != DEFAULT_SOURCES):
-            # Right for a copy of the Milvus docs, wrong for a team's own: say so once.
-            log.info("Citations link to %s (DOCS_BASE_URL); set it if your docs live elsewhere.",
-                     DEFAULT_DOCS_BASE_URL)
         embedder = Embedder(
             model=settings.embedding_model,
             device=settings.device,

@@ -32,11 +32,23 @@ class KnowledgeSettings(BaseSettings):
 
     # Sources and chunking
     knowledge_sources: str = DEFAULT_SOURCES
-    docs_base_url: str = DEFAULT_DOCS_BASE_URL
+    # Empty: the Milvus docs' links for the default source, else each document's own location.
+    docs_base_url: str = ""
     data_dir: Path = Path("data")
     chunk_max_tokens: int = Field(default=350, ge=32)
     chunk_overlap_tokens: int = Field(default=40, ge=0)
     chunk_min_tokens: int = Field(default=40, ge=0)
+
+    # Reading sources (knowledge.sources): download guards and website crawling
+    source_allow_http: bool = False  # plain http to non-loopback hosts (https only otherwise)
+    source_max_download_mb: float = Field(default=200.0, gt=0)  # one download: zip, PDF, page
+    source_max_file_mb: float = Field(default=50.0, gt=0)  # one file of a folder or zip, unpacked
+    source_max_zip_ratio: float = Field(default=100.0, ge=1)  # unpacked / compressed size of a zip member
+    source_download_deadline_seconds: float = Field(default=300.0, gt=0)  # one download (or git command)
+    source_request_timeout_seconds: float = Field(default=30.0, gt=0)  # connect / read of one request
+    crawl_max_pages: int = Field(default=500, ge=1)  # pages read from one website
+    crawl_delay_seconds: float = Field(default=0.5, ge=0)  # between requests to one site (robots.txt may ask more)
+    source_user_agent: str = "supportbot-docs-indexer/1.0 (reads team docs to answer questions in Slack)"
 
     # Models
     embedding_model: str = "Qwen/Qwen3-Embedding-0.6B"
@@ -94,6 +106,21 @@ class KnowledgeSettings(BaseSettings):
     def milvus_target(self) -> str:
         """The URI pymilvus opens: the configured server, or the Lite file."""
         return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def citation_template(self) -> str:
+        """The link template chunks use: DOCS_BASE_URL, the Milvus docs' for the default source, or ""
+        (each document's own location: its file or page)."""
+        if self.docs_base_url.strip():
+            return self.docs_base_url.strip()
+        return DEFAULT_DOCS_BASE_URL if self.knowledge_sources == DEFAULT_SOURCES else ""
+
+    def citation_warning(self) -> str:
+        """Why citations probably point at the wrong place ("" when they look right)."""
+        if "milvus.io" in self.docs_base_url and self.knowledge_sources != DEFAULT_SOURCES:
+            return ("DOCS_BASE_URL links citations to milvus.io while KNOWLEDGE_SOURCES is your own: "
+                    "set DOCS_BASE_URL to where your docs live, or leave it empty to link each file or page")
+        return ""
 
     @property
     def cache_dir(self) -> Path:

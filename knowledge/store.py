@@ -366,6 +366,13 @@ class VectorStore:
             for row in self._iterate(collection or self.name, ["id", "content_hash"])
         }
 
+    def source_names(self, *, collection: str | None = None) -> dict[str, str]:
+        """Chunk id -> source name for the whole collection (which chunks a failed source owns)."""
+        return {
+            row["id"]: row["source_name"]
+            for row in self._iterate(collection or self.name, ["id", "source_name"])
+        }
+
     def _iterate(self, name: str, fields: list[str]) -> Iterator[dict]:
         total = self.count(collection=name)
         if total <= QUERY_WINDOW:

@@ -26,6 +26,9 @@ class Document:
     source: str  # path relative to the source root, e.g. "faq/product_faq.md"
     text: str  # file text with includes resolved (front matter and comments still in place)
     source_name: str = "docs"  # the name of the KNOWLEDGE_SOURCES entry it came from
+    # Where the document itself lives, as a link template ("file:///srv/docs/a.md#{anchor}",
+    # "https://site/page#{anchor}"): cited when DOCS_BASE_URL is not set, and always for web pages.
+    link: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,8 @@ class RefreshReport:
     seconds: float = 0.0
     rebuilt: bool = False
     collection: str = ""
+    failed: dict[str, str] = field(default_factory=dict)  # source name -> why it could not be read (kept as it was)
+    problems: dict[str, list[str]] = field(default_factory=dict)  # source name -> pages or files that failed
 
     def to_dict(self) -> dict:
         return asdict(self)

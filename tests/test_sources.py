@@ -99,7 +99,8 @@ def docs_folder(tmp_path: Path) -> Path:
             "fragments/answer.md": "Answer from a fragment.\n\n{{fragments/nested.md}}\n",
             "fragments/nested.md": "Nested fragment text.\n",
             "fragments/loop.md": "Loop {{fragments/loop.md}}",
-            "notes.txt": "not markdown",
+            "notes.txt": "plain text notes",
+            "logo.png": b"\x89PNG not a document",
         },
     )
 
@@ -114,11 +115,13 @@ def test_folder_source_paths_are_relative_to_the_folder(docs_folder, tmp_path):
     assert docs[0].source_name == "docs"
 
 
-def test_default_glob_reads_md_and_mdx_recursively_but_not_other_files(docs_folder, tmp_path):
+def test_default_glob_reads_every_supported_kind_recursively_but_not_other_files(docs_folder, tmp_path):
     docs = read_documents([SourceSpec("kb", str(docs_folder))], cache_dir=tmp_path / "cache")
     sources = [d.source for d in docs]
     assert "faq/extra.mdx" in sources and "guide/deep/page.md" in sources
-    assert "notes.txt" not in sources
+    assert "notes.txt" in sources and "logo.png" not in sources
+    only_md = read_documents([SourceSpec("kb", str(docs_folder), "**/*.md")], cache_dir=tmp_path / "cache")
+    assert "faq/extra.mdx" in [d.source for d in only_md] and "notes.txt" not in [d.source for d in only_md]
     assert sources == sorted(sources)
     assert {d.source_name for d in docs} == {"kb"}
 
