@@ -274,7 +274,7 @@ class KnowledgeBase:
             last = self._last_refresh or getattr(self.indexer, "last_report", None)
         try:
             sources = [
-                {"name": spec.name, "location": spec.location, "glob": spec.glob}
+                {"name": spec.name, "location": spec.location, "glob": spec.glob, "kind": spec.kind}
                 for spec in parse_sources(self.settings.knowledge_sources)
             ]
         except Exception:  # a bad KNOWLEDGE_SOURCES must not break a status page

@@ -116,3 +116,15 @@ def test_page_cap_stops_the_crawl_and_says_so(local_site, tmp_path):
     source = open_source(SourceSpec("site", local_site.url("/docs/")), options=_options(tmp_path, crawl_max_pages=3))
     assert len(source.read()) == 3
     assert any("CRAWL_MAX_PAGES" in p for p in source.problems)
+
+
+def test_sitemap_index_files_are_followed(local_site, tmp_path):
+    _build(local_site)
+    local_site.sitemap("/sitemaps/a.xml", {"/docs/p0.html": ""})
+    local_site.sitemap("/sitemaps/b.xml", {"/docs/p1.html": "", "/docs/p2.html": ""})
+    local_site.page("/sitemap_index.xml", '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/'
+                    f'schemas/sitemap/0.9"><sitemap><loc>{local_site.url("/sitemaps/a.xml")}</loc></sitemap>'
+                    f'<sitemap><loc>{local_site.url("/sitemaps/b.xml")}</loc></sitemap></sitemapindex>',
+                    content_type="application/xml")
+    docs = open_source(SourceSpec("site", local_site.url("/sitemap_index.xml")), options=_options(tmp_path)).read()
+    assert {d.source for d in docs} == {local_site.url(f"/docs/p{i}.html") for i in range(3)}
