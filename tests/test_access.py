@@ -18,7 +18,8 @@ from bot.access import Memberships, SourceAccess, parse_source_access
 from bot.blocks import ASK_HUMAN, SHARE_ANSWER
 from bot.handoff import handoff_message
 from bot.settings import BotSettings
-from knowledge.types import SourceFilter
+from bot.listeners.commands.ask import with_restricted_passages
+from knowledge.types import Answer, Candidate, Chunk, Citation, SourceFilter
 from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -110,6 +111,18 @@ def test_run_time_restrictions_cover_sources_not_in_settings():
         access.restrict("x", ["U01"])
     access.unrestrict("learned-C0PRIV")
     assert access.for_channel("CGEN") is None
+
+
+def test_a_private_answer_records_uncited_restricted_passages():
+    chunk = Chunk(id="1", source="policy.md", title="HR policy", heading_path=(), anchor="", url="u", text="t",
+                  source_name="hr")
+    open_chunk = Chunk(id="2", source="leave.md", title="Time off", heading_path=(), anchor="", url="v", text="t")
+    answer = Answer(question="q", text="26 weeks", status="answered",
+                    citations=[Citation(2, "Time off", (), "v", "leave.md", "docs")],
+                    passages=[Candidate(chunk=chunk), Candidate(chunk=open_chunk)])
+    recorded = with_restricted_passages(answer, lambda name: name != "hr")
+    assert [(c.number, c.source_name) for c in recorded.citations] == [(2, "docs"), (1, "hr")]
+    assert with_restricted_passages(answer, lambda name: True) is answer
 
 
 def test_handoff_quotes_only_sources_the_channel_may_read():

@@ -6,6 +6,7 @@ recorded like one, and arrives through the command's response_url.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 
@@ -18,6 +19,7 @@ from bot.responder import BUSY_TEXT
 from bot.history import clean_text
 from bot.services import SHUTTING_DOWN_TEXT, Services
 from knowledge.errors import KnowledgeError
+from knowledge.types import Answer, Citation
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,25 @@ def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: 
         log.exception("/ask failed error_id=%s channel=%s", error_id, channel)
         _reply(respond, [{"text": f"Sorry, something went wrong while answering. (error id: `{error_id}`)"}])
         return
-    # No thread yet: a shared answer gets one (bot.listeners.actions.share).
-    record_id = services.records.record_answer(answer, user_id=user, channel=channel, thread_ts="")
+    # No thread yet: a shared answer gets one (bot.listeners.actions.share). The record also
+    # lists uncited passages the channel may not read, so "Share in channel" refuses them too.
+    recorded = with_restricted_passages(answer, lambda name: services.access.conversation_may_read(channel, user, name))
+    record_id = services.records.record_answer(recorded, user_id=user, channel=channel, thread_ts="")
     _reply(respond, answer_messages(answer, record_id=record_id, private=True))
     services.metrics.observe_answer(answer)
+
+
+def with_restricted_passages(answer: Answer, may_read) -> Answer:
+    """The answer with every passage it was built from that `may_read(source_name)` refuses
+    among its citations: the text may draw on a passage it does not cite."""
+    cited = {c.number for c in answer.citations}
+    extra = [
+        Citation(number=n, title=p.chunk.title, heading_path=p.chunk.heading_path, url=p.chunk.url,
+                 source=p.chunk.source, source_name=p.chunk.source_name)
+        for n, p in enumerate(answer.passages, start=1)
+        if n not in cited and not may_read(p.chunk.source_name)
+    ]
+    return dataclasses.replace(answer, citations=[*answer.citations, *extra]) if extra else answer
 
 
 def _reply(respond: Respond, messages: list[dict]) -> None:
