@@ -108,3 +108,25 @@ def test_docs_base_url_default_and_the_milvus_warning():
     assert "milvus.io" in stale.citation_warning()
     assert KnowledgeSettings(_env_file=None, knowledge_sources=DEFAULT_SOURCES,
                              docs_base_url=DEFAULT_DOCS_BASE_URL).citation_warning() == ""
+
+
+def test_serve_warns_once_when_citations_would_link_to_milvus_io(fake_slack, tmp_path, caplog):
+    import threading
+
+    from bot.server import serve
+    from bot.settings import BotSettings
+
+    class _KB:
+        def status(self):
+            return {"chunks": 1}
+
+    settings = BotSettings(_env_file=None, slack_bot_token=fake_slack.bot_token, slack_app_token=fake_slack.app_token,
+                           slack_api_url=fake_slack.api_url, feedback_db=tmp_path / "f.sqlite",
+                           reindex_schedule="never", knowledge_sources=str(tmp_path),
+                           docs_base_url=DEFAULT_DOCS_BASE_URL)
+    stop = threading.Event()
+    stop.set()  # serve comes up and goes down at once
+    with caplog.at_level("WARNING"):
+        serve(settings, _KB(), stop=stop)
+    warnings = [r for r in caplog.records if "milvus.io" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"

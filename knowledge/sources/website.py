@@ -35,6 +35,7 @@ log = logging.getLogger("knowledge.sources")
 
 GONE = (404, 410)
 MAX_SITEMAPS = 50
+PROGRESS_EVERY = 50  # requests between progress log lines
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _SKIP_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".ico", ".css", ".js", ".json", ".xml",
                   ".zip", ".gz", ".tar", ".mp4", ".mp3", ".woff", ".woff2", ".ttf", ".txt")
@@ -52,6 +53,7 @@ class _Site(Source):
         self._last_request = 0.0
         self.delay = self.options.crawl_delay
         self.fetched = 0  # pages downloaded (200) in this read; 304s and lastmod hits are not
+        self.requests = 0
 
     # -- cache ---------------------------------------------------------------------------
     def _load_cache(self) -> None:
@@ -65,6 +67,10 @@ class _Site(Source):
         wait = self._last_request + self.delay - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        self.requests += 1
+        if self.requests % PROGRESS_EVERY == 0:  # a crawl can take minutes: show it moving
+            log.info("%s: %d requests so far (%d pages downloaded, the rest unchanged)", self.label,
+                     self.requests, self.fetched)
         try:
             return fetch(url, options=self.options, session=self._session, headers=headers)
         finally:
