@@ -8,6 +8,7 @@ on stderr and exit non-zero; only a real bug shows a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -117,12 +118,20 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
             kb, items, mode=args.mode or settings.retrieval_mode,
             rerank=settings.reranking and not args.no_rerank,
         )
+        fitted = None
+        if args.fit_abstention is not None:
+            fitted = evaluation.fit_abstention(
+                kb, result, path=args.fit_abstention or None, fitted_on=args.file
+            )
     finally:
         kb.close()
+    result.pop("outcomes", None)
     if args.json:
-        _print_json(result)
+        _print_json({**result, "fitted_abstention": fitted and dataclasses.asdict(fitted)})
     else:
         print(evaluation.format_result(result))
+        if args.fit_abstention is not None:
+            print(evaluation.format_fitted(fitted, args.fit_abstention or settings.abstention_model_path))
     return 0
 
 
@@ -267,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense, BM25 and hybrid, each with and without reranking, side by side")
     p.add_argument("--no-rerank", action="store_true", help="score without the reranker")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode")
+    p.add_argument("--fit-abstention", nargs="?", const="", metavar="PATH",
+                   help="fit the abstention model on this file's answerable and unanswerable "
+                        "items, print it and save it (default path: ABSTENTION_MODEL)")
 
     add("chat", cmd_chat, "talk to the bot in the terminal (no Slack needed)",
         "The same answer path as in Slack, as a conversation in the terminal; follow-ups "

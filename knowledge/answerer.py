@@ -15,7 +15,11 @@ import openai
 
 from knowledge.breaker import CircuitBreaker
 from knowledge.errors import AnswerError, ModelUnavailableError
-from knowledge.prompts import build_answer_messages, build_rewrite_messages
+from knowledge.prompts import (
+    build_answer_messages,
+    build_doc_words_messages,
+    build_rewrite_messages,
+)
 from knowledge.types import Chunk, Turn
 
 REWRITE_MAX_TOKENS = 96
@@ -129,6 +133,15 @@ class Answerer:
         if self.model in names:
             return ""
         return f"The language model {self.model!r} does not exist at {where} (check OPENAI_MODEL)."
+
+    def rewrite_in_doc_words(self, question: str) -> str:
+        """The question restated in documentation vocabulary (a search query).
+
+        Raises AnswerError when the request fails.
+        """
+        messages = build_doc_words_messages(question)
+        text = self._complete(messages, max_tokens=REWRITE_MAX_TOKENS, on_delta=None)
+        return text.strip().strip('"').strip()
 
     def close(self) -> None:
         self._client.close()

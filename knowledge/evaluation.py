@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knowledge.errors import KnowledgeError
+from knowledge.expansion import doc_words_query
 from knowledge.rewrite import standalone_query
 from knowledge.types import Candidate, Chunk, Turn
 
@@ -40,6 +41,7 @@ class EvalItem:
     question: str
     expected: tuple[Expected, ...]
     history: tuple[Turn, ...] = ()  # earlier turns: the question is a follow-up
+    kind: str = ""  # optional label (faq, support, ...): figures are also given per kind
 
     @property
     def answerable(self) -> bool:
@@ -69,6 +71,7 @@ def load_items(path: Path | str) -> list[EvalItem]:
                         for e in data.get("expected") or ()
                     ),
                     history=tuple(_turn(t) for t in data.get("history") or ()),
+                    kind=str(data.get("kind") or ""),
                 )
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -146,6 +149,7 @@ def outcome(item: EvalItem, result, abstained: bool) -> dict:
     return {
         "id": item.id,
         "lang": item.lang,
+        "kind": item.kind,
         "question": item.question,
         "answerable": item.answerable,
         # recall@10 counts retrieval before reranking; recall@3 and MRR@10 the final order.
@@ -180,7 +184,27 @@ def evaluate(
     reranked = _rerank_on(kb, rerank)
     summary = summarise(outcomes, mode=mode or kb.settings.retrieval_mode, rerank=reranked)
     summary["threshold"] = choose_threshold(outcomes, score="rerank" if reranked else "dense")
+    summary["outcomes"] = outcomes
+    model = kb.retriever.abstention
+    summary["abstention"] = model.describe() if model is not None else "thresholds"
     return summary
+
+
+def fit_abstention(kb, result: dict, *, path=None, fitted_on: str = ""):
+    """Fit the abstention model on an evaluate() result's outcomes, save it (default:
+    ABSTENTION_MODEL) and make the knowledge base use it. Returns the model, or None
+    when the items hold no unanswerable (or no answerable) question."""
+    from knowledge.abstention import fit
+
+    model = fit(
+        result["outcomes"], score="rerank" if result["rerank"] else "dense",
+        model_id=getattr(kb.retriever.embedder, "model_id", ""), fitted_on=fitted_on,
+    )
+    if model is None:
+        return None
+    model.save(path or kb.settings.abstention_model_path)
+    kb.retriever.abstention = model
+    return model
 
 
 def run_items(
@@ -198,10 +222,12 @@ def run_items(
         query = item.question
         if rewrite and item.history:
             query = standalone_query(item.question, item.history, answerer=kb.answerer)
+        query = doc_words_query(query, answerer=kb.answerer, enabled=kb.settings.doc_rewrite)
         result = kb.retriever.retrieve(query, mode=mode, rerank=rerank)
         elapsed = (time.perf_counter() - started) * 1000
         entry = outcome(item, result, kb.retriever.should_abstain(result))
         entry["ms"] = elapsed
+        entry["signals"] = kb.retriever.signals(result)
         outcomes.append(entry)
     return outcomes
 
@@ -212,6 +238,11 @@ def summarise(outcomes: Sequence[dict], *, mode: str, rerank: bool) -> dict:
     summary["by_lang"] = {
         lang: score_items([o for o in outcomes if o["lang"] == lang]) for lang in langs
     }
+    kinds = sorted({o.get("kind") for o in outcomes if o.get("kind")})
+    if kinds:
+        summary["by_kind"] = {
+            kind: score_items([o for o in outcomes if o.get("kind") == kind]) for kind in kinds
+        }
     summary["misses"] = [_miss(o) for o in outcomes if _is_miss(o)]
     summary["mode"] = mode
     summary["rerank"] = rerank
@@ -268,6 +299,8 @@ def compare(kb, items: Sequence[EvalItem], settings_list: Sequence[tuple[str, bo
         row.update({key: result[key] for key in _METRIC_KEYS})
         row["ms_per_query"] = result["ms_per_query"]
         row["by_lang"] = result["by_lang"]
+        if "by_kind" in result:
+            row["by_kind"] = result["by_kind"]
         rows.append(row)
     return rows
 
@@ -290,6 +323,8 @@ def format_table(rows: Sequence[dict]) -> str:
         lines_of.append({**row, "lang": "all"})
         for lang, metrics in sorted((row.get("by_lang") or {}).items()):
             lines_of.append({"mode": "", "rerank": "", "lang": lang, **metrics})
+        for kind, metrics in sorted((row.get("by_kind") or {}).items()):
+            lines_of.append({"mode": "", "rerank": "", "lang": kind, **metrics})
     cells = [[_cell(line.get(col)) if line.get(col) != "" else "" for col in columns]
              for line in lines_of]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
@@ -305,6 +340,7 @@ def format_result(result: dict) -> str:
     lines = [header, ""]
     rows = [{"scope": "all", **{k: result[k] for k in ("n", *_METRIC_KEYS)}}]
     rows += [{"scope": lang, **m} for lang, m in result.get("by_lang", {}).items()]
+    rows += [{"scope": kind, **m} for kind, m in result.get("by_kind", {}).items()]
     columns = ["scope", "n", *_METRIC_KEYS]
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
@@ -322,6 +358,19 @@ def format_result(result: dict) -> str:
         for miss in misses:
             lines.append(f"  {miss['id']} [{miss['lang']}] {miss['question']} — {miss['why']}")
     return "\n".join(lines)
+
+
+def format_fitted(model, path) -> str:
+    """What `--fit-abstention` fitted and where it was saved, in a few lines."""
+    if model is None:
+        return "No abstention model fitted: the file needs answerable and unanswerable items."
+    return "\n".join([
+        f"Abstention model ({model.score} scores, {model.model_id or 'any embedder'}): "
+        f"{model.describe()}.",
+        f"On {model.fitted_on or 'these items'}: declines {model.declined_unanswerable} "
+        f"unanswerable, wrongly declines {model.false_abstain:.1%} of answerable items.",
+        f"Saved to {path}; the bot uses it from its next start (ABSTENTION_MODEL).",
+    ])
 
 
 def pick_abstain_threshold(

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from knowledge.chunking import chunk_document
 from knowledge.errors import RefreshInProgressError, SourceError
 from knowledge.settings import KnowledgeSettings
@@ -218,12 +220,33 @@ class Indexer:
             for start in range(0, len(chunks), self.batch_size):
                 batch = chunks[start : start + self.batch_size]
                 vectors = self.embedder.embed_documents([c.search_text for c in batch])
-                store.upsert(batch, vectors, collection=collection)
+                titles = None
+                if store.holds_title_vectors(collection=collection):
+                    titles = self._title_vectors(batch)
+                store.upsert(batch, vectors, title_vectors=titles, collection=collection)
                 if bar is not None:
                     bar.update(len(batch))
         finally:
             if bar is not None:
                 bar.close()
+
+
+    def _title_vectors(self, chunks: Sequence[Chunk]):
+        """One vector per chunk for its section title (parts of a split section share one)."""
+        texts = [section_title(c) for c in chunks]
+        unique = list(dict.fromkeys(texts))
+        vectors = np.asarray(self.embedder.embed_documents(unique))
+        row = {text: i for i, text in enumerate(unique)}
+        return vectors[[row[text] for text in texts]]
+
+
+def section_title(chunk: Chunk) -> str:
+    """What the title vector embeds: the document title and the heading path.
+
+    FAQ headings are the questions themselves, so a question matches its entry's
+    heading even when a long guide page mentions more of its words.
+    """
+    return chunk.breadcrumb
 
 
 class _FileLock:

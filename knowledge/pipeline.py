@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from knowledge.errors import AnswerError, InvalidQuestionError, ModelUnavailableError
+from knowledge.expansion import doc_words_query
 from knowledge.language import detect_language
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
@@ -163,6 +164,9 @@ class KnowledgeBase:
 
         rewrite_started = time.perf_counter()
         search_query = standalone_query(question, history, answerer=self.answerer)
+        search_query = doc_words_query(
+            search_query, answerer=self.answerer, enabled=self.settings.doc_rewrite
+        )
         timings["rewrite"] = _ms(rewrite_started)
 
         result = self.retriever.retrieve(search_query, source_names=source_names)
@@ -261,6 +265,7 @@ class KnowledgeBase:
     def refresh(self, *, rebuild: bool = False, progress: bool = False) -> RefreshReport:
         """Bring the index up to date. Raises RefreshInProgressError, SourceError, StoreError."""
         report = self.indexer.refresh(rebuild=rebuild, progress=progress)
+        self.retriever.expander.forget()  # the vocabulary is learned again from the new index
         with self._lock:
             self._last_refresh = report
         return report

@@ -44,16 +44,22 @@ class RetrievalResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     mode: str = "dense"
     reranked: bool = False
+    query: str = ""  # what was searched (abstention reads its words)
 
 
 class Retriever:
     """Turns a query into the few passages the answer is built from."""
 
     def __init__(self, *, embedder, store, reranker=None, settings: KnowledgeSettings) -> None:
+        from knowledge.expansion import Expander
+
         self.embedder = embedder
         self.store = store
         self.reranker = reranker
         self.settings = settings
+        # Learns the index vocabulary on first use (expansion, abstention signals).
+        self.expander = Expander(store=store, terms=settings.expansion_terms)
+        self.abstention = load_abstention_model(settings)
 
     def retrieve(
         self,
@@ -73,7 +79,7 @@ class Retriever:
             raise ValueError(f"Unknown retrieval mode {mode!r}; use dense, bm25 or hybrid.")
         use_reranker = self.reranker is not None and (rerank is None or rerank)
         timings = {"embed": 0.0, "search": 0.0, "rerank": 0.0}
-        result = RetrievalResult(timings_ms=timings, mode=mode, reranked=use_reranker)
+        result = RetrievalResult(timings_ms=timings, mode=mode, reranked=use_reranker, query=query)
         if not query.strip():
             return result
 
@@ -113,13 +119,18 @@ class Retriever:
     def should_abstain(self, result: RetrievalResult) -> bool:
         """True when the best passage is too weak to answer from.
 
-        With reranking: best rerank score < abstain_threshold. Without: best dense
-        score < abstain_dense_threshold. BM25-only results carry no calibrated
-        score, so they never abstain unless empty.
+        With a fitted abstention model for this embedder and reranking setting
+        (knowledge.abstention): its calibrated decision over several signals.
+        Otherwise with reranking: best rerank score < abstain_threshold; without:
+        best dense score < abstain_dense_threshold. BM25-only results carry no
+        calibrated score, so they never abstain unless empty.
         """
         passages = result.reranked_top_n
         if not passages:
             return True
+        model = self.abstention_for(result)
+        if model is not None:
+            return model.declines(self.signals(result))
         rerank_scores = [c.rerank_score for c in passages if c.rerank_score is not None]
         if rerank_scores:
             return max(rerank_scores) < self.settings.abstain_threshold
@@ -127,6 +138,25 @@ class Retriever:
         if dense_scores:
             return max(dense_scores) < self.settings.abstain_dense_threshold
         return False
+
+    def signals(self, result: RetrievalResult) -> dict[str, float]:
+        """The abstention signals of a result (knowledge.abstention.signals)."""
+        from knowledge.abstention import signals
+
+        return signals(result, result.query, self.expander.vocabulary())
+
+    def abstention_for(self, result: RetrievalResult):
+        """The fitted abstention model that applies to this result, None when none does."""
+        model = self.abstention
+        if model is None or result.mode == "bm25":
+            return None
+        score = "rerank" if any(c.rerank_score is not None for c in result.reranked_top_n) else "dense"
+        if model.score != score:
+            return None
+        model_id = getattr(self.embedder, "model_id", "")
+        if model.model_id and model_id and model.model_id != model_id:
+            return None
+        return model
 
     # Steps ---------------------------------------------------------------------
     def _search(self, query: str, vector, mode: str, source_names) -> list[Candidate]:
@@ -137,13 +167,14 @@ class Retriever:
             found = self.store.search_dense(vector, limit=limit, source_names=names)
         elif mode == "bm25":
             found = self.store.search_bm25(
-                keyword_query(query) or query, limit=limit, source_names=names, vector=vector
+                self._expanded(query, keyword_query(query)) or query,
+                limit=limit, source_names=names, vector=vector,
             )
-        elif not (keywords := keyword_query(query)):
-            # Nothing BM25 could match usefully (a Chinese question without identifiers
-            # over the standard analyzer): it would only drown the dense side.
-            found = self.store.search_dense(vector, limit=limit, source_names=names)
-        else:  # the store itself falls back to dense where hybrid is unsupported
+        else:
+            # A Chinese question without identifiers searches no keywords ("" here): over
+            # the standard analyzer they would only drown the dense sides. The store
+            # itself falls back to dense where hybrid is unsupported.
+            keywords = self._expanded(query, keyword_query(query))
             found = self.store.search_hybrid(
                 vector,
                 keywords,
@@ -151,11 +182,20 @@ class Retriever:
                 fusion=self.settings.fusion,
                 rrf_k=self.settings.rrf_k,
                 weights=(self.settings.dense_weight, self.settings.bm25_weight),
+                title_weight=self.settings.title_weight,
                 source_names=names,
                 depth=limit * HYBRID_DEPTH_FACTOR,
             )
-            found = self._keep_keyword_hits(found, query, keywords, limit, names)
+            if keywords:
+                found = self._keep_keyword_hits(found, query, keywords, limit, names)
         return dedupe(found)[:top_k]
+
+    def _expanded(self, query: str, keywords: str) -> str:
+        """The keyword query plus the docs' words for its topic, when expansion is on."""
+        if not keywords or not self.settings.query_expansion:
+            return keywords
+        self.expander.terms = self.settings.expansion_terms
+        return self.expander.expand(query, keywords)
 
     def _keep_keyword_hits(
         self, found: list[Candidate], query: str, keywords: str, limit: int, names
@@ -240,6 +280,20 @@ class Retriever:
                 candidate = dataclasses.replace(candidate, chunk=dataclasses.replace(chunk, text=text))
             expanded.append(candidate)
         return expanded
+
+
+def load_abstention_model(settings: KnowledgeSettings):
+    """The saved abstention model (ABSTENTION_MODEL), None when absent or unreadable."""
+    from knowledge.abstention import AbstentionModel
+    from knowledge.errors import KnowledgeError
+
+    try:
+        return AbstentionModel.load(settings.abstention_model_path)
+    except KnowledgeError as error:
+        import logging
+
+        logging.getLogger(__name__).warning("%s Using the plain thresholds.", error)
+        return None
 
 
 def _occurrence(chunk: Chunk, chunk_id, limit: int = 16) -> int | None:

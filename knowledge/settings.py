@@ -79,6 +79,13 @@ class KnowledgeSettings(BaseSettings):
     abstain_dense_threshold: float = Field(default=0.3, ge=-1, le=1)  # with reranking off
     max_question_chars: int = Field(default=2000, ge=10)
 
+    # Section structure, expansion and abstention (docs/answer-quality.md)
+    title_weight: float = Field(default=0.6, ge=0)  # the section-title vector in hybrid fusion; 0: off
+    query_expansion: bool = False  # add the docs' heading words for the question's topic to BM25
+    expansion_terms: int = Field(default=3, ge=0, le=20)
+    doc_rewrite: bool = False  # with a chat model: also search the question restated in doc words
+    abstention_model: str = ""  # fitted by `supportbot eval --fit-abstention`; "": DATA_DIR/abstention.json
+
     # Answering
     openai_api_key: SecretStr = SecretStr("")
     openai_base_url: str = ""
@@ -121,6 +128,10 @@ class KnowledgeSettings(BaseSettings):
             return ("DOCS_BASE_URL links citations to milvus.io while KNOWLEDGE_SOURCES is your own: "
                     "set DOCS_BASE_URL to where your docs live, or leave it empty to link each file or page")
         return ""
+
+    @property
+    def abstention_model_path(self) -> Path:
+        return Path(self.abstention_model) if self.abstention_model else self.data_dir / "abstention.json"
 
     @property
     def cache_dir(self) -> Path:

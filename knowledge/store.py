@@ -6,7 +6,9 @@ beside it and switches the alias in one step, so searches never see a half
 built index. Each row holds one Chunk in typed fields (no JSON: filters on
 JSON are slow), its dense vector, and a BM25 sparse vector that Milvus
 derives from ``search_text`` (stemmed by ``knowledge.keywords.analyze``, which
-every keyword query goes through too) when the backend supports BM25 functions.
+every keyword query goes through too) when the backend supports BM25 functions,
+and a second dense vector of the section's title and heading path
+(``title_vector``) where the server holds several vector fields.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ HEADING_SEPARATOR = "\n"  # headings never contain a newline
 MODEL_PROPERTY = "supportbot.model_id"
 DIMENSION_PROPERTY = "supportbot.dimension"
 ANALYZER_PROPERTY = "supportbot.analyzer"
+TITLE_FIELD = "title_vector"  # the section's title and heading path, embedded apart
 REBUILD_HINT = "rebuild the index with `supportbot index --rebuild`"
 # VARCHAR limits are in bytes; values are clipped to fit rather than failing the insert.
 TEXT_BYTES = 65535
@@ -99,6 +102,9 @@ class VectorStore:
         self.mismatch = ""  # why the serving collection cannot be used, "" when it can
         self.stale = ""  # why it serves dense-only until rebuilt, "" when it is current
         self.supports_hybrid = self._server_hybrid
+        # Several vector fields per collection came with Milvus 2.4; 2.3 refuses them.
+        self._server_title = True
+        self.has_title_vector = False
         self._open_serving()
 
     # ---- opening -----------------------------------------------------------------
@@ -144,6 +150,7 @@ class VectorStore:
         self._load(target)
         info = self._describe(target)
         self.supports_hybrid = self._server_hybrid and _has_bm25(info)
+        self.has_title_vector = _has_title_vector(info)
         self.mismatch = self._mismatch(target, info)
         if self.supports_hybrid and _collection_analyzer(info) != ANALYZER_VERSION:
             # Its keywords were analysed another way: BM25 would match badly, so search
@@ -151,6 +158,11 @@ class VectorStore:
             self.stale = f"The keyword index of {target} was built by an older version."
             self.supports_hybrid = False
             logger.warning("%s Searching dense only until it is rebuilt.", self.stale)
+        elif self._server_hybrid and not self.has_title_vector and not self.mismatch:
+            # Built before section-title vectors: it serves as before (body vector and
+            # BM25) until the next refresh rebuilds it with them.
+            self.stale = f"The index {target} was built by an older version (no section-title vectors)."
+            logger.warning("%s Searching without them until it is rebuilt.", self.stale)
 
     def physical_name(self) -> str | None:
         """The collection the serving name points at (itself when it is a plain collection)."""
@@ -211,7 +223,7 @@ class VectorStore:
 
     # ---- collections and the alias --------------------------------------------------
 
-    def _schema(self, with_bm25: bool):
+    def _schema(self, with_bm25: bool, with_title: bool = True):
         schema = self._client.create_schema(
             auto_id=False,
             enable_dynamic_field=False,
@@ -222,6 +234,8 @@ class VectorStore:
         add = schema.add_field
         add("id", DataType.VARCHAR, is_primary=True, max_length=1024)
         add("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+        if with_title:
+            add(TITLE_FIELD, DataType.FLOAT_VECTOR, dim=self.dimension)
         add("text", DataType.VARCHAR, max_length=TEXT_BYTES)
         if with_bm25:
             add(
@@ -249,10 +263,12 @@ class VectorStore:
         add("content_hash", DataType.VARCHAR, max_length=256)
         return schema
 
-    def _index_params(self, with_bm25: bool):
+    def _index_params(self, with_bm25: bool, with_title: bool = True):
         params = self._client.prepare_index_params()
         # HNSW, not FLAT: Milvus Lite failed to reload FLAT collections after restarts.
         params.add_index("vector", index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
+        if with_title:
+            params.add_index(TITLE_FIELD, index_type="HNSW", metric_type="COSINE", params=HNSW_PARAMS)
         if with_bm25:
             params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         return params
@@ -260,30 +276,37 @@ class VectorStore:
     def _create_physical(self) -> str:
         name = f"{self.name}_{time.time_ns() // 1_000_000}"
         try:
-            self._create(name, with_bm25=self._server_hybrid)
+            self._create(name, with_bm25=self._server_hybrid, with_title=self._server_title)
         except MilvusException as error:
-            if not self._server_hybrid:
+            if not (self._server_hybrid or self._server_title):
                 raise StoreError(f"Cannot create collection {name}: {_one_line(error)}") from None
-            # An older server that knows neither BM25 functions nor sparse indexes.
+            # An older server: Milvus 2.4 knows no BM25 functions, 2.3 not even a second
+            # vector field. Fall back one feature at a time.
             logger.warning("Milvus refused BM25 (%s); searches fall back to dense", _one_line(error))
             self._server_hybrid = False
-            if name in self._call(self._client.list_collections):
-                self._call(self._client.drop_collection, name)
-            try:
-                self._create(name, with_bm25=False)
-            except MilvusException as error:
-                raise StoreError(f"Cannot create collection {name}: {_one_line(error)}") from None
+            for with_title in (True, False) if self._server_title else (False,):
+                if name in self._call(self._client.list_collections):
+                    self._call(self._client.drop_collection, name)
+                try:
+                    self._create(name, with_bm25=False, with_title=with_title)
+                except MilvusException as error:
+                    if not with_title:
+                        raise StoreError(f"Cannot create collection {name}: {_one_line(error)}") from None
+                    continue
+                self._server_title = with_title
+                break
         return name
 
-    def _create(self, name: str, *, with_bm25: bool) -> None:
+    def _create(self, name: str, *, with_bm25: bool, with_title: bool) -> None:
         properties = {
             MODEL_PROPERTY: self.model_id,
             DIMENSION_PROPERTY: str(self.dimension),
             ANALYZER_PROPERTY: ANALYZER_VERSION,
         }
-        self._client.create_collection(name, schema=self._schema(with_bm25), properties=properties)
+        schema = self._schema(with_bm25, with_title)
+        self._client.create_collection(name, schema=schema, properties=properties)
         # sync=False: waiting for index builds calls an RPC Milvus Lite lacks (AllocTimestamp).
-        self._client.create_index(name, self._index_params(with_bm25), sync=False)
+        self._client.create_index(name, self._index_params(with_bm25, with_title), sync=False)
         self._client.load_collection(name)
 
     def create_staging(self) -> str:
@@ -309,35 +332,52 @@ class VectorStore:
             self._call(self._client.alter_alias, staging, self.name)
             # Switch first, then drop: Milvus Lite drops an alias along with its collection.
             self._call(self._client.drop_collection, old)
-        self.supports_hybrid = self._server_hybrid and _has_bm25(self._describe(staging))
+        info = self._describe(staging)
+        self.supports_hybrid = self._server_hybrid and _has_bm25(info)
+        self.has_title_vector = _has_title_vector(info)
         self.mismatch = self.stale = ""
 
     # ---- writing ------------------------------------------------------------------
 
     def upsert(
-        self, chunks: Sequence[Chunk], vectors: np.ndarray, *, collection: str | None = None
+        self,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        *,
+        title_vectors: np.ndarray | None = None,
+        collection: str | None = None,
     ) -> None:
-        """Insert or replace chunks with their vectors. Raises StoreError, DimensionMismatchError."""
+        """Insert or replace chunks with their vectors (and their titles' vectors).
+
+        Without `title_vectors` a collection that has the field gets the body vectors
+        there too. Raises StoreError, DimensionMismatchError.
+        """
         if not len(chunks):
             return
         if collection is None:
             self.check()
         vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(chunks), self.dimension):
-            raise DimensionMismatchError(
-                f"Got vectors of shape {vectors.shape} for {len(chunks)} chunks of size "
-                f"{self.dimension}; {REBUILD_HINT}."
-            )
-        target = collection or self.name
-        for start in range(0, len(chunks), self.batch_size):
-            rows = [
-                _row(chunk, vector)
-                for chunk, vector in zip(
-                    chunks[start : start + self.batch_size],
-                    vectors[start : start + self.batch_size],
+        titles = vectors if title_vectors is None else np.asarray(title_vectors, dtype=np.float32)
+        for array in (vectors, titles):
+            if array.shape != (len(chunks), self.dimension):
+                raise DimensionMismatchError(
+                    f"Got vectors of shape {array.shape} for {len(chunks)} chunks of size "
+                    f"{self.dimension}; {REBUILD_HINT}."
                 )
+        target = collection or self.name
+        with_title = self.holds_title_vectors(collection=collection)
+        for start in range(0, len(chunks), self.batch_size):
+            end = start + self.batch_size
+            rows = [
+                _row(chunk, vector, title if with_title else None)
+                for chunk, vector, title in zip(chunks[start:end], vectors[start:end], titles[start:end])
             ]
             self._call(self._client.upsert, target, rows)
+
+    def holds_title_vectors(self, *, collection: str | None = None) -> bool:
+        """Whether `collection` (default: the serving one) has the section-title vector."""
+        # A staging collection has what this server can hold; the serving one what it was built with.
+        return self._server_title if collection else self.has_title_vector
 
     def delete(self, ids: Sequence[str], *, collection: str | None = None) -> None:
         if not ids:
@@ -372,6 +412,10 @@ class VectorStore:
             row["id"]: row["source_name"]
             for row in self._iterate(collection or self.name, ["id", "source_name"])
         }
+
+    def scan(self, fields: Sequence[str]) -> Iterator[dict]:
+        """Every row of the serving collection with these fields (e.g. to learn its vocabulary)."""
+        yield from self._iterate(self.name, list(fields))
 
     def _iterate(self, name: str, fields: list[str]) -> Iterator[dict]:
         total = self.count(collection=name)
@@ -446,33 +490,44 @@ class VectorStore:
         fusion: str = "rrf",
         rrf_k: int = 60,
         weights: tuple[float, float] = (0.6, 0.4),
+        title_weight: float = 0.0,
         source_names=None,
         depth: int | None = None,
     ) -> list[Candidate]:
-        """Dense and BM25 results fused by RRF or weights; dense only without BM25 support.
+        """Body vector, title vector and BM25 results fused in one Milvus hybrid search.
 
-        `depth` is how many hits each side contributes before fusion (default: `limit`);
-        a deeper list lets a passage ranked fairly well by both sides surface.
+        `weights` are the body-vector and BM25 weights of weighted fusion; `title_weight`
+        > 0 adds the section-title vector (where the collection has one) with that
+        weight. Without BM25 support (or without `text`) the dense sides are fused
+        alone, and with one side left it is a plain dense search. `depth` is how many
+        hits each side contributes before fusion (default: `limit`).
         """
         self.check()
-        if not self.supports_hybrid or not text.strip():
-            if self.supports_hybrid:
+        use_bm25 = self.supports_hybrid and bool(text.strip())
+        use_title = title_weight > 0 and self.has_title_vector
+        if not use_bm25 and not use_title:
+            if self.supports_hybrid or not text.strip():
                 return self.search_dense(vector, limit=limit, source_names=source_names)
             return self._fallback(vector, limit, source_names)
         query = np.asarray(vector, dtype=np.float32).ravel()
         expr = _filter(source_names)
         depth = max(limit, depth or limit)
-        requests = [
-            AnnSearchRequest(
-                [query.tolist()], "vector",
-                {"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, depth)}}, depth, expr=expr,
-            ),
-            AnnSearchRequest([analyze(text)], "sparse", {"metric_type": "BM25"}, depth, expr=expr),
-        ]  # fmt: skip
-        ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights)
+        dense_params = {"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, depth)}}
+        requests = [AnnSearchRequest([query.tolist()], "vector", dense_params, depth, expr=expr)]
+        side_weights = [weights[0]]
+        if use_title:
+            requests.append(AnnSearchRequest([query.tolist()], TITLE_FIELD, dense_params, depth, expr=expr))
+            side_weights.append(title_weight)
+        if use_bm25:
+            requests.append(
+                AnnSearchRequest([analyze(text)], "sparse", {"metric_type": "BM25"}, depth, expr=expr)
+            )
+            side_weights.append(weights[1])
+        ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*side_weights)
+        fields = [*OUTPUT_FIELDS, "vector", *([TITLE_FIELD] if use_title else [])]
         try:
             results = self._reconnect_if_broken().hybrid_search(
-                self.name, requests, ranker, limit=limit, output_fields=[*OUTPUT_FIELDS, "vector"]
+                self.name, requests, ranker, limit=limit, output_fields=fields
             )
         except StoreUnavailableError:
             raise
@@ -481,12 +536,13 @@ class VectorStore:
                 raise self._unavailable(error) from None
             if "HybridSearch" not in str(error) and "UNIMPLEMENTED" not in str(error):
                 raise StoreError(f"Milvus hybrid search failed: {_one_line(error)}") from None
-            self.supports_hybrid = False
+            self.supports_hybrid = self.has_title_vector = False
             return self._fallback(vector, limit, source_names)
         return _ranked(
             Candidate(
                 chunk=_chunk(hit["entity"]),
                 dense_score=_cosine(query, hit["entity"].get("vector")),
+                title_score=_cosine(query, hit["entity"].get(TITLE_FIELD)) if use_title else None,
                 fused_score=hit["distance"],
             )
             for hit in results[0]
@@ -623,6 +679,10 @@ def _has_bm25(info: dict) -> bool:
     return "sparse" in fields and any(f.get("output_field_names") == ["sparse"] for f in functions)
 
 
+def _has_title_vector(info: dict) -> bool:
+    return any(f["name"] == TITLE_FIELD for f in info.get("fields", []))
+
+
 def _collection_model(info: dict) -> str:
     return _collection_setting(info, MODEL_PROPERTY, "model_id")
 
@@ -647,8 +707,8 @@ def _clip(text: str, limit: int = TEXT_BYTES) -> str:
     return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
-def _row(chunk: Chunk, vector: np.ndarray) -> dict:
-    return {
+def _row(chunk: Chunk, vector: np.ndarray, title_vector: np.ndarray | None = None) -> dict:
+    row = {
         "id": chunk.id,
         "vector": vector.tolist(),
         "text": _clip(chunk.text),
@@ -662,6 +722,9 @@ def _row(chunk: Chunk, vector: np.ndarray) -> dict:
         "ordinal": int(chunk.ordinal),
         "content_hash": chunk.content_hash,
     }
+    if title_vector is not None:
+        row[TITLE_FIELD] = title_vector.tolist()
+    return row
 
 
 def _chunk(row: dict) -> Chunk:

@@ -64,6 +64,7 @@ class Candidate:
     chunk: Chunk
     dense_score: float | None = None  # cosine similarity of the query and chunk vectors
     bm25_score: float | None = None
+    title_score: float | None = None  # cosine of the query and the section title's vector
     fused_score: float | None = None  # the score that ordered retrieval (RRF/weighted/dense)
     rerank_score: float | None = None  # probability of "yes" from the reranker
     rank: int = 0  # 1-based position after the final ordering
@@ -81,6 +82,7 @@ class Candidate:
             "text": chunk.text,
             "dense_score": self.dense_score,
             "bm25_score": self.bm25_score,
+            "title_score": self.title_score,
             "fused_score": self.fused_score,
             "rerank_score": self.rerank_score,
         }

@@ -118,9 +118,13 @@ def test_editing_one_file_re_embeds_only_its_chunks(indexer, store, embedder, do
     embedder.embedded.clear()
     report = indexer.refresh()
     assert report.updated + report.added > 0 and report.unchanged > 0
-    assert len(embedder.embedded) == report.added + report.updated
     indexed = sources_of(store)
-    assert {indexed[text] for text in embedder.embedded} == {"performance_faq.md"}
+    # Each changed chunk's text, and its section titles (once per title): nothing else.
+    bodies = [text for text in embedder.embedded if text in indexed]
+    titles = [text for text in embedder.embedded if text not in indexed]
+    assert len(bodies) == report.added + report.updated
+    assert {indexed[text] for text in bodies} == {"performance_faq.md"}
+    assert titles and all(title.startswith("Performance FAQ") for title in titles)
     assert store.content_hashes() == expected_hashes(settings, embedder)
 
 
@@ -149,7 +153,8 @@ def test_failure_halfway_keeps_old_index_and_next_refresh_completes(indexer, sto
     for name in FILES:
         path = docs / name
         path.write_text(path.read_text().replace("the", "THE"))
-    embedder.fail_on_call = embedder.calls + 3  # the third batch of this refresh fails
+    # Each batch embeds its texts, then its section titles: the third batch fails.
+    embedder.fail_on_call = embedder.calls + 5
     with pytest.raises(RuntimeError, match="embedder failed"):
         indexer.refresh()
     # questions still get answers: nothing was deleted, each row is old or new
@@ -160,7 +165,9 @@ def test_failure_halfway_keeps_old_index_and_next_refresh_completes(indexer, sto
     report = indexer.refresh()
     assert store.content_hashes() == expected_hashes(settings, embedder)
     # the batches upserted before the failure are not embedded again
-    assert 0 < report.added + report.updated == len(embedder.embedded) - embedded_before
+    indexed = sources_of(store)
+    bodies = [text for text in embedder.embedded[embedded_before:] if text in indexed]
+    assert 0 < report.added + report.updated == len(bodies)
     assert report.unchanged >= 2 * BATCH
 
 

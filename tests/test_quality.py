@@ -185,6 +185,58 @@ def test_config_section_found_through_bm25_over_real_docs(make_kb, corpus_en, tm
     ), [c.chunk.breadcrumb for c in top]
 
 
+# ---- section structure: the title vector ------------------------------------------------
+
+FAQ_ENTRY = (
+    "# Operations FAQ\n\n## How do I rotate the TLS certificate?\n\nRun renew on every proxy "
+    "node, then restart proxies one at a time so that clients keep connecting during "
+    "maintenance windows and nothing drops.\n"
+)
+# A guide page that only mentions the question's words, more often than the FAQ answer does.
+GUIDE_PAGE = "# Security guide\n\n## Transport encryption\n\n" + " ".join(
+    ["How the TLS certificate is loaded, how to rotate the TLS certificate, and how I do it: "
+     "the certificate and the TLS files."] * 3) + "\n"
+
+
+def _indexed_store(uri, embedder, documents, collection):
+    from knowledge.indexer import section_title
+
+    chunks = [
+        chunk
+        for source, text in documents
+        for chunk in chunk_document(Document(source=source, text=text), max_tokens=300,
+                                    overlap_tokens=0, min_tokens=0, url_template="https://d/{stem}")
+    ]
+    store = VectorStore(uri=uri, collection=collection, dimension=embedder.dimension,
+                        model_id=embedder.model_id)
+    store.upsert(chunks, embedder.embed_documents([c.search_text for c in chunks]),
+                 title_vectors=embedder.embed_documents([section_title(c) for c in chunks]))
+    store.flush()
+    return store
+
+
+def test_a_faq_entry_headed_by_the_question_beats_a_page_that_mentions_its_words(
+    milvus_lite_uri, hashing_embedder
+):
+    fillers = [(f"p{n}.md", f"# Page {n}\n\n## Part {n}\n\nSegments {n} and nodes.\n") for n in range(6)]
+    store = _indexed_store(milvus_lite_uri, hashing_embedder,
+                           [("faq.md", FAQ_ENTRY), ("guide.md", GUIDE_PAGE), *fillers], "titles")
+    question = "How do I rotate the TLS certificate?"
+    try:
+        def first(title_weight: float) -> str:
+            settings = KnowledgeSettings(_env_file=None, retrieve_top_k=3, rerank_top_n=3,
+                                         title_weight=title_weight)
+            retriever = Retriever(embedder=hashing_embedder, store=store, settings=settings)
+            return retriever.retrieve(question).candidates_top_k[0].chunk.source
+
+        # Precondition: the body vector and BM25 both prefer the page that repeats the words.
+        assert first(0.0) == "guide.md"
+        assert store.search_bm25(keyword_query(question), limit=1)[0].chunk.source == "guide.md"
+        assert first(KnowledgeSettings(_env_file=None).title_weight) == "faq.md"
+    finally:
+        store.close()
+
+
 # ---- fusion ----------------------------------------------------------------------------
 
 
@@ -301,3 +353,54 @@ def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set):
         else:
             assert en["recall@10"] >= dense["recall@10"], (path.name, dense, en)
         assert en["mrr@10"] > dense["mrr@10"], (path.name, dense, en)
+
+
+# ---- symptoms and goals in the docs' words -------------------------------------------
+
+SYMPTOM_DOCS = {
+    "resources.md": "# Allocate Resources\n\n## Set limits\n\nAllocate CPU and memory resources "
+                    "to each component with the resources.limits values.\n",
+    "tls.md": "# Encryption in Transit\n\n## Enable TLS\n\nSet tls.enabled to true and mount the "
+              "certificate files on the proxy.\n",
+    **{f"ops{n}.md": f"# Operations {n}\n\n## Lifecycle {n}\n\nPods keep getting killed and "
+                     f"restarted when nodes {n} are drained, and the traffic between the app and the "
+                     f"server moves to another pod.\n" for n in range(6)},
+}
+SYMPTOM_ITEMS = [
+    ("Our pods keep getting killed, they seem to run out of RAM", "resources.md",
+     "Allocate CPU and memory resources", "allocate CPU and memory resources limits"),
+    ("Traffic between the app and the server is sent in clear text", "tls.md",
+     "Set tls.enabled to true", "enable TLS encryption in transit"),
+]
+
+
+@pytest.fixture
+def symptom_corpus(tmp_path) -> Path:
+    root = tmp_path / "symptoms"
+    root.mkdir()
+    for name, text in SYMPTOM_DOCS.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_the_models_rewrite_into_doc_words_finds_the_section_a_symptom_never_names(
+    make_kb, fake_openai, symptom_corpus
+):
+    from knowledge.evaluation import EvalItem, Expected
+    from knowledge.prompts import DOC_WORDS_PROMPT
+
+    items = [EvalItem(id=f"s{n}", lang="en", question=question,
+                      expected=(Expected(source=source, contains=contains),))
+             for n, (question, source, contains, _) in enumerate(SYMPTOM_ITEMS)]
+    # The keyword side decides (the tiny embedder's vectors are noise); top 1 only.
+    kb = make_kb(sources=symptom_corpus, reranker=False, retrieval_mode="bm25",
+                 retrieve_top_k=1, rerank_top_n=1)
+    assert evaluate(kb, items)["recall@10"] == 0.0 and fake_openai.requests == []  # off by default
+    kb.settings.doc_rewrite = True
+    for *_, rewrite in SYMPTOM_ITEMS:
+        fake_openai.reply(rewrite)
+    assert evaluate(kb, items)["recall@10"] == 1.0
+    assert [r["messages"][0]["content"] for r in fake_openai.requests] == [DOC_WORDS_PROMPT] * 2
+    # A failing model leaves the question as asked.
+    fake_openai.fail(500, times=4)
+    assert evaluate(kb, items)["recall@10"] == 0.0

@@ -94,6 +94,41 @@ def test_dense_search_ranks_and_filters(store, embedder):
     assert filtered and {h.chunk.source_name for h in filtered} == {"docs"}
 
 
+class _StoreWithoutTitleVectors(VectorStore):
+    """Creates collections the way the store did before section-title vectors."""
+
+    def _create(self, name, *, with_bm25, with_title):
+        super()._create(name, with_bm25=with_bm25, with_title=False)
+
+
+def test_an_index_without_title_vectors_serves_as_before_until_rebuilt(
+    milvus_lite_uri, chunks, embedder
+):
+    uri = milvus_lite_uri
+    old = _StoreWithoutTitleVectors(uri=uri, collection="docs", dimension=64, model_id=embedder.model_id)
+    old.upsert(chunks, embedder.embed_documents([c.search_text for c in chunks]))
+    old.flush()
+    old.close()
+    store = VectorStore(uri=uri, collection="docs", dimension=64, model_id=embedder.model_id)
+    try:
+        assert store.needs_rebuild and "section-title vectors" in store.rebuild_reason
+        assert store.supports_hybrid and not store.has_title_vector  # BM25 still serves
+        store.check()
+        vector = embedder.embed_query("etcd metadata")
+        hits = store.search_hybrid(vector, "etcd", limit=2, title_weight=0.5)
+        assert hits and all(h.title_score is None for h in hits)  # body vector and BM25 only
+        staging = store.create_staging()
+        store.upsert(chunks, embedder.embed_documents([c.search_text for c in chunks]),
+                     title_vectors=embedder.embed_documents([c.breadcrumb for c in chunks]),
+                     collection=staging)
+        store.switch_to(staging)
+        assert not store.needs_rebuild and store.has_title_vector
+        hits = store.search_hybrid(vector, "etcd", limit=2, title_weight=0.5)
+        assert hits and all(h.title_score is not None for h in hits)
+    finally:
+        store.close()
+
+
 def test_bm25_finds_exact_identifier_and_version(store):
     hits = store.search_bm25("common.security.authorizationEnabled", limit=3)
     assert hits[0].chunk.source == "faq/auth.md"

@@ -1,0 +1,156 @@
+"""Whether to decline a question: one calibrated decision over several signals.
+
+A single cosine threshold cannot tell "close to a documented topic but not in the
+docs" from "asked in other words than the docs use". So the decision combines what
+retrieval already measured (``signals``): the best body and title cosines, how
+much of the question's (rare) words the first passages use, how many of its words
+the docs never use, and the reranker's P(yes) when reranking is on. A tiny
+logistic model over them is fitted by ``supportbot eval --fit-abstention`` on an
+eval file with unanswerable items, saved as JSON, and read back by the retriever;
+without a saved model (or one fitted for another embedder or reranking setting) the
+plain thresholds decide as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from knowledge.errors import KnowledgeError
+from knowledge.keywords import analyze
+from knowledge.vocabulary import Vocabulary, query_terms, terms
+
+logger = logging.getLogger(__name__)
+
+# Which passages the signals look at: the first few of the final order.
+TOP_PASSAGES = 3
+DENSE_FEATURES = ("dense_top", "title_top", "coverage", "unknown_share")
+RERANK_FEATURES = ("rerank_top", *DENSE_FEATURES)
+# L2 strength of the fit: eval files hold few unanswerable items, so keep it simple.
+REGULARISATION = 1.0
+
+
+def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, float]:
+    """The decision's inputs for one retrieval result (see the module docstring)."""
+    candidates = result.candidates_top_k
+    dense = [c.dense_score for c in candidates if c.dense_score is not None]
+    title = [c.title_score for c in candidates if c.title_score is not None]
+    rerank = [c.rerank_score for c in result.reranked_top_n if c.rerank_score is not None]
+    wanted = query_terms(question)
+    top = (result.reranked_top_n or candidates)[:TOP_PASSAGES]
+    used = set()
+    for candidate in top:
+        used.update(terms(analyze(candidate.chunk.search_text)))
+    if vocabulary is not None and vocabulary.sections:
+        weights = {t: max(vocabulary.idf(t), 0.0) for t in wanted}
+    else:
+        weights = dict.fromkeys(wanted, 1.0)
+    total = sum(weights.values())
+    coverage = sum(w for t, w in weights.items() if t in used) / total if total else 1.0
+    best_dense = max(dense) if dense else 0.0
+    return {
+        "dense_top": best_dense,
+        "title_top": max(title) if title else best_dense,
+        "coverage": coverage,
+        "unknown_share": vocabulary.unknown_share(question) if vocabulary is not None else 0.0,
+        "rerank_top": max(rerank) if rerank else 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class AbstentionModel:
+    """Logistic P(answerable) over standardised signals, and the cut below which to decline."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    threshold: float
+    score: str  # "dense" (reranking off) or "rerank"
+    model_id: str = ""  # the embedder it was fitted with
+    fitted_on: str = ""  # the eval file
+    false_abstain: float | None = None  # on the items it was fitted on
+    declined_unanswerable: str = ""
+
+    def p_answerable(self, values: Mapping[str, float]) -> float:
+        z = self.intercept + sum(
+            c * (values.get(f, 0.0) - m) / s
+            for f, m, s, c in zip(self.features, self.mean, self.scale, self.coef)
+        )
+        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+    def declines(self, values: Mapping[str, float]) -> bool:
+        return self.p_answerable(values) < self.threshold
+
+    def describe(self) -> str:
+        terms_ = " ".join(
+            f"{c:+.2f}*z({f})" for f, c in zip(self.features, self.coef)
+        )
+        return (f"P(answerable) = sigmoid({self.intercept:+.2f} {terms_}); decline below "
+                f"{self.threshold:.3f}")
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path | str) -> AbstentionModel | None:
+        """The saved model, None when there is none. Raises KnowledgeError when unreadable."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for key in ("features", "mean", "scale", "coef"):
+                data[key] = tuple(data[key])
+            return cls(**data)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise KnowledgeError(f"Cannot read the abstention model {path}: {error}.") from None
+
+
+def fit(
+    outcomes: Sequence[dict], *, score: str, model_id: str = "", fitted_on: str = ""
+) -> AbstentionModel | None:
+    """Fit P(answerable) on outcomes carrying ``signals`` and ``answerable``.
+
+    The cut declines every unanswerable item with the fewest false abstentions, midway
+    to the next answerable item (as ``evaluation.choose_threshold`` does for one
+    score). Returns None without both answerable and unanswerable items.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    features = RERANK_FEATURES if score == "rerank" else DENSE_FEATURES
+    rows = [o for o in outcomes if o.get("signals")]
+    labels = np.array([1 if o["answerable"] else 0 for o in rows])
+    if len(set(labels.tolist())) < 2:
+        return None
+    x = np.array([[o["signals"].get(f, 0.0) for f in features] for o in rows], dtype=float)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=REGULARISATION, class_weight="balanced")
+    model.fit((x - mean) / scale, labels)
+    fitted = AbstentionModel(
+        features=features, mean=tuple(mean.tolist()), scale=tuple(scale.tolist()),
+        coef=tuple(model.coef_[0].tolist()), intercept=float(model.intercept_[0]),
+        threshold=0.5, score=score, model_id=model_id, fitted_on=fitted_on,
+    )
+    p = [fitted.p_answerable(o["signals"]) for o in rows]
+    negatives = [pi for pi, y in zip(p, labels) if not y]
+    positives = sorted(pi for pi, y in zip(p, labels) if y)
+    highest = max(negatives)
+    above = [pi for pi in positives if pi > highest]
+    threshold = (highest + above[0]) / 2 if above else highest + 1e-6
+    false = sum(1 for pi in positives if pi < threshold)
+    return AbstentionModel(
+        **{**asdict(fitted), "threshold": threshold,
+           "false_abstain": round(false / len(positives), 4),
+           "declined_unanswerable": f"{len(negatives)}/{len(negatives)}"},
+    )
