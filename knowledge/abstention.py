@@ -13,6 +13,8 @@ plain thresholds decide as before.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -28,10 +30,14 @@ logger = logging.getLogger(__name__)
 
 # Which passages the signals look at: the first few of the final order.
 TOP_PASSAGES = 3
-DENSE_FEATURES = ("dense_top", "title_top", "coverage", "unknown_share")
-RERANK_FEATURES = ("rerank_top", *DENSE_FEATURES)
-# L2 strength of the fit: eval files hold few unanswerable items, so keep it simple.
-REGULARISATION = 1.0
+# The signals a model may combine; `fit` picks which by leave-one-out on the eval file.
+DENSE_SIGNALS = ("dense_top", "title_top", "coverage", "rare_coverage", "unknown_share")
+RERANK_SIGNALS = ("rerank_top", *DENSE_SIGNALS)
+# How many of the question's rarest known words `rare_coverage` looks for.
+RARE_TERMS = 2
+# L2 strengths tried (C of scikit-learn): eval files hold few unanswerable items.
+REGULARISATIONS = (1.0, 0.1)
+MAX_SIGNALS = 3
 
 
 def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, float]:
@@ -51,11 +57,16 @@ def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, f
         weights = dict.fromkeys(wanted, 1.0)
     total = sum(weights.values())
     coverage = sum(w for t, w in weights.items() if t in used) / total if total else 1.0
+    # The question's rarest words the docs know: what a right passage should quote.
+    known = [t for t in wanted if vocabulary is None or t in vocabulary.df]
+    rarest = sorted(known, key=lambda t: -weights.get(t, 0.0))[:RARE_TERMS]
+    rare_coverage = sum(1 for t in rarest if t in used) / len(rarest) if rarest else 1.0
     best_dense = max(dense) if dense else 0.0
     return {
         "dense_top": best_dense,
         "title_top": max(title) if title else best_dense,
         "coverage": coverage,
+        "rare_coverage": rare_coverage,
         "unknown_share": vocabulary.unknown_share(question) if vocabulary is not None else 0.0,
         "rerank_top": max(rerank) if rerank else 0.0,
     }
@@ -119,15 +130,52 @@ def fit(
 ) -> AbstentionModel | None:
     """Fit P(answerable) on outcomes carrying ``signals`` and ``answerable``.
 
-    The cut declines every unanswerable item with the fewest false abstentions, midway
-    to the next answerable item (as ``evaluation.choose_threshold`` does for one
-    score). Returns None without both answerable and unanswerable items.
+    Which signals (up to MAX_SIGNALS, always with the best dense or rerank score) and
+    which regularisation are chosen by leave-one-out over the items: most held-out
+    unanswerable items declined, then fewest held-out answerable ones declined, then
+    more signals. The cut declines every unanswerable item with the fewest false
+    abstentions, midway to the next answerable item (as ``evaluation.choose_threshold``
+    does for one score). Returns None without both answerable and unanswerable items.
     """
+    rows = [o for o in outcomes if o.get("signals")]
+    if len({bool(o["answerable"]) for o in rows}) < 2:
+        return None
+    anchor, *others = RERANK_SIGNALS if score == "rerank" else DENSE_SIGNALS
+    best = None
+    for size in range(MAX_SIGNALS):
+        for extra in itertools.combinations(others, size):
+            features = (anchor, *extra)
+            for strength in REGULARISATIONS:
+                declined = false = 0
+                for held in range(len(rows)):
+                    model = _fit(rows[:held] + rows[held + 1:], features, strength, score)
+                    if model is None:
+                        continue
+                    decision = model.declines(rows[held]["signals"])
+                    if rows[held]["answerable"]:
+                        false += decision
+                    else:
+                        declined += decision
+                key = (declined, -false, len(features))
+                if best is None or key > best[0]:
+                    best = (key, features, strength)
+    _, features, strength = best
+    model = _fit(rows, features, strength, score)
+    positives = sum(1 for o in rows if o["answerable"])
+    negatives = len(rows) - positives
+    false = sum(1 for o in rows if o["answerable"] and model.declines(o["signals"]))
+    return dataclasses.replace(
+        model, model_id=model_id, fitted_on=fitted_on,
+        false_abstain=round(false / positives, 4),
+        declined_unanswerable=f"{negatives}/{negatives}",
+    )
+
+
+def _fit(rows: Sequence[dict], features: tuple[str, ...], strength: float, score: str):
+    """Logistic regression on standardised features, cut below the best unanswerable item."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    features = RERANK_FEATURES if score == "rerank" else DENSE_FEATURES
-    rows = [o for o in outcomes if o.get("signals")]
     labels = np.array([1 if o["answerable"] else 0 for o in rows])
     if len(set(labels.tolist())) < 2:
         return None
@@ -135,22 +183,15 @@ def fit(
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
-    model = LogisticRegression(C=REGULARISATION, class_weight="balanced")
-    model.fit((x - mean) / scale, labels)
-    fitted = AbstentionModel(
+    regression = LogisticRegression(C=strength, class_weight="balanced", solver="liblinear")
+    regression.fit((x - mean) / scale, labels)
+    model = AbstentionModel(
         features=features, mean=tuple(mean.tolist()), scale=tuple(scale.tolist()),
-        coef=tuple(model.coef_[0].tolist()), intercept=float(model.intercept_[0]),
-        threshold=0.5, score=score, model_id=model_id, fitted_on=fitted_on,
+        coef=tuple(regression.coef_[0].tolist()), intercept=float(regression.intercept_[0]),
+        threshold=0.5, score=score,
     )
-    p = [fitted.p_answerable(o["signals"]) for o in rows]
-    negatives = [pi for pi, y in zip(p, labels) if not y]
-    positives = sorted(pi for pi, y in zip(p, labels) if y)
-    highest = max(negatives)
-    above = [pi for pi in positives if pi > highest]
+    p = [model.p_answerable(o["signals"]) for o in rows]
+    highest = max(pi for pi, y in zip(p, labels) if not y)
+    above = sorted(pi for pi, y in zip(p, labels) if y and pi > highest)
     threshold = (highest + above[0]) / 2 if above else highest + 1e-6
-    false = sum(1 for pi in positives if pi < threshold)
-    return AbstentionModel(
-        **{**asdict(fitted), "threshold": threshold,
-           "false_abstain": round(false / len(positives), 4),
-           "declined_unanswerable": f"{len(negatives)}/{len(negatives)}"},
-    )
+    return dataclasses.replace(model, threshold=threshold)

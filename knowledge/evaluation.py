@@ -185,7 +185,7 @@ def evaluate(
     summary = summarise(outcomes, mode=mode or kb.settings.retrieval_mode, rerank=reranked)
     summary["threshold"] = choose_threshold(outcomes, score="rerank" if reranked else "dense")
     summary["outcomes"] = outcomes
-    model = kb.retriever.abstention
+    model = getattr(kb.retriever, "abstention", None)
     summary["abstention"] = model.describe() if model is not None else "thresholds"
     return summary
 
@@ -222,12 +222,14 @@ def run_items(
         query = item.question
         if rewrite and item.history:
             query = standalone_query(item.question, item.history, answerer=kb.answerer)
-        query = doc_words_query(query, answerer=kb.answerer, enabled=kb.settings.doc_rewrite)
+        answerer = getattr(kb, "answerer", None)
+        query = doc_words_query(query, answerer=answerer, enabled=kb.settings.doc_rewrite)
         result = kb.retriever.retrieve(query, mode=mode, rerank=rerank)
         elapsed = (time.perf_counter() - started) * 1000
         entry = outcome(item, result, kb.retriever.should_abstain(result))
         entry["ms"] = elapsed
-        entry["signals"] = kb.retriever.signals(result)
+        if hasattr(kb.retriever, "signals"):  # abstention signals, for --fit-abstention
+            entry["signals"] = kb.retriever.signals(result)
         outcomes.append(entry)
     return outcomes
 

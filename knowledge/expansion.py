@@ -28,7 +28,7 @@ _FIELDS = ("search_text", "title", "heading_path")
 class Expander:
     """Learns the index's vocabulary on first use and expands keyword queries with it."""
 
-    def __init__(self, *, store, terms: int = 3) -> None:
+    def __init__(self, *, store, terms: int = 2) -> None:
         self.store = store
         self.terms = terms
         self._vocabulary: Vocabulary | None = None
@@ -37,12 +37,15 @@ class Expander:
 
     def vocabulary(self) -> Vocabulary | None:
         """The index's vocabulary (None when it cannot be read: expansion is skipped)."""
+        scan = getattr(self.store, "scan", None)
+        if scan is None:
+            return None  # a store that cannot list its rows: no vocabulary
         with self._lock:
             stale = time.monotonic() - self._learned_at > RELEARN_SECONDS
             if self._vocabulary is None or stale:
                 started = time.perf_counter()
                 try:
-                    self._vocabulary = Vocabulary.build(self.store.scan(_FIELDS))
+                    self._vocabulary = Vocabulary.build(scan(_FIELDS))
                 except KnowledgeError as error:
                     logger.warning("Cannot learn the index vocabulary (%s); no expansion", error)
                     return self._vocabulary

@@ -23,6 +23,8 @@ _DEDUPE_MARGIN = 5
 # Deeper lists won one dev item in bfloat16, lost it in float32 and lowered MRR on
 # both eval sets (docs/answer-quality.md).
 HYBRID_DEPTH_FACTOR = 1
+# How many of the title vector's best hits take part in fusion (docs/answer-quality.md).
+TITLE_DEPTH = 1
 # How many keyword hits quoting an identifier verbatim are kept among the candidates.
 EXACT_MATCHES = 2
 # Without identifiers, the best of the keyword side's first hits that fusion left out
@@ -183,6 +185,7 @@ class Retriever:
                 rrf_k=self.settings.rrf_k,
                 weights=(self.settings.dense_weight, self.settings.bm25_weight),
                 title_weight=self.settings.title_weight,
+                title_depth=TITLE_DEPTH,
                 source_names=names,
                 depth=limit * HYBRID_DEPTH_FACTOR,
             )

@@ -80,9 +80,9 @@ class KnowledgeSettings(BaseSettings):
     max_question_chars: int = Field(default=2000, ge=10)
 
     # Section structure, expansion and abstention (docs/answer-quality.md)
-    title_weight: float = Field(default=0.6, ge=0)  # the section-title vector in hybrid fusion; 0: off
-    query_expansion: bool = False  # add the docs' heading words for the question's topic to BM25
-    expansion_terms: int = Field(default=3, ge=0, le=20)
+    title_weight: float = Field(default=0.3, ge=0)  # the section-title vector in hybrid fusion; 0: off
+    query_expansion: bool = True  # add the docs' heading words for the question's topic to BM25
+    expansion_terms: int = Field(default=2, ge=0, le=20)
     doc_rewrite: bool = False  # with a chat model: also search the question restated in doc words
     abstention_model: str = ""  # fitted by `supportbot eval --fit-abstention`; "": DATA_DIR/abstention.json
 

@@ -491,6 +491,7 @@ class VectorStore:
         rrf_k: int = 60,
         weights: tuple[float, float] = (0.6, 0.4),
         title_weight: float = 0.0,
+        title_depth: int = 3,
         source_names=None,
         depth: int | None = None,
     ) -> list[Candidate]:
@@ -498,7 +499,8 @@ class VectorStore:
 
         `weights` are the body-vector and BM25 weights of weighted fusion; `title_weight`
         > 0 adds the section-title vector (where the collection has one) with that
-        weight. Without BM25 support (or without `text`) the dense sides are fused
+        weight, for its best `title_depth` hits only: a heading that matches the
+        question lifts its section, and weaker title matches do not push out body hits. Without BM25 support (or without `text`) the dense sides are fused
         alone, and with one side left it is a plain dense search. `depth` is how many
         hits each side contributes before fusion (default: `limit`).
         """
@@ -516,7 +518,9 @@ class VectorStore:
         requests = [AnnSearchRequest([query.tolist()], "vector", dense_params, depth, expr=expr)]
         side_weights = [weights[0]]
         if use_title:
-            requests.append(AnnSearchRequest([query.tolist()], TITLE_FIELD, dense_params, depth, expr=expr))
+            requests.append(
+                AnnSearchRequest([query.tolist()], TITLE_FIELD, dense_params, title_depth, expr=expr)
+            )
             side_weights.append(title_weight)
         if use_bm25:
             requests.append(

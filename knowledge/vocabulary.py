@@ -28,6 +28,8 @@ _STEMMED_STOP = frozenset(analyze(word) for word in STOP_WORDS)
 # about a topic ("guide", "milvus").
 _COMMON_HEADING_SHARE = 0.05
 _COMMON_HEADING_MIN = 3
+# How many of the sections using the question's words most lend their heading words.
+RELATED_SECTIONS = 10
 
 
 def terms(analyzed: str) -> list[str]:
@@ -50,6 +52,7 @@ class Vocabulary:
     heading_terms: list[tuple[str, ...]] = field(default_factory=list)  # per section
     heading_df: dict[str, int] = field(default_factory=dict)
     surface: dict[str, str] = field(default_factory=dict)  # heading term -> a word it came from
+    lengths: np.ndarray | None = None  # distinct terms per section
 
     @classmethod
     def build(cls, rows: Iterable[dict]) -> Vocabulary:
@@ -58,8 +61,11 @@ class Vocabulary:
         heading_terms: list[tuple[str, ...]] = []
         heading_df: Counter[str] = Counter()
         surface: dict[str, str] = {}
+        lengths: list[int] = []
         for index, row in enumerate(rows):
-            for term in set(terms(row.get("search_text") or "")):
+            distinct = set(terms(row.get("search_text") or ""))
+            lengths.append(len(distinct))
+            for term in distinct:
                 postings[term].append(index)
             heading = f"{row.get('title') or ''} {row.get('heading_path') or ''}"
             words = []
@@ -79,6 +85,7 @@ class Vocabulary:
             heading_terms=heading_terms,
             heading_df=dict(heading_df),
             surface=surface,
+            lengths=np.asarray(lengths, dtype=np.float32),
         )
 
     def idf(self, term: str) -> float:
@@ -92,29 +99,34 @@ class Vocabulary:
         return sum(1 for t in wanted if t not in self.df) / len(wanted)
 
     def related_heading_terms(self, question: str, *, limit: int) -> list[tuple[str, float]]:
-        """Heading words of the sections that use the question's words (as written in a
-        heading, with their votes), best first: each question term votes, weighted by its rarity, for the
-        heading words of the sections using it, shared out over those sections.
+        """Heading words of the sections that use most of the question's words (as written
+        in a heading, with their weight), best first.
 
-        Heading words already in the question, and words heading a large share of the
-        docs ("guide", "milvus"), are left out.
+        The sections are ranked by the summed rarity (idf) of the question's terms they
+        use over the square root of their vocabulary size; the heading words shared by at least two of the best RELATED_SECTIONS are
+        kept, weighted by those sections' scores. Heading words already in the
+        question, and words heading a large share of the docs ("guide", "milvus"), are
+        left out.
         """
-        wanted = query_terms(question)
+        wanted = [t for t in query_terms(question) if t in self.postings]
         if not wanted or not self.sections:
             return []
-        votes: Counter[str] = Counter()
+        scores = np.zeros(self.sections, dtype=np.float32)
         for term in wanted:
-            ids = self.postings.get(term)
-            if ids is None:
-                continue
-            weight = self.idf(term) / len(ids)
-            for index in ids:
-                for word in self.heading_terms[index]:
-                    votes[word] += weight
+            scores[self.postings[term]] += self.idf(term)
+        # Long pages (tutorials) use some of any question's words: favour focused sections.
+        scores /= np.sqrt(np.maximum(self.lengths, 1.0))
+        best = [int(i) for i in np.argsort(-scores)[:RELATED_SECTIONS] if scores[i] > 0]
+        votes: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
+        for index in best:
+            for word in self.heading_terms[index]:
+                votes[word] += float(scores[index])
+                seen[word] += 1
         common = max(_COMMON_HEADING_MIN, self.sections * _COMMON_HEADING_SHARE)
         asked = set(wanted)
         ranked = [
             (self.surface.get(word, word), score) for word, score in votes.most_common()
-            if word not in asked and self.heading_df.get(word, 0) <= common
+            if seen[word] >= 2 and word not in asked and self.heading_df.get(word, 0) <= common
         ]
         return ranked[:limit]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import build_parser, main
+from knowledge.abstention import AbstentionModel
 
 COMMANDS = ("index", "ask", "eval", "chat", "serve", "run", "feedback", "bench")
 
@@ -124,6 +125,14 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
             "by_lang", "misses"} <= figures.keys()
     assert figures["n"] == sum(1 for line in dev_set.read_text().splitlines() if line.strip())
     assert set(figures["by_lang"]) == {"en", "zh"}
+
+    # The abstention model: fitted on the file's answerable and unanswerable items, saved, used.
+    code, out, _ = run(capsys, "eval", str(dev_set), "--no-rerank", "--fit-abstention")
+    assert code == 0 and "Abstention model (dense scores" in out and "Saved to" in out
+    model = AbstentionModel.load(tmp_path / "data" / "abstention.json")
+    assert model.score == "dense" and model.features[0] == "dense_top"
+    assert model.declined_unanswerable == "3/3" and model.fitted_on == str(dev_set)
+    assert model.describe() in out
 
 
 def test_ask_without_an_api_key_is_retrieval_only(cli_env, capsys, monkeypatch, fake_openai):
