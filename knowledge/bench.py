@@ -455,10 +455,12 @@ def _bench_index(settings, sources: str, directory: Path, embedder):
         timed = _TimedEmbedder(embedder)
         embedder.embed_documents(["warm-up passage about Milvus", "another one"])  # first-call setup
         report = Indexer(settings=local, embedder=timed, store=store).refresh(rebuild=True)
-        texts = timed.texts
+        chunks = _stored_chunks(store)
+        # The chunks' own texts, in the order embedded (section titles are embedded too).
+        bodies = {c.search_text for c in chunks}
+        texts = [text for text in timed.texts if text in bodies]
         if len(texts) < 2:
             raise SourceError(f"The corpus gave {len(texts)} chunks; the bench needs at least 2.")
-        chunks = _stored_chunks(store)
     except BaseException:
         store.close()
         raise
