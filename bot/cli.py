@@ -338,6 +338,7 @@ def _configure_logging(settings, *, verbose: bool) -> None:
     secrets = [
         settings.slack_bot_token, settings.slack_app_token, settings.slack_signing_secret,
         settings.openai_api_key, settings.milvus_token,
+        settings.embedding_api_key, settings.reranker_api_key,
     ]
     values = [secret.get_secret_value() for secret in secrets]
     values.append(urlsplit(settings.milvus_uri).password or "")

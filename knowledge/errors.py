@@ -51,3 +51,11 @@ class AnswerError(KnowledgeError):
 
 class ModelUnavailableError(AnswerError):
     """The language model is not called for now: it failed repeatedly (circuit open)."""
+
+
+class ModelServerError(KnowledgeError):
+    """A model server (EMBEDDING_BASE_URL, RERANKER_BASE_URL) refused a request or answered nonsense."""
+
+
+class ModelServerUnavailableError(ModelServerError):
+    """A model server cannot be reached, is too slow, or answers 429/5xx after the retries."""

@@ -83,30 +83,16 @@ class KnowledgeBase:
         """Load the models and open the store. Raises ModelLoadError, StoreError subclasses."""
         from knowledge.answerer import Answerer
         from knowledge.breaker import CircuitBreaker
-        from knowledge.embedder import Embedder
         from knowledge.indexer import Indexer
-        from knowledge.reranker import Reranker
-        from knowledge.runtime import configure_torch_threads
         from knowledge.store import VectorStore
 
-        configure_torch_threads(settings.torch_threads)
-        embedder = Embedder(
-            model=settings.embedding_model,
-            device=settings.device,
-            dtype=settings.dtype,
-            batch_size=settings.embedding_batch_size,
-            batch_tokens=settings.embedding_batch_tokens,
-        )
-        reranker = None
-        if settings.reranking:
-            reranker = Reranker(
-                model=settings.reranker_model,
-                instruction=settings.rerank_instruction,
-                max_tokens=settings.rerank_max_tokens,
-                batch_size=settings.rerank_batch_size,
-                device=settings.device,
-                dtype=settings.dtype,
-            )
+        if not (settings.embedding_base_url and (settings.reranker_base_url or not settings.reranking)):
+            # A model runs here: only then is torch imported (remote models keep the process small).
+            from knowledge.runtime import configure_torch_threads
+
+            configure_torch_threads(settings.torch_threads)
+        embedder = _embedder(settings)
+        reranker = _reranker(settings) if settings.reranking else None
         store = VectorStore(
             uri=settings.milvus_target,
             token=settings.milvus_token.get_secret_value(),
@@ -310,7 +296,63 @@ class KnowledgeBase:
             self._closed = True
         if self.answerer is not None:
             self.answerer.close()
+        for model in (self.embedder, self.reranker):  # model-server clients hold HTTP sessions
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()
         self.store.close()
+
+
+# Models: in this process, or on a model server when its URL is set ------------------------
+def _embedder(settings: KnowledgeSettings):
+    """The embedding model: RemoteEmbedder with EMBEDDING_BASE_URL, else the in-process Embedder."""
+    if settings.embedding_base_url:
+        from knowledge.model_servers import RemoteEmbedder
+
+        return RemoteEmbedder(
+            model=settings.embedding_model,
+            base_url=settings.embedding_base_url,
+            api_key=settings.embedding_api_key.get_secret_value(),
+            timeout=settings.model_server_timeout,
+            max_retries=settings.model_server_max_retries,
+            batch_size=settings.embedding_batch_size,
+        )
+    from knowledge.embedder import Embedder
+
+    return Embedder(
+        model=settings.embedding_model,
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.embedding_batch_size,
+        batch_tokens=settings.embedding_batch_tokens,
+    )
+
+
+def _reranker(settings: KnowledgeSettings):
+    """The reranker: RemoteReranker with RERANKER_BASE_URL, else the in-process Reranker."""
+    if settings.reranker_base_url:
+        from knowledge.model_servers import RemoteReranker
+
+        return RemoteReranker(
+            model=settings.reranker_model,
+            base_url=settings.reranker_base_url,
+            api_key=settings.reranker_api_key.get_secret_value(),
+            instruction=settings.rerank_instruction,
+            max_tokens=settings.rerank_max_tokens,
+            timeout=settings.model_server_timeout,
+            max_retries=settings.model_server_max_retries,
+            template=settings.reranker_template,
+        )
+    from knowledge.reranker import Reranker
+
+    return Reranker(
+        model=settings.reranker_model,
+        instruction=settings.rerank_instruction,
+        max_tokens=settings.rerank_max_tokens,
+        batch_size=settings.rerank_batch_size,
+        device=settings.device,
+        dtype=settings.dtype,
+    )
 
 
 # Answer texts ------------------------------------------------------------------------

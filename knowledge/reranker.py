@@ -20,6 +20,10 @@ import torch
 from cachetools import LRUCache
 
 from knowledge.errors import ModelLoadError
+# The prompt lives in a torch-free module: the model-server client formats the same text.
+from knowledge.model_prompts import RERANK_PREFIX as PREFIX
+from knowledge.model_prompts import RERANK_SUFFIX as SUFFIX
+from knowledge.model_prompts import format_pair
 from knowledge.runtime import (
     choose_device,
     choose_dtype,
@@ -29,18 +33,8 @@ from knowledge.runtime import (
     resolve_model_source,
 )
 
-PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
-    'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 SCORE_CACHE_SIZE = 4096
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
-
-
-def format_pair(instruction: str, query: str, document: str) -> str:
-    """The model card's user message for one (query, document) pair."""
-    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 
 
 @torch.no_grad()

@@ -62,6 +62,15 @@ class KnowledgeSettings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     torch_threads: int = Field(default=0, ge=0)  # 0: all cores, shared by the workers
 
+    # Model servers (knowledge/model_servers.py): empty URLs run the models in this process.
+    embedding_base_url: str = ""  # OpenAI-style POST {base}/embeddings, e.g. http://vllm-embed:8000/v1
+    embedding_api_key: SecretStr = SecretStr("")
+    reranker_base_url: str = ""  # Cohere-style POST {base}/rerank, e.g. http://vllm-rerank:8000/v1
+    reranker_api_key: SecretStr = SecretStr("")
+    reranker_template: Literal["auto", "qwen3", "none"] = "auto"  # auto: qwen3 when the name says so
+    model_server_timeout: float = Field(default=30.0, gt=0)
+    model_server_max_retries: int = Field(default=2, ge=0)
+
     # Store
     milvus_uri: str = ""  # empty: a Milvus Lite file under DATA_DIR
     milvus_token: SecretStr = SecretStr("")

@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.knowledge",
     "tests.fixtures.slack_fake",
     "tests.fixtures.postgres",
+    "tests.fixtures.model_server_fake",
 ]
