@@ -244,10 +244,11 @@ def test_dockerfile_healthcheck_probes_healthz(final, health_server):
 
 def test_compose_runs_the_bot_against_milvus_standalone(compose):
     services = compose["services"]
-    assert set(services) == {"etcd", "minio", "standalone", "bot"}
+    assert {"postgres", "etcd", "minio", "standalone", "bot"} <= set(services)  # tests/test_deploy.py: the rest
     assert services["etcd"]["image"].startswith("quay.io/coreos/etcd:v3.5")
     assert services["minio"]["image"].startswith("minio/minio:")
-    assert re.fullmatch(r"milvusdb/milvus:\$\{MILVUS_IMAGE_TAG:-v2\.4\.\d+\}", services["standalone"]["image"])
+    # Milvus 2.5+ by default: BM25 hybrid search (2.4 stays a documented fallback).
+    assert re.fullmatch(r"milvusdb/milvus:\$\{MILVUS_IMAGE_TAG:-v2\.([5-9]|\d\d)\.\d+\}", services["standalone"]["image"])
     standalone_env = services["standalone"]["environment"]
     assert standalone_env == {"ETCD_ENDPOINTS": "etcd:2379", "MINIO_ADDRESS": "minio:9000"}
 
@@ -262,7 +263,10 @@ def test_compose_runs_the_bot_against_milvus_standalone(compose):
 
 def test_compose_starts_services_only_when_their_dependencies_are_healthy(compose):
     services = compose["services"]
-    assert services["bot"]["depends_on"] == {"standalone": {"condition": "service_healthy"}}
+    assert services["bot"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "standalone": {"condition": "service_healthy"},
+    }
     assert services["standalone"]["depends_on"] == {
         "etcd": {"condition": "service_healthy"},
         "minio": {"condition": "service_healthy"},
