@@ -222,8 +222,16 @@ def cmd_feedback(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings) -> int:
-    from knowledge.bench import format_report, run_bench
+    from knowledge.bench import format_remote_report, format_report, run_bench, run_remote_bench
 
+    if args.remote:
+        result = run_remote_bench(settings=settings, corpus=Path(args.corpus) if args.corpus else None,
+                                  quick=args.quick, progress=not args.json)
+        if args.json:
+            _print_json(result)
+        else:
+            print(format_remote_report(result))
+        return 0
     result = run_bench(
         settings=settings,
         shape=args.shape,
@@ -297,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use random-weight models of this shape instead of the configured ones")
     p.add_argument("--corpus", help="folder of Markdown files to index (default: the FAQ folder)")
     p.add_argument("--quick", action="store_true", help="a shorter run (under ten minutes on 2 cores)")
+    p.add_argument("--remote", action="store_true",
+                   help="only the remote-models row: answer-ready latency and RSS of a bot process whose "
+                   "models are on EMBEDDING_BASE_URL / RERANKER_BASE_URL")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 

@@ -768,3 +768,116 @@ def _reporter(progress: bool) -> Callable[[str], None]:
             print(f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     return say
+
+
+# --- remote models: both on model servers -------------------------------------------------------
+
+
+def run_remote_bench(
+    *,
+    settings: KnowledgeSettings,
+    corpus: Path | None = None,
+    questions: Path | None = None,
+    max_questions: int | None = None,
+    quick: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Answer-ready latency and peak RSS of a bot process whose two models are on model servers.
+
+    Runs in a fresh (spawned) child process, so its RSS is what a bot replica holds, not
+    this process's: the child indexes the corpus through EMBEDDING_BASE_URL into a temporary
+    Milvus Lite file, then times the product's Retriever over the questions (reranking through
+    RERANKER_BASE_URL). The figures include the servers' own compute, on whatever machine they run.
+    Raises KnowledgeError when either URL is unset or the child fails.
+    """
+    import multiprocessing
+
+    if not (settings.embedding_base_url and settings.reranker_base_url and settings.reranking):
+        raise KnowledgeError(
+            "bench --remote measures the model servers: set EMBEDDING_BASE_URL, RERANKER_BASE_URL and "
+            "RERANKER_MODEL (tests/fixtures/model_server_fake.py serves local model folders for a try)."
+        )
+    say = _reporter(progress)
+    sources, corpus_label = _sources(settings, corpus)
+    items = _questions(questions, max_questions, quick)
+    say(f"remote models: {settings.embedding_base_url} / {settings.reranker_base_url}, in a child process")
+    started = time.perf_counter()
+    receiver, sender = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_remote_child, args=(settings, sources, items, sender), name="bench-remote"
+    )
+    process.start()
+    sender.close()
+    try:
+        outcome = receiver.recv()
+    except EOFError:
+        outcome = {"error": f"the measuring process died (exit code {process.exitcode})"}
+    process.join()
+    if "error" in outcome:
+        raise KnowledgeError(f"bench --remote failed: {outcome['error']}")
+    outcome.update({
+        "models": {"embedding": settings.embedding_model, "reranker": settings.reranker_model},
+        "servers": {"embedding": settings.embedding_base_url, "reranker": settings.reranker_base_url},
+        "corpus": {"path": corpus_label, "chunks": outcome.pop("chunks")},
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count() or 0},
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    return outcome
+
+
+def _remote_child(settings: KnowledgeSettings, sources: str, items: list[dict], sender) -> None:
+    """The measuring process: a bot's answer path with remote models, and nothing else loaded."""
+    try:
+        from knowledge.indexer import Indexer
+        from knowledge.pipeline import make_embedder, make_reranker
+        from knowledge.retriever import Retriever
+        from knowledge.store import VectorStore
+
+        loaded = _rss_breakdown()
+        embedder, reranker = make_embedder(settings), make_reranker(settings)
+        with tempfile.TemporaryDirectory(prefix="supportbot-bench-remote-") as tmp:
+            local = settings.model_copy(update={
+                "knowledge_sources": sources, "data_dir": Path(tmp), "milvus_uri": "", "milvus_collection": "bench",
+            })
+            store = VectorStore(uri=local.milvus_target, collection="bench", dimension=embedder.dimension,
+                                model_id=embedder.model_id)
+            try:
+                index_started = time.perf_counter()
+                report = Indexer(settings=local, embedder=embedder, store=store).refresh(rebuild=True)
+                index_seconds = time.perf_counter() - index_started
+                retriever = Retriever(embedder=embedder, store=store, reranker=reranker, settings=local)
+                latency = _bench_latency(retriever, items[:-1])
+            finally:
+                store.close()
+        sender.send({
+            "answer_ready": latency,
+            "chunks": report.chunks,
+            "index_chunks_per_s": round(report.chunks / index_seconds, 2) if index_seconds else 0.0,
+            "memory": {"modules_loaded": loaded, "end": _rss_breakdown()},
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "torch_imported": "torch" in sys.modules,
+        })
+    except BaseException as error:  # reported by the parent as one line
+        sender.send({"error": f"{type(error).__name__}: {error}"})
+    finally:
+        sender.close()
+
+
+def format_remote_report(result: dict) -> str:
+    """The remote-models row as a few readable lines."""
+    ar = result["answer_ready"]
+    lines = [
+        f"Remote models (both on model servers): {result['models']['embedding']} / {result['models']['reranker']}",
+        f"  servers          {result['servers']['embedding']} / {result['servers']['reranker']}",
+        f"  corpus           {result['corpus']['path']} ({result['corpus']['chunks']} chunks, indexed at "
+        f"{result['index_chunks_per_s']:.1f} chunks/s)",
+        f"  answer-ready     p50 {ar['p50_ms']:7.0f} ms   p95 {ar['p95_ms']:7.0f} ms   ({ar['questions']} questions, LLM excluded)",
+    ]
+    for stage, stats in ar["stages"].items():
+        lines.append(f"    {stage:<14} p50 {stats['p50_ms']:7.1f} ms   p95 {stats['p95_ms']:7.1f} ms")
+    lines += [
+        f"  peak RSS         {result['peak_rss_mb']:7.0f} MB   (the bot's process; torch imported: "
+        f"{'yes' if result['torch_imported'] else 'no'})",
+        f"Machine: {result['machine']['cpu']} · {result['machine']['cores']} cores · total {result['seconds']:.0f} s",
+    ]
+    return "\n".join(lines)

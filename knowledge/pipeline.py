@@ -91,8 +91,8 @@ class KnowledgeBase:
             from knowledge.runtime import configure_torch_threads
 
             configure_torch_threads(settings.torch_threads)
-        embedder = _embedder(settings)
-        reranker = _reranker(settings) if settings.reranking else None
+        embedder = make_embedder(settings)
+        reranker = make_reranker(settings) if settings.reranking else None
         store = VectorStore(
             uri=settings.milvus_target,
             token=settings.milvus_token.get_secret_value(),
@@ -304,7 +304,7 @@ class KnowledgeBase:
 
 
 # Models: in this process, or on a model server when its URL is set ------------------------
-def _embedder(settings: KnowledgeSettings):
+def make_embedder(settings: KnowledgeSettings):
     """The embedding model: RemoteEmbedder with EMBEDDING_BASE_URL, else the in-process Embedder."""
     if settings.embedding_base_url:
         from knowledge.model_servers import RemoteEmbedder
@@ -328,7 +328,7 @@ def _embedder(settings: KnowledgeSettings):
     )
 
 
-def _reranker(settings: KnowledgeSettings):
+def make_reranker(settings: KnowledgeSettings):
     """The reranker: RemoteReranker with RERANKER_BASE_URL, else the in-process Reranker."""
     if settings.reranker_base_url:
         from knowledge.model_servers import RemoteReranker

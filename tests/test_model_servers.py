@@ -228,3 +228,28 @@ def test_supportbot_answers_through_model_servers_without_importing_torch(
     assert answer["status"] == "answered" and answer["citations"]
     paths = fake_model_server.paths()
     assert "/v1/embeddings" in paths and "/v1/rerank" in paths
+
+
+def test_bench_remote_row_measures_a_process_without_torch(fake_model_server, small_corpus, tmp_path,
+                                                            tiny_embedder_path, tiny_reranker_path):
+    from knowledge.bench import format_remote_report, run_remote_bench
+    from knowledge.errors import KnowledgeError
+    from knowledge.settings import KnowledgeSettings
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS), encoding="utf-8")
+    settings = KnowledgeSettings(
+        _env_file=None, embedding_model=str(tiny_embedder_path), reranker_model=str(tiny_reranker_path),
+        embedding_base_url=fake_model_server.base_url, reranker_base_url=fake_model_server.base_url,
+        data_dir=tmp_path / "data",
+    )
+    result = run_remote_bench(settings=settings, corpus=small_corpus, questions=questions)
+    assert result["torch_imported"] is False
+    assert result["corpus"]["chunks"] > 5 and result["answer_ready"]["questions"] == len(QUESTIONS) - 1
+    assert 0 < result["answer_ready"]["p50_ms"] and 50 < result["peak_rss_mb"] < 800
+    assert "/v1/rerank" in fake_model_server.paths()  # the child really went through the server
+    assert "peak RSS" in format_remote_report(result)
+
+    with pytest.raises(KnowledgeError, match="EMBEDDING_BASE_URL"):
+        run_remote_bench(settings=settings.model_copy(update={"reranker_base_url": ""}), corpus=small_corpus,
+                         questions=questions)
