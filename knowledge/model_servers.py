@@ -296,6 +296,9 @@ class RemoteReranker:
         self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))
         self._cache_lock = threading.Lock()
         self.forward_calls = 0  # server requests (tests read it)
+        # A served name without "qwen3-reranker" (vLLM --served-model-name) needs RERANKER_TEMPLATE=qwen3.
+        log.info("reranker %s on %s: %s prompt template", self.model_id, self._client.shown_url,
+                 "Qwen3" if self.qwen3 else "no")
 
     def score(self, query: str, documents: Sequence[str], *, use_cache: bool = True) -> list[float]:
         """P("yes") for each document, in input order; repeated (query, document) pairs hit a cache.
