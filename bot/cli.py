@@ -352,7 +352,8 @@ def _configure_logging(settings, *, verbose: bool) -> None:
         settings.embedding_api_key, settings.reranker_api_key,
     ]
     values = [secret.get_secret_value() for secret in secrets]
-    values.append(urlsplit(settings.milvus_uri).password or "")
+    values += [urlsplit(url).password or "" for url in (
+        settings.milvus_uri, settings.embedding_base_url, settings.reranker_base_url)]
     configure_logging(
         level="DEBUG" if verbose else settings.log_level,
         json_format=settings.log_format == "json",

@@ -27,8 +27,7 @@ HF_OVERRIDES = {
     "classifier_from_token": ["no", "yes"],
     "is_original_qwen3_reranker": True,
 }
-# DATABASE_URL arrives with the shared-state work (issue 13); the rest are settings today.
-SETTINGS = {name.upper() for name in BotSettings.model_fields} | {"DATABASE_URL"}
+SETTINGS = {name.upper() for name in BotSettings.model_fields}
 
 
 @pytest.fixture(scope="module")
