@@ -12,7 +12,9 @@ embedding model's `query` prompt, and reranker requests are formatted with the m
 card's template as vLLM's qwen3_reranker example does, so a server returns what the
 in-process models compute. Timeouts, 429 and 5xx are retried with backoff (honouring
 Retry-After, as the OpenAI client does); what still fails raises ModelServerUnavailableError
-with a one-line message meant for the person who asked.
+with a one-line message meant for the person who asked. After MODEL_SERVER_BREAKER_FAILURES
+such failures in a row a circuit breaker answers that at once for MODEL_SERVER_BREAKER_COOLDOWN
+seconds, then lets one question probe the server (knowledge/breaker.py, as for the language model).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
 from urllib3.util.retry import Retry
 
+from knowledge.breaker import CircuitBreaker
 from knowledge.errors import DimensionMismatchError, ModelLoadError, ModelServerError, ModelServerUnavailableError
 from knowledge.model_prompts import (
     QWEN3_EMBEDDING_QUERY_PROMPT,
@@ -65,11 +68,13 @@ class _Retry(Retry):
 
 
 class _ServerClient:
-    """One model server: a pooled requests session with retries, JSON in and out."""
+    """One model server: a pooled requests session with retries, JSON in and out, behind a
+    circuit breaker (a server that keeps failing is not waited for by every question)."""
 
     def __init__(self, *, role: str, setting: str, base_url: str, api_key: str, timeout: float,
-                 max_retries: int, pool_size: int = 16) -> None:
+                 max_retries: int, breaker: CircuitBreaker | None = None, pool_size: int = 16) -> None:
         self.role, self.setting = role, setting
+        self.breaker = breaker or CircuitBreaker(name=f"The {role} model server", failure_threshold=0)
         self.base_url = base_url.strip().rstrip("/")
         self.shown_url = _safe_url(self.base_url)
         self.timeout = timeout
@@ -92,6 +97,23 @@ class _ServerClient:
     def post(self, path: str, body: dict) -> dict:
         """The JSON object the server answered. Raises ModelServerUnavailableError (unreachable,
         too slow, 429/5xx after retries) or ModelServerError (refused or unreadable)."""
+        if not self.breaker.allow():
+            raise ModelServerUnavailableError(
+                f"The {self.role} model server is unavailable right now (paused after repeated failures, "
+                f"next try in {self.breaker.retry_in():.0f} s); please try again in a few minutes."
+            )
+        try:
+            payload = self._post(path, body)
+        except ModelServerUnavailableError as error:
+            self.breaker.record_failure(str(error))
+            raise
+        except ModelServerError:
+            self.breaker.release()  # the server answered: a refusal says nothing about its health
+            raise
+        self.breaker.record_success()
+        return payload
+
+    def _post(self, path: str, body: dict) -> dict:
         url = f"{self.base_url}/{path}"
         self.requests += 1
         try:
@@ -153,6 +175,7 @@ class RemoteEmbedder:
         batch_size: int = 32,
         query_prompt: str | None = None,
         query_cache_size: int = QUERY_CACHE_SIZE,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         """Ask the server for one vector to learn its dimension.
 
@@ -166,7 +189,7 @@ class RemoteEmbedder:
             raise ModelLoadError("Embedding model is not configured; set EMBEDDING_MODEL to the name the server serves.")
         self.batch_size = max(1, batch_size)
         self._client = _ServerClient(role="embedding", setting="EMBEDDING_BASE_URL", base_url=base_url,
-                                     api_key=api_key, timeout=timeout, max_retries=max_retries)
+                                     api_key=api_key, timeout=timeout, max_retries=max_retries, breaker=breaker)
         self.query_prompt = _query_prompt(self.model_id) if query_prompt is None else query_prompt
         self._tokenizer = _tokenizer(self.model_id)
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(1, query_cache_size))
@@ -281,6 +304,7 @@ class RemoteReranker:
         max_retries: int = 2,
         template: str = "auto",
         cache_size: int = SCORE_CACHE_SIZE,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         """Nothing is requested yet (the first question does). Raises ModelLoadError for an unknown template."""
         self.model_id = model.strip()
@@ -290,7 +314,7 @@ class RemoteReranker:
             raise ModelLoadError(f"Unknown RERANKER_TEMPLATE {template!r}; use auto, qwen3 or none.")
         self.qwen3 = template == "qwen3" or (template == "auto" and "qwen3-reranker" in self.model_id.lower())
         self._client = _ServerClient(role="reranker", setting="RERANKER_BASE_URL", base_url=base_url,
-                                     api_key=api_key, timeout=timeout, max_retries=max_retries)
+                                     api_key=api_key, timeout=timeout, max_retries=max_retries, breaker=breaker)
         self._tokenizer = _tokenizer(self.model_id)
         self._template_tokens: int | None = None
         self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))

@@ -316,6 +316,7 @@ def make_embedder(settings: KnowledgeSettings):
             timeout=settings.model_server_timeout,
             max_retries=settings.model_server_max_retries,
             batch_size=settings.embedding_batch_size,
+            breaker=_model_server_breaker(settings, "embedding"),
         )
     from knowledge.embedder import Embedder
 
@@ -326,6 +327,13 @@ def make_embedder(settings: KnowledgeSettings):
         batch_size=settings.embedding_batch_size,
         batch_tokens=settings.embedding_batch_tokens,
     )
+
+
+def _model_server_breaker(settings: KnowledgeSettings, role: str):
+    from knowledge.breaker import CircuitBreaker
+
+    return CircuitBreaker(name=f"The {role} model server", failure_threshold=settings.model_server_breaker_failures,
+                          cooldown=settings.model_server_breaker_cooldown)
 
 
 def make_reranker(settings: KnowledgeSettings):
@@ -342,6 +350,7 @@ def make_reranker(settings: KnowledgeSettings):
             timeout=settings.model_server_timeout,
             max_retries=settings.model_server_max_retries,
             template=settings.reranker_template,
+            breaker=_model_server_breaker(settings, "reranker"),
         )
     from knowledge.reranker import Reranker
 

@@ -70,6 +70,8 @@ class KnowledgeSettings(BaseSettings):
     reranker_template: Literal["auto", "qwen3", "none"] = "auto"  # auto: qwen3 when the name says so
     model_server_timeout: float = Field(default=30.0, gt=0)
     model_server_max_retries: int = Field(default=2, ge=0)
+    model_server_breaker_failures: int = Field(default=3, ge=0)  # 0: never pause a failing server
+    model_server_breaker_cooldown: float = Field(default=30.0, ge=0)
 
     # Store
     milvus_uri: str = ""  # empty: a Milvus Lite file under DATA_DIR

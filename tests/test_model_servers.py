@@ -253,3 +253,27 @@ def test_bench_remote_row_measures_a_process_without_torch(fake_model_server, sm
     with pytest.raises(KnowledgeError, match="EMBEDDING_BASE_URL"):
         run_remote_bench(settings=settings.model_copy(update={"reranker_base_url": ""}), corpus=small_corpus,
                          questions=questions)
+
+
+def test_a_server_that_keeps_failing_is_paused_then_probed(fake_model_server, tiny_reranker_path):
+    from knowledge.breaker import CircuitBreaker
+
+    breaker = CircuitBreaker(name="The reranker model server", failure_threshold=2, cooldown=0.5)
+    reranker = remote_reranker(fake_model_server, tiny_reranker_path, max_retries=0, breaker=breaker)
+    fake_model_server.fail(503, times=2)
+    for question in ("one?", "two?"):
+        with pytest.raises(ModelServerUnavailableError, match="answered HTTP 503"):
+            reranker.score(question, ["d."])
+    seen = len(fake_model_server.requests)
+    with pytest.raises(ModelServerUnavailableError, match="paused after repeated failures"):
+        reranker.score("three?", ["d."])
+    assert len(fake_model_server.requests) == seen  # answered at once, the server left alone
+    time.sleep(0.6)
+    assert len(reranker.score("four?", ["d."])) == 1  # the probe succeeds and closes the breaker
+    assert breaker.state == "closed"
+    # A refusal (the server answered) does not count as the server failing.
+    fake_model_server.fail(400, times=3)
+    for question in ("five?", "six?", "seven?"):
+        with pytest.raises(ModelServerError, match="refused the request"):
+            reranker.score(question, ["d."])
+    assert breaker.state == "closed"
