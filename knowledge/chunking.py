@@ -444,7 +444,7 @@ def chunk_document(doc: Document, *, max_tokens: int, overlap_tokens: int, min_t
                                    overlap_tokens=overlap_tokens)
         else:
             texts = ["\n\n".join(s.text() for s in unit.sections)]
-        url = render_url(_template(doc, url_template), source=doc.source, anchor=lead.anchor)
+        url = doc.url or render_url(_template(doc, url_template), source=doc.source, anchor=lead.anchor)
         for ordinal, passage in enumerate(texts):
             chunk = Chunk(
                 id=chunk_id(doc.source_name, doc.source, lead.path, ordinal, lead.occurrence),

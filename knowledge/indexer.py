@@ -27,7 +27,7 @@ from knowledge.errors import RefreshInProgressError, SourceError
 from knowledge.settings import KnowledgeSettings
 from knowledge.sources import FetchOptions, ReadResult, parse_sources, read_sources
 from knowledge.store import VectorStore
-from knowledge.types import Chunk, RefreshReport
+from knowledge.types import Chunk, Document, RefreshReport
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class Indexer:
         self._started_at: float | None = None
         self.last_report: RefreshReport | None = None
         self.last_run_at: float | None = None
+        # Documents that live outside KNOWLEDGE_SOURCES (the bot's team answers): every
+        # refresh and rebuild indexes them too, so neither deletes their chunks.
+        self.extra_documents: Callable[[], Sequence[Document]] | None = None
 
     def _default_store(self) -> VectorStore:
         return VectorStore(
@@ -116,7 +119,10 @@ class Indexer:
         for reason in read.failed.values():
             logger.warning("%s; its previous chunks keep serving", reason)
         documents = read.documents
+        extra = list(self.extra_documents()) if self.extra_documents is not None else []
         chunks = self._chunks(documents)
+        if chunks:  # the emptiness check below is about the sources alone
+            chunks += self._chunks(extra, known={c.id for c in chunks})
         if not chunks:
             # Files that hold no text (emptied, or a glob that picks only stubs) would
             # otherwise delete the whole serving index.
@@ -141,13 +147,13 @@ class Indexer:
                 store.close()
         report.failed = dict(read.failed)
         report.problems = {name: list(items) for name, items in read.problems.items()}
-        report.documents = len(documents)
+        report.documents = len(documents) + len(extra)
         report.chunks = len(chunks)
         report.seconds = time.perf_counter() - started
         logger.info("refresh done: %s", report.to_dict())
         return report
 
-    def _chunks(self, documents) -> list[Chunk]:
+    def _chunks(self, documents, *, known: set[str] = frozenset()) -> list[Chunk]:
         settings = self.settings
         unique: dict[str, Chunk] = {}
         for document in documents:
@@ -159,7 +165,7 @@ class Indexer:
                 url_template=settings.citation_template,
                 count_tokens=self.embedder.count_tokens,
             ):
-                if chunk.id in unique:
+                if chunk.id in unique or chunk.id in known:
                     logger.warning("duplicate chunk id %s; keeping the first", chunk.id)
                     continue
                 unique[chunk.id] = chunk
@@ -172,9 +178,44 @@ class Indexer:
             return set()
         return {chunk_id for chunk_id, name in store.source_names().items() if name in read.failed}
 
+    # ---- one source's documents, without a refresh ------------------------------------
+
+    def sync_documents(self, documents: Sequence[Document], *, source_names: Sequence[str]) -> RefreshReport:
+        """Make the index's chunks of `source_names` match `documents` (embed new or changed, delete the rest).
+
+        For sources kept outside KNOWLEDGE_SOURCES (the bot's team answers); waits for a
+        refresh running in this process. Raises ValueError for a document of another
+        source, StoreError subclasses from Milvus.
+        """
+        names = sorted(set(source_names))
+        if not names:
+            return RefreshReport()  # an empty filter would select every chunk
+        strays = {d.source_name for d in documents} - set(names)
+        if strays:
+            raise ValueError(f"documents of sources {sorted(strays)} not among {names}")
+        started = time.perf_counter()
+        chunks = self._chunks(documents)
+        # The same lock as refresh: a refresh computing its deletions must not miss these chunks.
+        with self._lock:
+            store = self._store or self._store_factory()
+            try:
+                report = self._update(store, chunks, progress=False, indexed=store.content_hashes(source_names=names))
+            finally:
+                if self._store is None:
+                    store.close()
+        report.documents = len(documents)
+        report.chunks = len(chunks)
+        report.seconds = time.perf_counter() - started
+        logger.info("synced %s: %s", ", ".join(names), report.to_dict())
+        return report
+
     def _update(self, store: VectorStore, chunks: list[Chunk], *, progress: bool,
-                keep: set[str] = frozenset()) -> RefreshReport:
-        indexed = store.content_hashes()
+                keep: set[str] = frozenset(), indexed: dict[str, str] | None = None) -> RefreshReport:
+        """Embed new and changed chunks, delete the indexed ones not in `chunks` (nor in `keep`).
+
+        `indexed` (chunk id -> content hash) is what to compare with: the whole collection by default.
+        """
+        indexed = store.content_hashes() if indexed is None else indexed
         wanted = {chunk.id for chunk in chunks}
         changed = [c for c in chunks if indexed.get(c.id) != c.content_hash]
         stale = [chunk_id for chunk_id in indexed if chunk_id not in wanted and chunk_id not in keep]

@@ -15,7 +15,7 @@ from knowledge.language import detect_language
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
 from knowledge.settings import KnowledgeSettings
-from knowledge.types import Answer, Candidate, Citation, RefreshReport, SourceFilter, Turn
+from knowledge.types import Answer, Candidate, Citation, Document, RefreshReport, SourceFilter, Turn
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,35 @@ class KnowledgeBase:
         with self._lock:
             self._last_refresh = report
         return report
+
+    def supply_documents(self, provider: Callable[[], Sequence[Document]] | None) -> None:
+        """Documents kept outside KNOWLEDGE_SOURCES (the bot's team answers), read by every
+        refresh and rebuild so they are indexed with the rest and never deleted by one."""
+        self.indexer.extra_documents = provider
+
+    def sync_documents(self, documents: Sequence[Document], *, source_names: Sequence[str]) -> RefreshReport:
+        """Make the index's chunks of `source_names` match `documents` at once, without a refresh.
+
+        Only changed documents are embedded. Raises ValueError for a document of another
+        source, StoreError subclasses from Milvus.
+        """
+        return self.indexer.sync_documents(documents, source_names=source_names)
+
+    def standalone_question(self, question: str, history: Sequence[Turn] = ()) -> str:
+        """`question` rewritten by the chat model to stand on its own given the earlier turns;
+        the question itself when there is no history or no model."""
+        if not history or self.answerer is None:
+            return question.strip()
+        return standalone_query(question, history, answerer=self.answerer)
+
+    def source_names(self) -> list[str]:
+        """The KNOWLEDGE_SOURCES names ([] when the setting cannot be parsed)."""
+        from knowledge.sources import parse_sources
+
+        try:
+            return [spec.name for spec in parse_sources(self.settings.knowledge_sources)]
+        except Exception:  # noqa: BLE001 - reported where the index is built
+            return []
 
     def status(self) -> dict:
         """Chunk count, sources, the last refresh report and the model ids."""

@@ -399,11 +399,11 @@ class VectorStore:
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def content_hashes(self, *, collection: str | None = None) -> dict[str, str]:
-        """Chunk id -> content hash for the whole collection."""
+    def content_hashes(self, *, collection: str | None = None, source_names=None) -> dict[str, str]:
+        """Chunk id -> content hash for the whole collection (or only these sources' chunks)."""
         return {
             row["id"]: row["content_hash"]
-            for row in self._iterate(collection or self.name, ["id", "content_hash"])
+            for row in self._iterate(collection or self.name, ["id", "content_hash"], _filter(source_names))
         }
 
     def source_names(self, *, collection: str | None = None) -> dict[str, str]:
@@ -417,14 +417,14 @@ class VectorStore:
         """Every row of the serving collection with these fields (e.g. to learn its vocabulary)."""
         yield from self._iterate(self.name, list(fields))
 
-    def _iterate(self, name: str, fields: list[str]) -> Iterator[dict]:
+    def _iterate(self, name: str, fields: list[str], expr: str = "") -> Iterator[dict]:
         total = self.count(collection=name)
         if total <= QUERY_WINDOW:
             # One query: the iterator warns on every use with Milvus Lite (no mvccTs).
-            yield from self._call(self._client.query, name, filter="", output_fields=fields, limit=max(total, 1))
+            yield from self._call(self._client.query, name, filter=expr, output_fields=fields, limit=max(total, 1))
             return
         try:
-            iterator = self._client.query_iterator(name, batch_size=1000, filter="", output_fields=fields)
+            iterator = self._client.query_iterator(name, batch_size=1000, filter=expr, output_fields=fields)
             while batch := iterator.next():
                 yield from batch
             iterator.close()

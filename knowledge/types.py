@@ -29,6 +29,7 @@ class Document:
     # Where the document itself lives, as a link template ("file:///srv/docs/a.md#{anchor}",
     # "https://site/page#{anchor}"): cited when DOCS_BASE_URL is not set, and always for web pages.
     link: str = ""
+    url: str = ""  # where its chunks link to, whatever the template (a team answer's Slack thread)
 
 
 @dataclass(frozen=True)
