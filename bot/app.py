@@ -14,6 +14,7 @@ from bot import listeners
 from bot.access import SourceAccess
 from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
+from bot.learning import Learner, open_saved_answers
 from bot.limits import UserLimiter
 from bot.observability import Metrics
 from bot.state import Database, Records
@@ -116,6 +117,11 @@ def build_app(
         rules=rules,
         access=access,
     )
+    if settings.learn_from_threads:
+        services.learner = responder.learner = Learner(
+            store=open_saved_answers(settings), kb=kb, client=client, settings=settings, rules=rules,
+            bot_user_id=identity.get("user_id", ""), bot_id=identity.get("bot_id", ""), access=access,
+        )
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))
     return SupportBot(app=app, services=services)

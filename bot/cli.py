@@ -36,9 +36,12 @@ def _load_settings(env_file: str):
 
 
 def _knowledge_base(settings):
+    from bot.learning import attach_from_settings
     from knowledge.pipeline import KnowledgeBase
 
-    return KnowledgeBase.from_settings(settings)
+    kb = KnowledgeBase.from_settings(settings)
+    attach_from_settings(kb, settings)  # a refresh from here keeps the team's saved answers
+    return kb
 
 
 def _print_json(data: object) -> None:
@@ -221,6 +224,58 @@ def cmd_feedback(args: argparse.Namespace, settings) -> int:
     return 0
 
 
+def cmd_answers(args: argparse.Namespace, settings) -> int:
+    """Saved answers (replies the bot learned from its threads): list, remove one, export all."""
+    from bot.learning import format_saved_answers, open_saved_answers, saved_answer_dict
+    from bot.state.saved_answers import ACTIVE, PENDING, STATUSES
+
+    store = open_saved_answers(settings)
+    try:
+        if args.action == "remove":
+            return _remove_saved_answer(store, args.id, settings)
+        statuses = STATUSES if args.all or args.action == "export" else (ACTIVE, PENDING)
+        answers = store.list(statuses)
+        if args.action == "export":
+            for saved in answers:
+                print(json.dumps(saved_answer_dict(saved), ensure_ascii=False))
+            return 0
+        usage = store.usage([saved.id for saved in answers])
+        if args.json:
+            _print_json([{**saved_answer_dict(saved), "usage": usage[saved.id].__dict__ if saved.id in usage else {}}
+                         for saved in answers])
+        else:
+            print(format_saved_answers(answers, usage))
+        return 0
+    finally:
+        store.close()
+
+
+def _remove_saved_answer(store, saved_id: str, settings) -> int:
+    from bot.learning import TEAM_ANSWERS_SOURCE, documents_of
+    from bot.state.saved_answers import REMOVED
+    from knowledge.errors import StoreError
+
+    saved = store.get(saved_id)
+    if saved is None:
+        print(f"supportbot: no saved answer with id {saved_id!r} (see `supportbot answers list --all`)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    store.set_status(saved_id, REMOVED, by="cli")
+    print(f"Removed saved answer {saved_id}: {saved.question}")
+    try:
+        kb = _knowledge_base(settings)
+    except StoreError as error:
+        print(f"The index could not be opened ({error}); the bot drops the answer from it at its next refresh "
+              "(or /reindex).")
+        return 0
+    try:
+        kb.sync_documents(documents_of(store), source_names=sorted({TEAM_ANSWERS_SOURCE, *store.source_names()}))
+    finally:
+        kb.close()
+    print("The index no longer holds it.")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings) -> int:
     from knowledge.bench import format_remote_report, format_report, run_bench, run_remote_bench
 
@@ -299,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("feedback", cmd_feedback, "recent 👍/👎 feedback and questions the docs did not answer")
     p.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
 
+    p = add("answers", cmd_answers, "answers the bot learned from its Slack threads: list, remove, export",
+            "Replies people marked in the bot's threads (RESOLVED_REACTION or the 'Save as answer' shortcut) "
+            "that it cites as the team's answers. `list` shows those in use and pending review, with how "
+            "often each was cited and the 👍/👎 those answers got; `remove ID` stops using one; `export` "
+            "prints every saved answer as JSON lines.")
+    p.add_argument("action", choices=["list", "remove", "export"], help="what to do")
+    p.add_argument("id", nargs="?", help="the saved answer's id (for remove)")
+    p.add_argument("--all", action="store_true", help="list: also removed and rejected ones")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+
     p = add("bench", cmd_bench, "measure indexing, reranking and answer latency on this machine",
             "Times the tutorial's loops against the product's fast path in one run.")
     p.add_argument("--shape", choices=["qwen3-0.6b"],
@@ -313,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is cmd_answers and args.action == "remove" and not args.id:
+        parser.error("answers remove needs the saved answer's ID (see `supportbot answers list`)")
     from pydantic import ValidationError
 
     from knowledge.errors import KnowledgeError

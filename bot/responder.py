@@ -26,7 +26,7 @@ from bot.observability import Metrics
 from bot.records import Records
 from bot.settings import BotSettings
 from knowledge.errors import InvalidQuestionError, KnowledgeError, StoreError
-from knowledge.types import Answer
+from knowledge.types import Answer, SourceFilter
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,18 @@ class Responder:
         self._access = access or SourceAccess()  # SOURCE_ACCESS: restricted sources
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
+        self.learner = None  # bot.learning.Learner, set by build_app: saved answers' sources and uses
+
+    def source_names(self, channel: str, user: str, *, private: bool = False) -> SourceFilter | None:
+        """What a question by `user` in `channel` may draw on: the channel's sources (CHANNEL_SOURCES,
+        plus the team's saved answers) minus what its readers may not read (None: everything).
+
+        `private`: only the asker sees the answer (the assistant pane, /ask), so their access counts.
+        """
+        base = self._rules.sources_for(channel)
+        if base is not None and self.learner is not None:
+            base = (*base, *self.learner.source_names())  # the private ones are restricted in access
+        return self._access.for_question(channel=channel, user=user, private=private, base=base)
 
     # -- on the event thread ------------------------------------------------
     def start(self, question: Question) -> Progress:
@@ -131,10 +143,7 @@ class Responder:
             history = self._history(question)
             stream = _Stream(self, question, progress)
             # In Milvus, before retrieval: the channel's sources minus what its readers may not read.
-            sources = self._access.for_question(
-                channel=question.channel, user=question.user, private=question.assistant,
-                base=self._rules.sources_for(question.channel),
-            )
+            sources = self.source_names(question.channel, question.user, private=question.assistant)
             answer = self._kb.ask(question.text, history=history, source_names=sources, on_delta=stream.on_delta)
         except StoreError as error:
             # Milvus down or the Lite file locked: the store reconnects on a later question.
@@ -165,6 +174,8 @@ class Responder:
                 answer, user_id=question.user, channel=question.channel, thread_ts=question.thread_ts,
                 question_ts=question.message_ts,
             )
+            if self.learner is not None:
+                self.learner.record_uses(answer, record_id)
             with self._metrics.time_stage("slack"):
                 first_ts = self._deliver(question, progress, answer_messages(answer, record_id=record_id))
             if first_ts:

@@ -18,6 +18,7 @@ from bot.settings import BotSettings
 from bot.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from bot.learning import Learner
     from bot.refresher import Refresher
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Services:
     metrics: Metrics
     rules: ChannelRules  # AUTO_ANSWER_CHANNELS, CHANNEL_SOURCES, ESCALATION_CONTACTS, parsed once
     access: SourceAccess = field(default_factory=SourceAccess)  # SOURCE_ACCESS + run-time restrictions
+    learner: Learner | None = None  # bot.learning: saved answers (None when LEARN_FROM_THREADS is off)
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
 

@@ -74,6 +74,11 @@ class BotSettings(KnowledgeSettings):
     claim_sweep_seconds: float = Field(default=10.0, gt=0)  # how often each replica looks for lapsed claims
     records_retention_days: float = Field(default=90, ge=0)  # answers and votes older than this are purged; 0 keeps them
 
+    # Learning from threads (bot.learning): a marked reply becomes a saved answer the bot cites
+    learn_from_threads: bool = True  # off: no reaction or shortcut saves anything
+    resolved_reaction: str = "white_check_mark"  # the emoji name (no colons) that marks a reply as the answer
+    learn_review: Literal["auto", "true", "false"] = "auto"  # true: admins approve first; auto: unless an expert marked it
+
     # Operations
     log_level: str = "INFO"
     log_format: Literal["plain", "json"] = "plain"  # json: one JSON object a line (log shippers)
@@ -113,6 +118,22 @@ class BotSettings(KnowledgeSettings):
         from bot.access import parse_source_access
 
         parse_source_access(value)
+        return value
+
+    @field_validator("learn_review", mode="before")
+    @classmethod
+    def _tri_state(cls, value):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        value = str(value).strip().lower()
+        return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(value, value)
+
+    @field_validator("resolved_reaction")
+    @classmethod
+    def _emoji_name(cls, value: str) -> str:
+        value = value.strip().strip(":")
+        if not value:
+            raise ValueError("RESOLVED_REACTION needs an emoji name, e.g. white_check_mark")
         return value
 
     @field_validator("log_format", mode="before")

@@ -7,12 +7,15 @@ import logging
 from slack_bolt import App
 
 from bot.listeners import assistant, middleware
-from bot.listeners.actions import feedback, handoff, share
+from bot.listeners.actions import feedback, handoff, learned, share
 from bot.listeners.commands import register as register_commands
 from bot.listeners.events import app_home_opened, app_mention, message
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
+from bot.listeners.events import app_home_opened, app_mention, message, message_edits, reaction_added
+from bot.listeners.shortcuts import save_answer
 from bot.services import Services
 from knowledge.errors import SourceError
+from knowledge.prompts import TEAM_ANSWERS_SOURCE
 from knowledge.sources import parse_sources
 
 log = logging.getLogger(__name__)
@@ -22,6 +25,7 @@ def register(app: App, services: Services) -> None:
     middleware.register(app, services)  # first: retries are dropped before any listener
     assistant.register(app, services)  # before `message`: it claims assistant-thread messages
     app_mention.register(app, services)
+    message_edits.register(app, services)  # before `message`: edits and deletions of saved replies
     message.register(app, services)
     feedback.register(app, services)
     handoff.register(app, services)
@@ -30,6 +34,9 @@ def register(app: App, services: Services) -> None:
     member_joined_channel.register(app, services)  # SOURCE_ACCESS membership cache (bot.access)
     member_left_channel.register(app, services)
     subteam_members_changed.register(app, services)
+    reaction_added.register(app, services)
+    save_answer.register(app, services)
+    learned.register(app, services)
     register_commands(app, services)
     _check_channel_sources(services)
 
@@ -39,7 +46,7 @@ def _check_channel_sources(services: Services) -> None:
     # The knowledge base's own settings: what the index was actually built from.
     sources = getattr(getattr(services.kb, "settings", None), "knowledge_sources", services.settings.knowledge_sources)
     try:
-        known = {spec.name for spec in parse_sources(sources)}
+        known = {spec.name for spec in parse_sources(sources)} | {TEAM_ANSWERS_SOURCE}
     except SourceError:
         return  # reported where the index is built
     unknown = services.rules.unknown_sources(known)

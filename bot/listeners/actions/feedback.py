@@ -24,6 +24,8 @@ def register(app: App, services: Services) -> None:
         if not services.records.record_feedback(action.get("value", ""), user_id=user, value=value):
             log.warning("feedback for an unknown answer id %r", action.get("value"))
             return
+        if services.learner is not None:  # counted for the saved answers it cited (App Home)
+            services.learner.record_feedback(action.get("value", ""), value)
         channel = (body.get("channel") or {}).get("id")
         message = body.get("message") or {}
         if not channel or not user:

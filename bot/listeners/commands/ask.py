@@ -66,7 +66,7 @@ def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: 
     """Runs on a worker: answer, record, replace the placeholder; errors become a short reply."""
     try:
         # Only the asker sees the answer: their own access counts (sharing it is checked again).
-        sources = services.access.for_user(user, rules.sources_for(channel))
+        sources = services.responder.source_names(channel, user, private=True)
         answer = services.kb.ask(text, source_names=sources)
     except KnowledgeError as error:
         services.metrics.record_error(type(error).__name__)

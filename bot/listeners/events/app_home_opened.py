@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, services: Services) -> None:
-    rules = services.rules
     admins = AdminCache()
 
     @app.event("app_home_opened")
@@ -25,22 +24,43 @@ def register(app: App, services: Services) -> None:
         user = event.get("user", "")
         if event.get("tab", "home") != "home" or not user:
             return  # the Messages tab needs no view
-        insights = index = None
-        if is_admin(user, settings=services.settings, client=client, cache=admins):
-            insights = services.records.insights(since=time.time() - INSIGHT_DAYS * 86400, top=TOP_GAPS)
-            index = _index_status(services)
-        view = home_view(
-            bot_user_id=context.bot_user_id or "",
-            auto_channels=rules.auto_answer,
-            suggested=services.settings.suggested_prompts,
-            insights=insights,
-            index=index,
-        )
-        try:
-            client.views_publish(user_id=user, view=view)
-        except (SlackApiError, SlackClientError) as error:
-            reason = error.response.get("error") if isinstance(error, SlackApiError) else error
-            log.warning("views.publish for %s failed: %s", user, reason)
+        publish_home(services, client, user, bot_user_id=context.bot_user_id or "", admins=admins)
+
+
+def publish_home(services: Services, client: WebClient, user: str, *, bot_user_id: str,
+                 admins: AdminCache | None = None) -> None:
+    """Build and publish `user`'s Home tab (admins also get the figures and the learned answers)."""
+    insights = index = None
+    extra: list[dict] = []
+    if is_admin(user, settings=services.settings, client=client, cache=admins):
+        insights = services.records.insights(since=time.time() - INSIGHT_DAYS * 86400, top=TOP_GAPS)
+        index = _index_status(services)
+        if services.learner is not None:
+            extra = learned_home_blocks(services.learner.store)
+    view = home_view(
+        bot_user_id=bot_user_id,
+        auto_channels=services.rules.auto_answer,
+        suggested=services.settings.suggested_prompts,
+        insights=insights,
+        index=index,
+    )
+    view["blocks"] = (view["blocks"] + extra)[:100]  # Slack's limit for a Home tab
+    try:
+        client.views_publish(user_id=user, view=view)
+    except (SlackApiError, SlackClientError) as error:
+        reason = error.response.get("error") if isinstance(error, SlackApiError) else error
+        log.warning("views.publish for %s failed: %s", user, reason)
+
+
+def learned_home_blocks(store) -> list[dict]:
+    """The learned answers for the admins' Home: pending ones to review, the ones in use with their figures."""
+    from bot.learned_blocks import HOME_LIMIT, home_blocks
+    from bot.state.saved_answers import ACTIVE, PENDING
+
+    pending = store.list((PENDING,), limit=HOME_LIMIT)
+    active = store.list((ACTIVE,), limit=HOME_LIMIT)
+    return home_blocks(pending=pending, active=active, active_count=store.count(ACTIVE),
+                       usage=store.usage([saved.id for saved in active]))
 
 
 def _index_status(services: Services) -> dict:

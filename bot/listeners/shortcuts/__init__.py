@@ -1,0 +1,1 @@
+"""Shortcuts (message actions)."""
