@@ -277,3 +277,84 @@ def test_editing_or_deleting_the_reply_updates_the_saved_answer(learning_kb, fak
     fake_slack.wait_for("chat.update", where=lambda c: c.params.get("ts") == confirm_ts
                         and "was deleted" in c.params.get("text", ""))
     assert learner.store.get(saved.id).status == REMOVED and _team_chunks(kb) == {}
+
+
+def test_answers_command_lists_removes_and_exports(make_kb, tmp_path, monkeypatch, capsys):
+    """`supportbot answers list|remove ID|export` over the same database and index the bot uses."""
+    import logging
+
+    from bot.cli import main
+    from bot.learning import attach, documents_of, open_saved_answers
+    from bot.settings import BotSettings
+    from bot.state.saved_answers import SavedAnswer
+
+    kb = make_kb()
+    settings = kb.settings
+    db = tmp_path / "feedback.sqlite"
+    store = open_saved_answers(BotSettings(_env_file=None, feedback_db=db))
+    attach(kb, store)
+    for number, status in ((1, ACTIVE), (2, PENDING), (3, REMOVED)):
+        store.add(SavedAnswer(id=f"id{number}", status=status, channel="C1", channel_name="help", private=False,
+                              thread_ts="1.0", message_ts=f"{number}.5", question=f"Question {number}?",
+                              answer=f"Answer {number}.", answered_by="U9", answered_by_name="dana",
+                              answered_at=1_700_000_000.0, saved_by="U1", saved_at=time.time() + number, via="reaction",
+                              permalink=f"https://fake.slack.com/archives/C1/p{number}", source_name=TEAM_ANSWERS_SOURCE))
+    store.record_use(["id1"], "answer-1")
+    store.record_feedback("answer-1", 1)
+    kb.sync_documents(documents_of(store), source_names=[TEAM_ANSWERS_SOURCE])
+    assert len(_team_chunks(kb)) == 1
+    kb.close()  # Milvus Lite: one process (here: one client) at a time
+    store.close()
+
+    for name, value in {"KNOWLEDGE_SOURCES": settings.knowledge_sources, "EMBEDDING_MODEL": settings.embedding_model,
+                        "RERANKER_MODEL": "none", "MILVUS_URI": settings.milvus_uri, "DATA_DIR": str(settings.data_dir),
+                        "DEVICE": "cpu", "DTYPE": "float32", "FEEDBACK_DB": str(db)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["answers", "list"]) == 0
+        out = capsys.readouterr().out
+        assert "id1  [active]  Answered in #help by @dana, 2023-11-14  (cited 1x, +1/-0)" in out
+        assert "id2  [pending]" in out and "id3" not in out
+        assert main(["answers", "export"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert {row["id"] for row in rows} == {"id1", "id2", "id3"} and rows[0]["cited_as"].startswith("Answered in")
+        assert main(["answers", "remove", "nope"]) == 1
+        assert "no saved answer with id 'nope'" in capsys.readouterr().err
+        assert main(["answers", "remove", "id1"]) == 0
+        assert "The index no longer holds it." in capsys.readouterr().out
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    reopened = open_saved_answers(BotSettings(_env_file=None, feedback_db=db))
+    assert reopened.get("id1").status == REMOVED
+    reopened.close()
+
+
+def test_slack_text_becomes_plain_text_with_names():
+    from bot.slack_text import plain_text
+
+    text = ("<@U1> use *bold* _it_ ~old~ snake_case_name, `my_var *x*` in <#C1|support>, "
+            "see <https://x.io/a|the docs> &amp; ask <!subteam^S1|@experts>\n```\nrun *this* &lt;now&gt;\n```")
+    assert plain_text(text, user_name={"U1": "Dana"}.get) == (
+        "@Dana use bold it old snake_case_name, `my_var *x*` in #support, see the docs (https://x.io/a) & "
+        "ask @experts\n```\nrun *this* <now>\n```")
+
+
+def test_a_team_answer_and_a_document_are_both_dated_and_the_newer_is_preferred():
+    from knowledge.prompts import build_answer_messages, system_prompt
+    from knowledge.types import Chunk
+
+    doc = Chunk(id="a", source="faq.md", title="Expenses", heading_path=("Approvals",), anchor="", url="",
+                text="Reports are approved by Mo.", source_name="docs")
+    team = Chunk(id="b", source="slack/x.md", title="Answered in #help by @dana, 2026-11-30", heading_path=(),
+                 anchor="", url="", text="Dana approves them now.", source_name="team-answers-gpriv")
+    [system, user] = build_answer_messages("Who approves expenses?", [doc, team])
+    assert '<passage id="2" title="Answered in #help by @dana, 2026-11-30" section="" kind="team answer" ' \
+           'date="2026-11-30">' in user["content"]
+    assert '<passage id="1" title="Expenses" section="Approvals">' in user["content"]
+    assert "prefer the newer one" in system["content"] and "cite both" in system["content"]
+    [system, _] = build_answer_messages("Who approves expenses?", [doc])
+    assert system["content"] == system_prompt("en") and "team answer" not in system["content"]

@@ -235,6 +235,14 @@ class SavedAnswers:
             rows = connection.execute(select(saved_answers_table.c.source_name).distinct()).all()
         return sorted(row[0] for row in rows)
 
+    def private_sources(self) -> dict[str, str]:
+        """Private channel id -> its answers' source name, for channels with answers in use."""
+        table = saved_answers_table
+        with self._read() as connection:
+            rows = connection.execute(select(table.c.channel, table.c.source_name).distinct()
+                                      .where(table.c.private.is_(True), table.c.status == ACTIVE)).all()
+        return {row[0]: row[1] for row in rows}
+
     def usage(self, saved_ids: Sequence[str]) -> dict[str, Usage]:
         """Per saved answer: the bot answers that cited it and their 👍/👎."""
         if not saved_ids:
