@@ -94,8 +94,9 @@ def home_blocks(*, pending: Sequence[SavedAnswer], active: Sequence[SavedAnswer]
     for saved in list(active)[:HOME_LIMIT]:
         used = usage.get(saved.id, Usage())
         figures = f"answered {used.answers} question(s) since · 👍 {used.helpful} / 👎 {used.not_helpful}"
+        asked = "".join(f"\n• _{escape(_short(question, 120))}_" for question in used.questions)
         section = {"type": "section", "text": _text(
-            f"{escape(_short(saved.question, 150))}\n{_origin(saved)} · {figures}")}
+            f"{escape(_short(saved.question, 150))}\n{_origin(saved)} · {figures}{asked}")}
         section["accessory"] = _button(LEARN_REMOVE, "Remove", saved.id, style="danger")
         blocks.append(section)
     if not pending and not active:

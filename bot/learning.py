@@ -399,7 +399,7 @@ class Learner:
         ids = saved_ids_cited(answer)
         if ids and record_id:
             try:
-                self.store.record_use(ids, record_id)
+                self.store.record_use(ids, record_id, question=answer.question)
             except KnowledgeError as error:
                 log.warning("could not record the saved answers' use: %s", error)
 

@@ -100,7 +100,7 @@ def test_a_reply_marked_resolved_is_cited_next_time(learning_kb, fake_openai, fa
     kb = learning_kb()
     fake_slack.set_channel("CHELP", name="help")
     fake_slack.user_names.update({"U1": "alex", "U9": "dana", "U2": "sam"})
-    bot = start_bot(kb, escalation_contacts="CHELP=U9", learn_review="false")
+    bot = start_bot(kb, escalation_contacts="CHELP=U9", learn_review="false", admin_user_ids="UADMIN")
 
     mention = _ask_and_hand_off(fake_slack, channel="CHELP", user="U1")
     reply = _expert_replies(fake_slack, channel="CHELP", thread_ts=mention["ts"])
@@ -127,6 +127,17 @@ def test_a_reply_marked_resolved_is_cited_next_time(learning_kb, fake_openai, fa
     assert "prefer the newer one" in fake_openai.requests[-1]["messages"][0]["content"]
     shown = _text(answer.params)
     assert f"<{saved.permalink}|Answered in #help by @dana, " in shown
+
+    # The admins' Home counts it: the question it answered since, and the 👍 that answer got.
+    fake_slack.send_action(fake_slack.action_payload("feedback_up", _button(answer.params, "feedback_up"),
+                                                     channel="CHELP", user="U2", message_ts=answer.params["ts"]))
+    fake_slack.wait_for("chat.postEphemeral", where=lambda c: "Thanks" in c.params.get("text", ""))
+    fake_slack.send_event({"type": "app_home_opened", "user": "UADMIN", "channel": "D1", "tab": "home"})
+    [home] = fake_slack.wait_for("views.publish")
+    view = home.params["view"]
+    home_text = view if isinstance(view, str) else json.dumps(view, ensure_ascii=False)
+    assert "*In use:* 1" in home_text and "answered 1 question(s) since · 👍 1 / 👎 0" in home_text
+    assert REPHRASED in home_text
 
     # A second ✅ (by the expert) confirms nothing twice.
     fake_slack.wait_ack(fake_slack.send_event(fake_slack.reaction_event(reply, channel="CHELP", user="U9")))
@@ -299,7 +310,7 @@ def test_answers_command_lists_removes_and_exports(make_kb, tmp_path, monkeypatc
                               answer=f"Answer {number}.", answered_by="U9", answered_by_name="dana",
                               answered_at=1_700_000_000.0, saved_by="U1", saved_at=time.time() + number, via="reaction",
                               permalink=f"https://fake.slack.com/archives/C1/p{number}", source_name=TEAM_ANSWERS_SOURCE))
-    store.record_use(["id1"], "answer-1")
+    store.record_use(["id1"], "answer-1", question="Question 1, asked again?")
     store.record_feedback("answer-1", 1)
     kb.sync_documents(documents_of(store), source_names=[TEAM_ANSWERS_SOURCE])
     assert len(_team_chunks(kb)) == 1

@@ -63,6 +63,7 @@ saved_answer_uses_table = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("saved_id", String(16), nullable=False, index=True),
     Column("answer_id", String(32), nullable=False, index=True),  # bot.records answer id
+    Column("question", Text, nullable=False, default=""),  # the question that answer was for
     Column("created_at", Float, nullable=False),
     Column("helpful", Integer, nullable=False, default=0),
     Column("not_helpful", Integer, nullable=False, default=0),
@@ -106,6 +107,7 @@ class Usage:
     answers: int = 0
     helpful: int = 0
     not_helpful: int = 0
+    questions: tuple[str, ...] = ()  # the latest questions it answered, newest first
 
 
 _COLUMNS = [f.name for f in fields(SavedAnswer)]
@@ -190,9 +192,10 @@ class SavedAnswers:
                 return None
         return self.get(saved_id)
 
-    def record_use(self, saved_ids: Iterable[str], answer_id: str) -> None:
-        """A bot answer (bot.records id) cited these saved answers."""
-        rows = [{"saved_id": s, "answer_id": answer_id, "created_at": time.time()} for s in dict.fromkeys(saved_ids) if s]
+    def record_use(self, saved_ids: Iterable[str], answer_id: str, *, question: str = "") -> None:
+        """A bot answer (bot.records id) to `question` cited these saved answers."""
+        rows = [{"saved_id": s, "answer_id": answer_id, "created_at": time.time(), "question": question}
+                for s in dict.fromkeys(saved_ids) if s]
         if not rows or not answer_id:
             return
         with self._lock, self._write() as connection:
@@ -243,8 +246,8 @@ class SavedAnswers:
                                       .where(table.c.private.is_(True), table.c.status == ACTIVE)).all()
         return {row[0]: row[1] for row in rows}
 
-    def usage(self, saved_ids: Sequence[str]) -> dict[str, Usage]:
-        """Per saved answer: the bot answers that cited it and their 👍/👎."""
+    def usage(self, saved_ids: Sequence[str], *, questions: int = 3) -> dict[str, Usage]:
+        """Per saved answer: the bot answers that cited it, their 👍/👎 and the latest `questions` asked."""
         if not saved_ids:
             return {}
         table = saved_answer_uses_table
@@ -253,7 +256,15 @@ class SavedAnswers:
                 select(table.c.saved_id, func.count(), func.sum(table.c.helpful), func.sum(table.c.not_helpful))
                 .where(table.c.saved_id.in_(list(saved_ids))).group_by(table.c.saved_id)
             ).all()
-        return {row[0]: Usage(int(row[1]), int(row[2] or 0), int(row[3] or 0)) for row in rows}
+            recent: dict[str, list[str]] = {}
+            for saved_id, question in connection.execute(
+                    select(table.c.saved_id, table.c.question).where(table.c.saved_id.in_(list(saved_ids)))
+                    .order_by(table.c.created_at.desc(), table.c.id.desc())):
+                kept = recent.setdefault(saved_id, [])
+                if question and len(kept) < questions:
+                    kept.append(question)
+        return {row[0]: Usage(int(row[1]), int(row[2] or 0), int(row[3] or 0), tuple(recent.get(row[0], ())))
+                for row in rows}
 
     def _select(self, *where, limit: int | None = None) -> list[SavedAnswer]:
         query = select(saved_answers_table).where(*where).order_by(saved_answers_table.c.saved_at.desc())
