@@ -14,10 +14,11 @@ from bot import listeners
 from bot.access import SourceAccess
 from bot.channels import ChannelRules
 from bot.dedupe import SeenKeys
-from bot.learning import Learner, open_saved_answers
+from bot.learning import Learner
 from bot.limits import UserLimiter
 from bot.observability import Metrics
 from bot.state import Database, Records
+from bot.state.saved_answers import SavedAnswers
 from bot.responder import Responder
 from bot.services import Services
 from bot.settings import BotSettings
@@ -119,7 +120,7 @@ def build_app(
     )
     if settings.learn_from_threads:
         services.learner = responder.learner = Learner(
-            store=open_saved_answers(settings), kb=kb, client=client, settings=settings, rules=rules,
+            store=SavedAnswers(database=database), kb=kb, client=client, settings=settings, rules=rules,
             bot_user_id=identity.get("user_id", ""), bot_id=identity.get("bot_id", ""), access=access,
         )
     listeners.register(app, services)

@@ -226,10 +226,12 @@ def cmd_feedback(args: argparse.Namespace, settings) -> int:
 
 def cmd_answers(args: argparse.Namespace, settings) -> int:
     """Saved answers (replies the bot learned from its threads): list, remove one, export all."""
-    from bot.learning import format_saved_answers, open_saved_answers, saved_answer_dict
-    from bot.state.saved_answers import ACTIVE, PENDING, STATUSES
+    from bot.learning import format_saved_answers, saved_answer_dict
+    from bot.state import Database
+    from bot.state.saved_answers import ACTIVE, PENDING, STATUSES, SavedAnswers
 
-    store = open_saved_answers(settings)
+    database = Database.from_settings(settings)
+    store = SavedAnswers(database=database)
     try:
         if args.action == "remove":
             return _remove_saved_answer(store, args.id, settings)
@@ -247,7 +249,7 @@ def cmd_answers(args: argparse.Namespace, settings) -> int:
             print(format_saved_answers(answers, usage))
         return 0
     finally:
-        store.close()
+        database.close()
 
 
 def _remove_saved_answer(store, saved_id: str, settings) -> int:

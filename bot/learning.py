@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cachetools import TTLCache
 from slack_sdk import WebClient
@@ -31,6 +30,7 @@ from bot.history import _replies
 from bot.learned_blocks import confirmation_message, removed_message
 from bot.settings import BotSettings
 from bot.slack_text import UserNames, plain_text
+from bot.state.database import Database
 from bot.state.saved_answers import ACTIVE, PENDING, REJECTED, REMOVED, SavedAnswer, SavedAnswers, new_id
 from knowledge.errors import KnowledgeError
 from knowledge.prompts import TEAM_ANSWERS_SOURCE
@@ -95,21 +95,23 @@ def attach(kb, store: SavedAnswers) -> None:
         supply(lambda: documents_of(store))
 
 
-def open_saved_answers(settings: BotSettings) -> SavedAnswers:
-    """The saved-answers tables beside the answer records (FEEDBACK_DB); raises SavedAnswersError."""
-    path = Path(settings.feedback_db)
-    if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return SavedAnswers.from_url(f"sqlite:///{path}")
+def attach_from_settings(kb, settings: BotSettings) -> None:
+    """For the command line: a refresh from there keeps the saved answers too.
 
+    The state database is opened only when a refresh asks for them (`supportbot ask` never
+    touches it); a database that cannot be opened then fails the refresh (StateError) rather
+    than deleting the saved answers from the index.
+    """
+    if not settings.learn_from_threads or not hasattr(kb, "supply_documents"):
+        return
+    opened: list[SavedAnswers] = []
 
-def attach_from_settings(kb, settings: BotSettings) -> SavedAnswers | None:
-    """For the command line: index/refresh keep the saved answers (None when learning is off)."""
-    if not settings.learn_from_threads:
-        return None
-    store = open_saved_answers(settings)
-    attach(kb, store)
-    return store
+    def documents() -> list[Document]:
+        if not opened:
+            opened.append(SavedAnswers(database=Database.from_settings(settings)))
+        return documents_of(opened[0])
+
+    kb.supply_documents(documents)
 
 
 def saved_answer_dict(saved: SavedAnswer) -> dict:

@@ -295,14 +295,15 @@ def test_answers_command_lists_removes_and_exports(make_kb, tmp_path, monkeypatc
     import logging
 
     from bot.cli import main
-    from bot.learning import attach, documents_of, open_saved_answers
-    from bot.settings import BotSettings
-    from bot.state.saved_answers import SavedAnswer
+    from bot.learning import attach, documents_of
+    from bot.state import Database
+    from bot.state.saved_answers import SavedAnswer, SavedAnswers
 
     kb = make_kb()
     settings = kb.settings
     db = tmp_path / "feedback.sqlite"
-    store = open_saved_answers(BotSettings(_env_file=None, feedback_db=db))
+    database = Database(url=f"sqlite:///{db}")
+    store = SavedAnswers(database=database)
     attach(kb, store)
     for number, status in ((1, ACTIVE), (2, PENDING), (3, REMOVED)):
         store.add(SavedAnswer(id=f"id{number}", status=status, channel="C1", channel_name="help", private=False,
@@ -315,7 +316,7 @@ def test_answers_command_lists_removes_and_exports(make_kb, tmp_path, monkeypatc
     kb.sync_documents(documents_of(store), source_names=[TEAM_ANSWERS_SOURCE])
     assert len(_team_chunks(kb)) == 1
     kb.close()  # Milvus Lite: one process (here: one client) at a time
-    store.close()
+    database.close()
 
     for name, value in {"KNOWLEDGE_SOURCES": settings.knowledge_sources, "EMBEDDING_MODEL": settings.embedding_model,
                         "RERANKER_MODEL": "none", "MILVUS_URI": settings.milvus_uri, "DATA_DIR": str(settings.data_dir),
@@ -339,8 +340,8 @@ def test_answers_command_lists_removes_and_exports(make_kb, tmp_path, monkeypatc
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-    reopened = open_saved_answers(BotSettings(_env_file=None, feedback_db=db))
-    assert reopened.get("id1").status == REMOVED
+    reopened = Database(url=f"sqlite:///{db}")
+    assert SavedAnswers(database=reopened).get("id1").status == REMOVED
     reopened.close()
 
 
@@ -369,3 +370,37 @@ def test_a_team_answer_and_a_document_are_both_dated_and_the_newer_is_preferred(
     assert "prefer the newer one" in system["content"] and "cite both" in system["content"]
     [system, _] = build_answer_messages("Who approves expenses?", [doc])
     assert system["content"] == system_prompt("en") and "team answer" not in system["content"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_database(request, tmp_path):
+    from bot.state import Database
+
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}" if request.param == "sqlite" else \
+        request.getfixturevalue("postgres_url")
+    database = Database(url=url)
+    yield database
+    database.close()
+
+
+def test_saved_answers_store_on_sqlite_and_postgresql(state_database):
+    """The migration creates the tables; a message is saved once; removed ones come back under their id."""
+    from bot.state.saved_answers import SavedAnswer, SavedAnswers
+
+    store = SavedAnswers(database=state_database)
+    saved = SavedAnswer(id="a1", status=ACTIVE, channel="GPRIV", channel_name="fin", private=True, thread_ts="1.0",
+                        message_ts="2.0", question="Who approves?", answer="Dana.", answered_by="U9",
+                        answered_by_name="dana", answered_at=2.0, saved_by="U1", saved_at=3.0, via="reaction",
+                        permalink="https://x/p2", source_name="team-answers-gpriv")
+    assert store.add(saved).id == "a1"
+    assert store.add(SavedAnswer(**{**saved.__dict__, "id": "a2"})) is None  # the same message: saved once
+    assert store.private_sources() == {"GPRIV": "team-answers-gpriv"}
+    store.record_use(["a1", "a1"], "answer-1", question="Who signs off?")
+    store.record_feedback("answer-1", -1)
+    assert store.usage(["a1"])["a1"].__dict__ == {"answers": 1, "helpful": 0, "not_helpful": 1,
+                                                  "questions": ("Who signs off?",)}
+    assert store.set_status("a1", REMOVED, by="U9").status == REMOVED
+    assert store.private_sources() == {} and store.source_names() == ["team-answers-gpriv"]
+    again = store.add(SavedAnswer(**{**saved.__dict__, "id": "a3", "answer": "Priya."}))
+    assert again.id == "a1" and store.get("a1").answer == "Priya." and store.count(ACTIVE) == 1
+    assert store.update("nope", answer="x") is None and store.by_message("GPRIV", "2.0").id == "a1"

@@ -9,69 +9,22 @@ private source name is still known when its chunks are deleted from the index.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 
-from sqlalchemy import (
-    Boolean, Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine, func, select,
-)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+import sqlalchemy as sa
 
-from knowledge.errors import KnowledgeError
+from bot.state.database import Database
+from bot.state.tables import saved_answer_uses as uses_table
+from bot.state.tables import saved_answers as saved_table
 
 ACTIVE = "active"
 PENDING = "pending"
 REJECTED = "rejected"
 REMOVED = "removed"
 STATUSES = (ACTIVE, PENDING, REJECTED, REMOVED)
-
-metadata = MetaData()
-
-saved_answers_table = Table(
-    "saved_answers",
-    metadata,
-    Column("id", String(16), primary_key=True),
-    Column("status", String(16), nullable=False, index=True),
-    Column("channel", String(32), nullable=False),
-    Column("channel_name", String(256), nullable=False, default=""),
-    Column("private", Boolean, nullable=False, default=False),
-    Column("thread_ts", String(32), nullable=False),
-    Column("message_ts", String(32), nullable=False),
-    Column("question", Text, nullable=False),
-    Column("answer", Text, nullable=False),
-    Column("answered_by", String(32), nullable=False, default=""),
-    Column("answered_by_name", String(256), nullable=False, default=""),
-    Column("answered_at", Float, nullable=False),
-    Column("saved_by", String(32), nullable=False, default=""),
-    Column("saved_at", Float, nullable=False),
-    Column("via", String(16), nullable=False, default="reaction"),
-    Column("permalink", Text, nullable=False, default=""),
-    Column("source_name", String(256), nullable=False),
-    Column("confirm_ts", String(32), nullable=False, default=""),
-    Column("reviewed_by", String(32), nullable=False, default=""),
-    Column("updated_at", Float, nullable=False),
-    UniqueConstraint("channel", "message_ts", name="saved_answers_message"),
-)
-
-saved_answer_uses_table = Table(
-    "saved_answer_uses",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("saved_id", String(16), nullable=False, index=True),
-    Column("answer_id", String(32), nullable=False, index=True),  # bot.records answer id
-    Column("question", Text, nullable=False, default=""),  # the question that answer was for
-    Column("created_at", Float, nullable=False),
-    Column("helpful", Integer, nullable=False, default=0),
-    Column("not_helpful", Integer, nullable=False, default=0),
-)
-
-
-class SavedAnswersError(KnowledgeError):
-    """The saved-answers database cannot be opened or written."""
 
 
 @dataclass(frozen=True)
@@ -118,28 +71,10 @@ def new_id() -> str:
 
 
 class SavedAnswers:
-    """The saved answers in a SQL database (SQLite or PostgreSQL through SQLAlchemy); thread-safe."""
+    """The saved answers in the state database (SQLite or PostgreSQL); every method raises StateError."""
 
-    def __init__(self, *, engine: Engine, create: bool = True) -> None:
-        self._engine = engine
-        self._lock = threading.Lock()  # SQLite allows one writer; serialising is cheap at this volume
-        if create:
-            try:
-                metadata.create_all(engine)
-            except SQLAlchemyError as error:
-                raise SavedAnswersError(f"cannot open the saved-answers database: {_reason(error)}") from error
-
-    @classmethod
-    def from_url(cls, url: str) -> SavedAnswers:
-        """Open (and create) the tables at a SQLAlchemy URL; raises SavedAnswersError."""
-        try:
-            engine = create_engine(url)
-        except (SQLAlchemyError, ValueError) as error:
-            raise SavedAnswersError(f"cannot open the saved-answers database: {_reason(error)}") from error
-        return cls(engine=engine)
-
-    def close(self) -> None:
-        self._engine.dispose()
+    def __init__(self, *, database: Database) -> None:
+        self._db = database
 
     # -- writing ----------------------------------------------------------
     def add(self, answer: SavedAnswer) -> SavedAnswer | None:
@@ -147,24 +82,19 @@ class SavedAnswers:
 
         A message saved before and then removed, rejected or undone is saved again under its old id.
         """
-        now = time.time()
-        with self._lock, self._write() as connection:
+        answer = replace(answer, updated_at=time.time())
+        with self._db.begin() as connection:
+            self._db.lock(connection, f"saved:{answer.channel}:{answer.message_ts}")
             existing = connection.execute(
-                select(saved_answers_table).where(saved_answers_table.c.channel == answer.channel,
-                                                  saved_answers_table.c.message_ts == answer.message_ts)
-            ).mappings().first()
-            if existing is not None:
-                if existing["status"] in (ACTIVE, PENDING):
-                    return None
-                answer = replace(answer, id=existing["id"], confirm_ts="", reviewed_by="", updated_at=now)
-                connection.execute(saved_answers_table.update().where(saved_answers_table.c.id == answer.id)
-                                   .values(**_values(answer)))
-                return answer
-            answer = replace(answer, updated_at=now)
-            try:
-                connection.execute(saved_answers_table.insert().values(**_values(answer)))
-            except IntegrityError:
-                return None  # saved by a concurrent event a moment ago
+                sa.select(saved_table.c.id, saved_table.c.status)
+                .where(saved_table.c.channel == answer.channel, saved_table.c.message_ts == answer.message_ts)
+            ).first()
+            if existing is None:
+                return answer if self._db.insert_ignore(connection, saved_table, _values(answer)) else None
+            if existing.status in (ACTIVE, PENDING):
+                return None
+            answer = replace(answer, id=existing.id, confirm_ts="", reviewed_by="")
+            connection.execute(saved_table.update().where(saved_table.c.id == answer.id).values(**_values(answer)))
         return answer
 
     def set_status(self, saved_id: str, status: str, *, by: str = "") -> SavedAnswer | None:
@@ -184,82 +114,79 @@ class SavedAnswers:
     def _update(self, saved_id: str, **values) -> SavedAnswer | None:
         if not saved_id:
             return None
-        with self._lock, self._write() as connection:
-            result = connection.execute(saved_answers_table.update()
-                                        .where(saved_answers_table.c.id == saved_id)
-                                        .values(updated_at=time.time(), **values))
-            if not result.rowcount:
-                return None
-        return self.get(saved_id)
+        with self._db.begin() as connection:
+            row = connection.execute(saved_table.update().where(saved_table.c.id == saved_id)
+                                     .values(updated_at=time.time(), **values)
+                                     .returning(*saved_table.c)).mappings().first()
+        return _answer(row) if row is not None else None
 
     def record_use(self, saved_ids: Iterable[str], answer_id: str, *, question: str = "") -> None:
-        """A bot answer (bot.records id) to `question` cited these saved answers."""
+        """A bot answer (answers.id) to `question` cited these saved answers."""
         rows = [{"saved_id": s, "answer_id": answer_id, "created_at": time.time(), "question": question}
                 for s in dict.fromkeys(saved_ids) if s]
         if not rows or not answer_id:
             return
-        with self._lock, self._write() as connection:
-            connection.execute(saved_answer_uses_table.insert(), rows)
+        with self._db.begin() as connection:
+            connection.execute(uses_table.insert(), rows)
 
     def record_feedback(self, answer_id: str, value: int) -> None:
         """👍 (+1) or 👎 (-1) on a bot answer: counted for each saved answer it cited."""
         if not answer_id or value not in (1, -1):
             return
-        column = "helpful" if value > 0 else "not_helpful"
-        table = saved_answer_uses_table
-        with self._lock, self._write() as connection:
-            connection.execute(table.update().where(table.c.answer_id == answer_id)
-                               .values(**{column: getattr(table.c, column) + 1}))
+        column = uses_table.c.helpful if value > 0 else uses_table.c.not_helpful
+        with self._db.begin() as connection:
+            connection.execute(uses_table.update().where(uses_table.c.answer_id == answer_id)
+                               .values({column: column + 1}))
 
     # -- reading ----------------------------------------------------------
     def get(self, saved_id: str) -> SavedAnswer | None:
         if not saved_id:
             return None
-        rows = self._select(saved_answers_table.c.id == saved_id)
+        rows = self._select(saved_table.c.id == saved_id)
         return rows[0] if rows else None
 
     def by_message(self, channel: str, message_ts: str) -> SavedAnswer | None:
         """The saved answer made from this Slack message (any status), or None."""
-        rows = self._select(saved_answers_table.c.channel == channel, saved_answers_table.c.message_ts == message_ts)
+        rows = self._select(saved_table.c.channel == channel, saved_table.c.message_ts == message_ts)
         return rows[0] if rows else None
 
     def list(self, statuses: Sequence[str] = (ACTIVE,), *, limit: int | None = None) -> list[SavedAnswer]:
         """Saved answers with these statuses, newest first."""
-        return self._select(saved_answers_table.c.status.in_(list(statuses)), limit=limit)
+        return self._select(saved_table.c.status.in_(list(statuses)), limit=limit)
 
     def count(self, status: str = ACTIVE) -> int:
-        with self._read() as connection:
-            return int(connection.execute(select(func.count()).select_from(saved_answers_table)
-                                          .where(saved_answers_table.c.status == status)).scalar_one())
+        with self._db.begin() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(saved_table)
+                                          .where(saved_table.c.status == status)).scalar_one())
 
     def source_names(self) -> list[str]:
         """Every source name a saved answer ever had (removed ones too: their chunks must go)."""
-        with self._read() as connection:
-            rows = connection.execute(select(saved_answers_table.c.source_name).distinct()).all()
+        with self._db.begin() as connection:
+            rows = connection.execute(sa.select(saved_table.c.source_name).distinct()).all()
         return sorted(row[0] for row in rows)
 
     def private_sources(self) -> dict[str, str]:
         """Private channel id -> its answers' source name, for channels with answers in use."""
-        table = saved_answers_table
-        with self._read() as connection:
-            rows = connection.execute(select(table.c.channel, table.c.source_name).distinct()
-                                      .where(table.c.private.is_(True), table.c.status == ACTIVE)).all()
+        with self._db.begin() as connection:
+            rows = connection.execute(sa.select(saved_table.c.channel, saved_table.c.source_name).distinct()
+                                      .where(saved_table.c.private.is_(True), saved_table.c.status == ACTIVE)).all()
         return {row[0]: row[1] for row in rows}
 
     def usage(self, saved_ids: Sequence[str], *, questions: int = 3) -> dict[str, Usage]:
         """Per saved answer: the bot answers that cited it, their 👍/👎 and the latest `questions` asked."""
         if not saved_ids:
             return {}
-        table = saved_answer_uses_table
-        with self._read() as connection:
+        ids = list(saved_ids)
+        with self._db.begin() as connection:
             rows = connection.execute(
-                select(table.c.saved_id, func.count(), func.sum(table.c.helpful), func.sum(table.c.not_helpful))
-                .where(table.c.saved_id.in_(list(saved_ids))).group_by(table.c.saved_id)
+                sa.select(uses_table.c.saved_id, sa.func.count(), sa.func.sum(uses_table.c.helpful),
+                          sa.func.sum(uses_table.c.not_helpful))
+                .where(uses_table.c.saved_id.in_(ids)).group_by(uses_table.c.saved_id)
             ).all()
             recent: dict[str, list[str]] = {}
             for saved_id, question in connection.execute(
-                    select(table.c.saved_id, table.c.question).where(table.c.saved_id.in_(list(saved_ids)))
-                    .order_by(table.c.created_at.desc(), table.c.id.desc())):
+                    sa.select(uses_table.c.saved_id, uses_table.c.question).where(uses_table.c.saved_id.in_(ids))
+                    .order_by(uses_table.c.created_at.desc(), uses_table.c.id.desc())):
                 kept = recent.setdefault(saved_id, [])
                 if question and len(kept) < questions:
                     kept.append(question)
@@ -267,48 +194,17 @@ class SavedAnswers:
                 for row in rows}
 
     def _select(self, *where, limit: int | None = None) -> list[SavedAnswer]:
-        query = select(saved_answers_table).where(*where).order_by(saved_answers_table.c.saved_at.desc())
+        query = sa.select(saved_table).where(*where).order_by(saved_table.c.saved_at.desc())
         if limit:
             query = query.limit(limit)
-        with self._read() as connection:
+        with self._db.begin() as connection:
             rows = connection.execute(query).mappings().all()
-        return [SavedAnswer(**{name: row[name] for name in _COLUMNS}) for row in rows]
-
-    # -- connections ------------------------------------------------------
-    def _write(self):
-        return _Guard(self._engine.begin)
-
-    def _read(self):
-        return _Guard(self._engine.connect)
+        return [_answer(row) for row in rows]
 
 
-class _Guard:
-    """A connection context whose SQL errors become SavedAnswersError (one line, no traceback in Slack)."""
-
-    def __init__(self, opener) -> None:
-        self._opener = opener
-        self._context = None
-
-    def __enter__(self):
-        try:
-            self._context = self._opener()
-            return self._context.__enter__()
-        except SQLAlchemyError as error:
-            raise SavedAnswersError(f"saved-answers database error: {_reason(error)}") from error
-
-    def __exit__(self, kind, error, trace):
-        try:
-            handled = self._context.__exit__(kind, error, trace)
-        except SQLAlchemyError as failure:
-            raise SavedAnswersError(f"saved-answers database error: {_reason(failure)}") from failure
-        if isinstance(error, SQLAlchemyError) and not isinstance(error, IntegrityError):
-            raise SavedAnswersError(f"saved-answers database error: {_reason(error)}") from error
-        return handled
+def _answer(row) -> SavedAnswer:
+    return SavedAnswer(**{name: row[name] for name in _COLUMNS})
 
 
 def _values(answer: SavedAnswer) -> dict:
     return {name: getattr(answer, name) for name in _COLUMNS}
-
-
-def _reason(error: Exception) -> str:
-    return str(getattr(error, "orig", None) or error).splitlines()[0]

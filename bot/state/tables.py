@@ -111,3 +111,43 @@ refresh_runs = sa.Table(
     sa.Column("skipped", sa.Text, nullable=False, server_default=""),
     sa.Index("refresh_runs_state", "state", "started_at"),
 )
+
+# Saved answers (bot.learning): replies people marked in the bot's threads, cited as team answers.
+saved_answers = sa.Table(
+    "saved_answers", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),  # active, pending (review), rejected, removed; never deleted
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("channel_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("thread_ts", sa.Text, nullable=False),
+    sa.Column("message_ts", sa.Text, nullable=False),  # the saved reply
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),  # plain text, names instead of user ids
+    sa.Column("answered_by", sa.Text, nullable=False, server_default=""),
+    sa.Column("answered_by_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("answered_at", sa.Float, nullable=False),
+    sa.Column("saved_by", sa.Text, nullable=False, server_default=""),
+    sa.Column("saved_at", sa.Float, nullable=False),
+    sa.Column("via", sa.Text, nullable=False, server_default="reaction"),  # reaction or shortcut
+    sa.Column("permalink", sa.Text, nullable=False, server_default=""),
+    sa.Column("source_name", sa.Text, nullable=False),  # team-answers, or team-answers-<channel> when private
+    sa.Column("confirm_ts", sa.Text, nullable=False, server_default=""),  # the bot's confirmation in the thread
+    sa.Column("reviewed_by", sa.Text, nullable=False, server_default=""),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("saved_answers_message", "channel", "message_ts", unique=True),
+    sa.Index("saved_answers_status", "status", "saved_at"),
+)
+
+saved_answer_uses = sa.Table(
+    "saved_answer_uses", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("saved_id", sa.Text, nullable=False),
+    sa.Column("answer_id", sa.Text, nullable=False),  # the bot answer (answers.id) that cited it
+    sa.Column("question", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("helpful", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_helpful", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("saved_answer_uses_saved", "saved_id", "created_at"),
+    sa.Index("saved_answer_uses_answer", "answer_id"),
+)
