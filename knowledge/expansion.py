@@ -28,9 +28,8 @@ _FIELDS = ("search_text", "title", "heading_path")
 class Expander:
     """Learns the index's vocabulary on first use and expands keyword queries with it."""
 
-    def __init__(self, *, store, terms: int = 2) -> None:
+    def __init__(self, *, store) -> None:
         self.store = store
-        self.terms = terms
         self._vocabulary: Vocabulary | None = None
         self._learned_at = 0.0
         self._lock = threading.Lock()
@@ -59,14 +58,15 @@ class Expander:
         with self._lock:
             self._vocabulary = None
 
-    def expand(self, question: str, keywords: str) -> str:
-        """`keywords` followed by the heading words the docs use for the question's topic."""
-        if not keywords.strip() or self.terms <= 0:
+    def expand(self, question: str, keywords: str, *, terms: int = 2) -> str:
+        """`keywords` followed by (at most `terms`) heading words the docs use for the
+        question's topic; `keywords` unchanged when the vocabulary cannot be read."""
+        if not keywords.strip() or terms <= 0:
             return keywords
         vocabulary = self.vocabulary()
         if vocabulary is None:
             return keywords
-        extra = [word for word, _ in vocabulary.related_heading_terms(question, limit=self.terms)]
+        extra = [word for word, _ in vocabulary.related_heading_terms(question, limit=terms)]
         return " ".join([keywords, *extra]) if extra else keywords
 
 

@@ -4,15 +4,22 @@ rerank, expand split sections with their neighbours, and decide abstention."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from knowledge.abstention import AbstentionModel
+from knowledge.abstention import signals as abstention_signals
+from knowledge.errors import KnowledgeError
+from knowledge.expansion import Expander
 from knowledge.keywords import identifiers, keyword_query
 from knowledge.settings import KnowledgeSettings
 from knowledge.types import Candidate, Chunk, SourceFilter, as_source_filter
+
+logger = logging.getLogger(__name__)
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
@@ -53,14 +60,12 @@ class Retriever:
     """Turns a query into the few passages the answer is built from."""
 
     def __init__(self, *, embedder, store, reranker=None, settings: KnowledgeSettings) -> None:
-        from knowledge.expansion import Expander
-
         self.embedder = embedder
         self.store = store
         self.reranker = reranker
         self.settings = settings
         # Learns the index vocabulary on first use (expansion, abstention signals).
-        self.expander = Expander(store=store, terms=settings.expansion_terms)
+        self.expander = Expander(store=store)
         self.abstention = load_abstention_model(settings)
 
     def retrieve(
@@ -143,11 +148,9 @@ class Retriever:
 
     def signals(self, result: RetrievalResult) -> dict[str, float]:
         """The abstention signals of a result (knowledge.abstention.signals)."""
-        from knowledge.abstention import signals
+        return abstention_signals(result, result.query, self.expander.vocabulary())
 
-        return signals(result, result.query, self.expander.vocabulary())
-
-    def abstention_for(self, result: RetrievalResult):
+    def abstention_for(self, result: RetrievalResult) -> AbstentionModel | None:
         """The fitted abstention model that applies to this result, None when none does."""
         model = self.abstention
         if model is None or result.mode == "bm25":
@@ -197,8 +200,7 @@ class Retriever:
         """The keyword query plus the docs' words for its topic, when expansion is on."""
         if not keywords or not self.settings.query_expansion:
             return keywords
-        self.expander.terms = self.settings.expansion_terms
-        return self.expander.expand(query, keywords)
+        return self.expander.expand(query, keywords, terms=self.settings.expansion_terms)
 
     def _keep_keyword_hits(
         self, found: list[Candidate], query: str, keywords: str, limit: int, names
@@ -285,17 +287,12 @@ class Retriever:
         return expanded
 
 
-def load_abstention_model(settings: KnowledgeSettings):
+def load_abstention_model(settings: KnowledgeSettings) -> AbstentionModel | None:
     """The saved abstention model (ABSTENTION_MODEL), None when absent or unreadable."""
-    from knowledge.abstention import AbstentionModel
-    from knowledge.errors import KnowledgeError
-
     try:
         return AbstentionModel.load(settings.abstention_model_path)
     except KnowledgeError as error:
-        import logging
-
-        logging.getLogger(__name__).warning("%s Using the plain thresholds.", error)
+        logger.warning("%s Using the plain thresholds.", error)
         return None
 
 
