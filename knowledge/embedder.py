@@ -14,6 +14,7 @@ from cachetools import LRUCache
 from tqdm.auto import tqdm
 
 from knowledge.errors import ModelLoadError
+from knowledge.token_cap import keep_head_and_tail
 from knowledge.runtime import (
     choose_device,
     choose_dtype,
@@ -24,6 +25,10 @@ from knowledge.runtime import (
 )
 
 QUERY_CACHE_SIZE = 1024
+# A question longer than this (a pasted log) keeps its head and tail: the query instruction
+# before it always stays, and the embedding pass stays short.
+QUERY_MAX_TOKENS = 512
+_SEAM_SLACK = 4  # tokens re-tokenizing a head + " … " + tail may add, plus the end-of-text token
 _WARM_UP_QUERY = "How do I get started?"
 
 
@@ -39,6 +44,7 @@ class Embedder:
         batch_size: int = 32,
         batch_tokens: int = 1024,
         query_cache_size: int = QUERY_CACHE_SIZE,
+        query_max_tokens: int = QUERY_MAX_TOKENS,
     ) -> None:
         """Load the model once. Raises ModelLoadError (one line) when it is missing or broken.
 
@@ -70,6 +76,10 @@ class Embedder:
             raise ModelLoadError(f"Embedding model {self.model_id!r} does not report its vector size.")
         self.dimension: int = int(dimension)
         self._query_prompt_name = "query" if self._model.prompts.get("query") else None
+        prompt = self._model.prompts.get("query") or ""
+        prompt_tokens = len(self._model.tokenizer.encode(prompt, add_special_tokens=False)) if prompt else 0
+        seq_limit = (self._model.max_seq_length or query_max_tokens + prompt_tokens) - prompt_tokens
+        self.query_max_tokens = max(1, min(query_max_tokens, seq_limit - _SEAM_SLACK))
         self._backend = getattr(self._model.tokenizer, "backend_tokenizer", None)
         if self._backend is None:
             raise ModelLoadError("The embedding model has no fast tokenizer; token counting needs one.")
@@ -89,12 +99,24 @@ class Embedder:
             cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vector = self._encode([text], prompt_name=self._query_prompt_name, progress=False)[0]
+        vector = self._encode([self.capped_query(text)], prompt_name=self._query_prompt_name, progress=False)[0]
         release_free_memory()  # questions run on many worker threads, each filling its arena
         vector.setflags(write=False)  # shared by every later hit
         with self._cache_lock:
             self._cache[text] = vector
         return vector
+
+    def capped_query(self, text: str) -> str:
+        """The question as embedded: at most `query_max_tokens`, its head and tail kept, so the
+        model's query instruction (which comes first) is never what truncation cuts."""
+        with self._lock:
+            self._backend.no_truncation()  # `encode` left the model's truncation switched on
+            return keep_head_and_tail(
+                text,
+                limit=self.query_max_tokens,
+                encode=lambda value: self._backend.encode(value, add_special_tokens=False).ids,
+                decode=self._backend.decode,
+            )
 
     def embed_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Normalized float32 vectors (len(texts), dimension), in input order.

@@ -24,6 +24,7 @@ from knowledge.errors import ModelLoadError
 from knowledge.model_prompts import RERANK_PREFIX as PREFIX
 from knowledge.model_prompts import RERANK_SUFFIX as SUFFIX
 from knowledge.model_prompts import format_pair
+from knowledge.token_cap import keep_head_and_tail
 from knowledge.runtime import (
     choose_device,
     choose_dtype,
@@ -35,6 +36,11 @@ from knowledge.runtime import (
 
 SCORE_CACHE_SIZE = 4096
 MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate forward pass
+# Of RERANK_MAX_TOKENS, at least this share is always left for the document: a long question
+# (a pasted stack trace) is cut to its head and tail instead of crowding every document out.
+MIN_DOCUMENT_SHARE = 0.5
+MIN_QUERY_TOKENS = 16  # a query is never cut below this, even when max_tokens is tiny
+_SEAM_SLACK = 4  # tokens re-tokenizing a head + " … " + tail may add
 
 
 @torch.no_grad()
@@ -82,7 +88,8 @@ class Reranker:
         cache_size: int = SCORE_CACHE_SIZE,
     ) -> None:
         """Load tokenizer and model once. `max_tokens` bounds the whole model input, as the model
-        card's max_length does (the document, last in the prompt, is what gets cut).
+        card's max_length does (the document, last in the prompt, is what gets cut); a query
+        longer than leaves MIN_DOCUMENT_SHARE of it to the document keeps its head and tail.
 
         Raises ModelLoadError (one line) when the model is missing, broken or not a yes/no reranker.
         """
@@ -108,6 +115,11 @@ class Reranker:
         self._body_budget = max_tokens - len(self._prefix_ids) - len(self._suffix_ids)
         if self._body_budget < 8:
             raise ModelLoadError(f"RERANK_MAX_TOKENS={max_tokens} leaves no room for the query and document.")
+        pair_overhead = len(self.tokenizer.encode(format_pair(instruction, "", ""), add_special_tokens=False))
+        self.query_max_tokens = max(
+            MIN_QUERY_TOKENS,
+            self._body_budget - pair_overhead - int(MIN_DOCUMENT_SHARE * max_tokens) - _SEAM_SLACK,
+        )
         # The two LM-head rows that matter, as float32: logits for "no" and "yes" from the last hidden state.
         head = self.model.get_output_embeddings().weight
         self._answer_rows = head[[self._no_id, self._yes_id]].detach().float()
@@ -146,15 +158,30 @@ class Reranker:
         """Score one short pair (bypassing the cache) so the first real question is not slow."""
         self._score_uncached("How do I get started?", ["Install the package, then run it."])
 
+    def model_inputs(self, query: str, documents: Sequence[str]) -> list[list[int]]:
+        """The token ids the model reads for each (query, document) pair: prompt, capped query,
+        document cut to what is left of max_tokens."""
+        with self._lock:
+            return self._sequences(query, documents)
+
+    def _sequences(self, query: str, documents: Sequence[str]) -> list[list[int]]:
+        query = keep_head_and_tail(
+            query,
+            limit=self.query_max_tokens,
+            encode=lambda text: self.tokenizer.encode(text, add_special_tokens=False),
+            decode=self.tokenizer.decode,
+        )
+        encoded = self.tokenizer(
+            [format_pair(self.instruction, query, doc) for doc in documents],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self._body_budget,
+        )["input_ids"]
+        return [self._prefix_ids + ids + self._suffix_ids for ids in encoded]
+
     def _score_uncached(self, query: str, documents: Sequence[str]) -> list[float]:
         with self._lock:
-            encoded = self.tokenizer(
-                [format_pair(self.instruction, query, doc) for doc in documents],
-                add_special_tokens=False,
-                truncation=True,
-                max_length=self._body_budget,
-            )["input_ids"]
-            sequences = [self._prefix_ids + ids + self._suffix_ids for ids in encoded]
+            sequences = self._sequences(query, documents)
             # System prompt, instruction and query are the same tokens in every sequence: run them once
             # and let each batch attend to their cached keys/values (~7% less CPU at 350-token passages).
             shared = _common_prefix_length(sequences)

@@ -246,3 +246,16 @@ def test_loading_the_model_caps_malloc_arenas_for_later_worker_threads(tiny_embe
     # Without the cap each of the eight threads gets an arena of its own (RSS grew ~1 GB in the bench).
     assert _arenas_after_threads("") > 4
     assert _arenas_after_threads(str(tiny_embedder_path)) <= 2
+
+
+def test_a_2000_char_question_keeps_the_instruction_head_and_tail(tiny_embedder):
+    question = ("Why does my insert fail? " + "File ingest.py, line 42, in insert_rows; " * 60)[:1970]
+    question += " MilvusException: not loaded"
+    capped = tiny_embedder.capped_query(question)
+    assert capped != question
+    assert capped.startswith("Why does my insert fail?") and capped.endswith("MilvusException: not loaded")
+    assert tiny_embedder.count_tokens(capped) <= tiny_embedder.query_max_tokens + 4
+    short = "How is data stored?"
+    assert tiny_embedder.capped_query(short) == short
+    vector = tiny_embedder.embed_query(question)  # the long question embeds, from the capped text
+    np.testing.assert_allclose(vector, tiny_embedder.embed_query(capped), atol=1e-6)

@@ -198,3 +198,30 @@ def test_tiny_tokenizer_has_the_qwen_specials_and_reads_any_text(tiny_tokenizer_
         assert tokenizer.encode(token, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(token)]
     text = "Milvus 向量数据库 — naïve café ✓ emoji 🚀 and unseen words like zyxwvut"
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+# A pasted stack trace: 2,000 characters (MAX_QUESTION_CHARS), the real question at both ends.
+LONG_QUESTION = (
+    "Why does my insert fail? " + "  File \"/app/ingest.py\", line 42, in insert_rows\n" * 40
+)[:1961] + " MilvusException: collection not loaded"
+
+
+def test_a_2000_char_question_leaves_each_document_its_share(tiny_reranker):
+    assert len(LONG_QUESTION) == 2000
+    long_docs = [f"{doc} " * 200 for doc in DOCS[:4]]  # each far longer than the share
+    sequences = tiny_reranker.model_inputs(LONG_QUESTION, long_docs)
+    bare = len(tiny_reranker.model_inputs(LONG_QUESTION, [""])[0])  # the same prompt, no document
+    share = int(reranker_module.MIN_DOCUMENT_SHARE * tiny_reranker.max_tokens)
+    for ids in sequences:
+        assert len(ids) <= tiny_reranker.max_tokens
+        assert len(ids) - bare >= share
+    text = tiny_reranker.tokenizer.decode(sequences[0])
+    assert "Why does my insert fail?" in text and "collection not loaded" in text  # head and tail kept
+    # The documents are read, so their scores differ (cut away, all would score the same).
+    scores = tiny_reranker.score(LONG_QUESTION, long_docs, use_cache=False)
+    assert max(scores) - min(scores) > 1e-5
+
+
+def test_short_questions_are_not_cut(tiny_reranker):
+    text = tiny_reranker.tokenizer.decode(tiny_reranker.model_inputs(QUERY, ["etcd"])[0])
+    assert f"<Query>: {QUERY}\n<Document>: etcd" in text
