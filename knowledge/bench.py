@@ -93,13 +93,14 @@ def run_bench(
     from knowledge.embedder import Embedder
     from knowledge.reranker import Reranker
     from knowledge.retriever import Retriever
-    from knowledge.runtime import configure_torch_threads, limit_malloc_arenas
+    from knowledge.runtime import configure_threads, limit_malloc_arenas
 
     say = _reporter(progress)
     arenas_capped = limit_malloc_arenas()  # as the product does before its first worker thread (see runtime)
     started, cpu_started = time.perf_counter(), time.process_time()
     load_before = _load_average()
-    threads = configure_torch_threads(settings.torch_threads)
+    thread_plan = configure_threads(torch_threads=settings.torch_threads, model_calls=settings.model_calls)
+    threads = thread_plan.torch_threads
     embedding_model, reranker_model = _models(settings, shape, say)
     sources, corpus_label = _sources(settings, corpus)
     items = _questions(questions, max_questions, quick)

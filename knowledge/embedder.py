@@ -20,6 +20,7 @@ from knowledge.runtime import (
     choose_dtype,
     first_line,
     limit_malloc_arenas,
+    model_call,
     release_free_memory,
     resolve_model_source,
 )
@@ -187,7 +188,7 @@ class Embedder:
     ) -> np.ndarray:
         # One encode at a time: the shared HF tokenizer is not safe to reconfigure concurrently,
         # and two forward passes would only fight over the same cores.
-        with self._lock:
+        with self._lock, model_call():
             self.encode_calls += 1
             vectors = self._model.encode(
                 texts,

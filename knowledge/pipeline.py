@@ -88,9 +88,9 @@ class KnowledgeBase:
 
         if not (settings.embedding_base_url and (settings.reranker_base_url or not settings.reranking)):
             # A model runs here: only then is torch imported (remote models keep the process small).
-            from knowledge.runtime import configure_torch_threads
+            from knowledge.runtime import configure_threads
 
-            configure_torch_threads(settings.torch_threads)
+            configure_threads(torch_threads=settings.torch_threads, model_calls=settings.model_calls)
         embedder = make_embedder(settings)
         reranker = make_reranker(settings) if settings.reranking else None
         store = VectorStore(

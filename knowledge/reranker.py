@@ -30,6 +30,7 @@ from knowledge.runtime import (
     choose_dtype,
     first_line,
     limit_malloc_arenas,
+    model_call,
     release_free_memory,
     resolve_model_source,
 )
@@ -202,9 +203,10 @@ class Reranker:
     @torch.inference_mode()
     def _prefix_cache(self, prefix: list[int]):
         self.forward_calls += 1
-        output = self.model.base_model(
-            input_ids=torch.tensor([prefix], dtype=torch.long, device=self.device), use_cache=True
-        )
+        with model_call():
+            output = self.model.base_model(
+                input_ids=torch.tensor([prefix], dtype=torch.long, device=self.device), use_cache=True
+            )
         return output.cache if hasattr(output, "cache") else output.past_key_values
 
     @torch.inference_mode()
@@ -224,12 +226,13 @@ class Reranker:
             cache.batch_repeat_interleave(rows)
             cache_kwargs = {self._cache_argument: cache, "use_cache": True}
         self.forward_calls += 1
-        hidden = self.model.base_model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=position_ids.to(self.device),
-            **(cache_kwargs or {"use_cache": False}),
-        ).last_hidden_state
+        with model_call():  # per batch: another question's embedding can run between batches
+            hidden = self.model.base_model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                position_ids=position_ids.to(self.device),
+                **(cache_kwargs or {"use_cache": False}),
+            ).last_hidden_state
         last = torch.tensor([len(ids) - 1 for ids in tails], device=hidden.device)
         hidden = hidden[torch.arange(rows, device=hidden.device), last]  # each row's final real token
         logits = hidden.float() @ self._answer_rows.T  # (rows, 2): [no, yes]

@@ -1,4 +1,8 @@
-"""Where and how models run: device, dtype, torch threads, and where their files are.
+"""Where and how models run: device, dtype, threads, and where their files are.
+
+Threads are sized together: torch's intra-op threads times the model calls allowed
+to run at once (`model_call`, shared by the embedder and the reranker) never exceeds
+the cores, however many questions are in flight.
 
 `resolve_model_source` is the one gate between a configured model name and the
 loaders: it never lets transformers try the Hugging Face hub when it cannot be
@@ -12,6 +16,10 @@ import ctypes.util
 import functools
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -90,6 +98,69 @@ def configure_torch_threads(threads: int) -> int:
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How the cores are shared: `model_calls` forward passes at once, each on `torch_threads`."""
+
+    cores: int
+    torch_threads: int
+    model_calls: int
+
+
+# One forward pass at a time until configure_threads says otherwise: two passes on all cores
+# each (an embedding for one question while another is reranked) fight over the same cores.
+_model_slots = threading.BoundedSemaphore(1)
+_model_slot_count = 1
+_plan_lock = threading.Lock()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_threads(*, torch_threads: int = 0, model_calls: int = 0, cores: int | None = None) -> ThreadPlan:
+    """Size torch threads and concurrent model calls together (0 = derive from the other and the cores).
+
+    Neither set: one call at a time on every core (lowest latency per question, and two
+    questions in flight take turns instead of oversubscribing). One set: the other is
+    cores divided by it. Both set: taken as given.
+    """
+    cores = cores or usable_cores()
+    if torch_threads <= 0 and model_calls <= 0:
+        return ThreadPlan(cores=cores, torch_threads=cores, model_calls=1)
+    if torch_threads <= 0:
+        return ThreadPlan(cores=cores, torch_threads=max(1, cores // model_calls), model_calls=model_calls)
+    if model_calls <= 0:
+        return ThreadPlan(cores=cores, torch_threads=torch_threads, model_calls=max(1, cores // torch_threads))
+    return ThreadPlan(cores=cores, torch_threads=torch_threads, model_calls=model_calls)
+
+
+def configure_threads(*, torch_threads: int = 0, model_calls: int = 0) -> ThreadPlan:
+    """Apply `plan_threads` to this process: torch's thread count and the model-call slots.
+
+    Call before the first question (a call in progress keeps the slot it holds).
+    """
+    global _model_slots, _model_slot_count
+    plan = plan_threads(torch_threads=torch_threads, model_calls=model_calls)
+    configure_torch_threads(plan.torch_threads)
+    with _plan_lock:
+        if _model_slot_count != plan.model_calls:
+            _model_slots, _model_slot_count = threading.BoundedSemaphore(plan.model_calls), plan.model_calls
+    return plan
+
+
+@contextmanager
+def model_call() -> Iterator[None]:
+    """Hold one of the process's model-call slots for the duration of a forward pass."""
+    slots = _model_slots
+    with slots:
+        yield
 
 
 def limit_malloc_arenas(arenas: int = DEFAULT_MALLOC_ARENAS) -> bool:

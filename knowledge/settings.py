@@ -60,7 +60,12 @@ class KnowledgeSettings(BaseSettings):
     rerank_batch_size: int = Field(default=4, ge=1)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    torch_threads: int = Field(default=0, ge=0)  # 0: all cores, shared by the workers
+    torch_threads: int = Field(default=0, ge=0)  # 0: cores / model_calls
+
+    # Speed on any CPU (docs/performance.md): threads sized together, a latency budget for reranking
+    model_calls: int = Field(default=0, ge=0)  # forward passes at once; 0: cores / torch_threads (1 by default)
+    answer_budget_ms: float = Field(default=1500.0, ge=0)  # embed + search + rerank; 0: always rerank all
+    rerank_skip_when_sure: bool = True  # dense and keyword search agree clearly: rerank only the first
 
     # Model servers (knowledge/model_servers.py): empty URLs run the models in this process.
     embedding_base_url: str = ""  # OpenAI-style POST {base}/embeddings, e.g. http://vllm-embed:8000/v1
