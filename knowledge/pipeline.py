@@ -118,7 +118,7 @@ class KnowledgeBase:
                     cooldown=settings.answer_breaker_cooldown,
                 ),
             )
-        return cls(
+        kb = cls(
             settings=settings,
             embedder=embedder,
             reranker=reranker,
@@ -126,6 +126,9 @@ class KnowledgeBase:
             indexer=indexer,
             answerer=answerer,
         )
+        if kb.retriever.rerank_budget is not None:
+            kb.retriever.rerank_budget.calibrate()  # this machine's rerank speed, for ANSWER_BUDGET_MS
+        return kb
 
     # Asking ----------------------------------------------------------------------
     def ask(
@@ -167,6 +170,7 @@ class KnowledgeBase:
             timings_ms=timings,
             search_query=search_query,
             language=language,
+            rerank=result.rerank.to_dict(),
         )
 
         if self.retriever.should_abstain(result):

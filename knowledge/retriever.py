@@ -16,6 +16,7 @@ from knowledge.abstention import signals as abstention_signals
 from knowledge.errors import KnowledgeError
 from knowledge.expansion import Expander
 from knowledge.keywords import identifiers, keyword_query
+from knowledge.rerank_budget import BudgetedReranker, RerankReport
 from knowledge.settings import KnowledgeSettings
 from knowledge.types import Candidate, Chunk, SourceFilter, as_source_filter
 
@@ -54,6 +55,7 @@ class RetrievalResult:
     mode: str = "dense"
     reranked: bool = False
     query: str = ""  # what was searched (abstention reads its words)
+    rerank: RerankReport = field(default_factory=RerankReport)  # what reranking did, and why
 
 
 class Retriever:
@@ -67,6 +69,12 @@ class Retriever:
         # Learns the index vocabulary on first use (expansion, abstention signals).
         self.expander = Expander(store=store)
         self.abstention = load_abstention_model(settings)
+        # What of the candidates to rerank within ANSWER_BUDGET_MS (knowledge/rerank_budget.py).
+        self.rerank_budget = None if reranker is None else BudgetedReranker(
+            reranker=reranker,
+            budget_ms=settings.answer_budget_ms,
+            skip_when_sure=settings.rerank_skip_when_sure,
+        )
 
     def retrieve(
         self,
@@ -107,12 +115,21 @@ class Retriever:
         top_n = self.settings.rerank_top_n
         final = [dataclasses.replace(c) for c in candidates]
         if use_reranker and final:
-            scores = self.reranker.score(query, [c.chunk.search_text for c in final])
+            keywords = keyword_query(query) if mode == "hybrid" else ""
+            scores, result.rerank = self.rerank_budget.scores(
+                query,
+                final,
+                spent_ms=timings["embed"] + timings["search"],
+                keyword_hits=(lambda: self.store.search_bm25(
+                    keywords, limit=2, source_names=as_source_filter(source_names)))
+                if keywords and getattr(self.store, "supports_hybrid", False) else None,
+            )
+            result.reranked = result.rerank.reranked > 0
             # The retrieved list keeps the scores too: `ask --json` shows every candidate's.
             for candidate, retrieved, score in zip(final, candidates, scores):
-                candidate.rerank_score = retrieved.rerank_score = float(score)
-            # Stable sort: ties keep retrieval order.
-            final.sort(key=lambda c: -(c.rerank_score or 0.0))
+                candidate.rerank_score = retrieved.rerank_score = score
+            # Stable sort: ties keep retrieval order; candidates the budget left unscored follow.
+            final.sort(key=lambda c: -(c.rerank_score if c.rerank_score is not None else -1.0))
         timings["rerank"] = _ms(started)
         final = final[:top_n]
         for rank, candidate in enumerate(final, start=1):

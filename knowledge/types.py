@@ -161,6 +161,9 @@ class Answer:
     search_query: str = ""  # the standalone query retrieval used (after follow-up rewriting)
     language: str = "en"  # the language of the question ("en", "zh", ...)
     note: str = ""  # why the answer is not a model answer (no API key, model failed, ...)
+    # What reranking did within the answer budget: strategy (whole, windows, skipped, off),
+    # reason (budget, sure), how many candidates were reranked, window size, timings.
+    rerank: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -174,6 +177,7 @@ class Answer:
             "search_query": self.search_query,
             "language": self.language,
             "note": self.note,
+            "rerank": self.rerank,
         }
 
 
