@@ -18,6 +18,7 @@ Nothing here calls a model other than the reranker's `score`.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -27,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 from knowledge.keywords import analyze, keyword_query
 from knowledge.types import Candidate, Chunk, strip_link_targets
+
+log = logging.getLogger(__name__)
 
 # The smallest window worth scoring: about two sentences.
 MIN_WINDOW_TOKENS = 64
@@ -214,7 +217,8 @@ class BudgetedReranker:
         """Time one ~200-token input (a fresh query, so no cache answers) if nothing is known yet.
 
         Called at start; until then (or without it) the first question reranks everything
-        and its timing is the first measurement.
+        and its timing is the first measurement. Never raises: a reranker that fails here (a
+        model server not up yet) is reported by the first question that needs it.
         """
         if self.budget_ms <= 0:
             return
@@ -223,7 +227,11 @@ class BudgetedReranker:
                 return
             query = f"How fast is reranking on this machine? ({time.time_ns()})"
             document = "Milvus keeps inserted data in object storage and metadata in etcd. " * 9
-            self._timed_score(query, [document])
+            try:
+                self._timed_score(query, [document])
+            except Exception as error:  # noqa: BLE001 - start-up must not fail on a timing
+                reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+                log.warning("Could not time the reranker at start (%s); the first question will.", reason)
 
     def scores(
         self,

@@ -215,3 +215,14 @@ def test_the_answer_records_what_was_reranked(make_kb):
     assert record["strategy"] == "whole" and record["reranked"] == record["candidates"] > 0
     assert record["ms_per_token"] > 0  # calibrated when the knowledge base started
     assert all(c.rerank_score is not None for c in answer.candidates)
+
+
+class DownReranker:
+    def score(self, query, documents):
+        raise ConnectionError("model server not up yet")
+
+
+def test_calibration_never_stops_the_start():
+    budget = BudgetedReranker(reranker=DownReranker(), budget_ms=1500)
+    budget.calibrate()  # logs, does not raise
+    assert budget.cost.ms_per_token is None
