@@ -9,10 +9,10 @@ from slack_bolt import App
 from bot.listeners import assistant, middleware
 from bot.listeners.actions import feedback, handoff, learned, share
 from bot.listeners.commands import register as register_commands
-from bot.listeners.events import app_home_opened, app_mention, message
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
 from bot.listeners.events import app_home_opened, app_mention, message, message_edits, reaction_added
 from bot.listeners.shortcuts import save_answer
+from bot.access import parse_source_access
 from bot.services import Services
 from knowledge.errors import SourceError
 from knowledge.prompts import TEAM_ANSWERS_SOURCE
@@ -52,4 +52,9 @@ def _check_channel_sources(services: Services) -> None:
     unknown = services.rules.unknown_sources(known)
     if unknown:
         log.warning("CHANNEL_SOURCES names %s, which KNOWLEDGE_SOURCES does not define (known: %s)",
+                    ", ".join(unknown), ", ".join(sorted(known)))
+    # Restrictions registered later (bot.access.restrict) name their own sources; these come from settings.
+    unknown = sorted(set(parse_source_access(services.settings.source_access)) - known)
+    if unknown:
+        log.warning("SOURCE_ACCESS names %s, which KNOWLEDGE_SOURCES does not define (known: %s)",
                     ", ".join(unknown), ", ".join(sorted(known)))

@@ -111,11 +111,15 @@ def derived_name(location: str) -> str:
     kind = source_kind(location)
     if kind == "git":
         location = split_git_location(location)[0]
-    parts = urlsplit(location) if "://" in location else None
-    if kind in ("sitemap", "crawl") and parts is not None:
-        base = parts.hostname or ""
+    if kind in ("sitemap", "crawl"):
+        base = urlsplit(location).hostname or ""
     else:
-        path = parts.path if parts is not None else location.rsplit(":", 1)[-1] if kind == "git" else location
+        if "://" in location:
+            path = urlsplit(location).path
+        elif kind == "git":
+            path = location.rsplit(":", 1)[-1]  # git@host:org/repo.git
+        else:
+            path = location
         base = PurePosixPath(unquote(path).replace("\\", "/").rstrip("/")).name
         for suffix in (".zip", ".git", ".pdf"):
             base = base[: -len(suffix)] if base.lower().endswith(suffix) else base
