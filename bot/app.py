@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 
 from slack_bolt import App
@@ -13,11 +16,12 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 from bot import listeners
 from bot.access import SourceAccess
 from bot.channels import ChannelRules
-from bot.dedupe import SeenKeys
 from bot.learning import Learner
 from bot.limits import UserLimiter
 from bot.observability import Metrics
 from bot.state import Database, Records
+from bot.state.claims import Claims
+from bot.state.limits import SharedLimits
 from bot.state.saved_answers import SavedAnswers
 from bot.responder import Responder
 from bot.services import Services
@@ -56,6 +60,11 @@ def web_client(settings: BotSettings) -> WebClient:
     )
 
 
+def replica_id() -> str:
+    """This process among the replicas: host, pid and a random part (pids repeat across restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def build_app(
     settings: BotSettings, kb, *, database: Database | None = None, metrics: Metrics | None = None
 ) -> SupportBot:
@@ -88,6 +97,7 @@ def build_app(
         logger=logging.getLogger("slack_bolt"),
     )
     owns_database = database is None
+    holder = replica_id()
     database = database or Database.from_settings(settings)
     records = Records(database=database)
     metrics = metrics or Metrics(process_metrics=False)
@@ -111,9 +121,12 @@ def build_app(
         database=database,
         owns_database=owns_database,
         pool=WorkerPool(workers=settings.bot_workers, queue_size=settings.bot_queue_size),
-        seen=SeenKeys(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries),
+        claims=Claims(database=database, holder=holder, lease_seconds=settings.claim_lease_seconds),
         responder=responder,
-        limiter=UserLimiter(per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent),
+        limiter=UserLimiter(
+            per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent,
+            shared=SharedLimits(database=database, holder=holder, lease_seconds=settings.claim_lease_seconds),
+        ),
         metrics=metrics,
         rules=rules,
         access=access,

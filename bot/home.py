@@ -1,8 +1,8 @@
 """The App Home tab: how to ask for everyone; the last days' figures for admins.
 
-Figures come from the answers/feedback SQLite record (bot.records, as for
-`supportbot feedback`) and the index from the refresher's (or the knowledge
-base's) status.
+Figures come from the records in the state database (bot.state, as for
+`supportbot feedback`; questions from private conversations are counted, never
+quoted) and the index from the refresher's (or the knowledge base's) status.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 
 from bot.mrkdwn import escape
-from bot.records import Insights
+from bot.state import Insights
 
 INSIGHT_DAYS = 7
 TOP_GAPS = 5
@@ -70,6 +70,9 @@ def insight_blocks(insights: Insights, index: dict, *, days: int = INSIGHT_DAYS)
     )
     gaps = "\n".join(f"{n}. {escape(_short(q))}" + (f" _(×{times})_" if times > 1 else "")
                      for n, (q, times) in enumerate(insights.gaps, 1))
+    if insights.private_gaps:
+        gaps += f"\n_and {insights.private_gaps} asked in private conversations (not shown)_"
+        gaps = gaps.lstrip("\n")
     blocks = [
         {"type": "divider"},
         _header(f"Last {days} days (admins)"),

@@ -5,6 +5,11 @@ serving process. One refresh at a time: the schedule and `/reindex` share one
 claim here (a friendly "already running since ..." instead of an exception),
 and the indexer's own thread + file lock still guards against the CLI.
 
+With `runs` (bot.state.refresh_runs.RefreshRuns) the claim and the run history
+live in the state database: across replicas at most one refresh runs, each
+scheduled tick runs once (interval schedules are aligned to the epoch so all
+replicas tick together), and every replica's status shows the same runs.
+
 REINDEX_SCHEDULE accepts:
   "0 3 * * *"              a 5-field crontab (minute hour day month weekday) in the
                            server's time zone; weekday 0 and 7 are Sunday, as in cron
@@ -21,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -50,6 +55,8 @@ _INTERVAL = re.compile(
 )
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_INTERVAL_ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)
+TICK_TOLERANCE = 30.0  # seconds a replica's scheduler may fire late and still name the same tick
 
 
 class ScheduleError(KnowledgeError):
@@ -68,7 +75,8 @@ def parse_schedule(value: str, *, timezone=None) -> BaseTrigger | None:
     if seconds is not None:
         if seconds <= 0:
             raise ScheduleError(f"REINDEX_SCHEDULE={value!r}: the interval must be positive")
-        return IntervalTrigger(seconds=seconds, timezone=timezone)
+        # Aligned to a fixed start, so every replica computes the same fire times (one run per tick).
+        return IntervalTrigger(seconds=seconds, timezone=timezone, start_date=_INTERVAL_ANCHOR)
     fields = text.split(" ")
     try:
         if len(fields) != 5:
@@ -134,6 +142,7 @@ class RunRecord:
     report: dict | None = None  # RefreshReport.to_dict() when it succeeded
     error: str = ""  # a one-line reason when it failed
     skipped: str = ""  # why nothing ran (another process held the refresh lock)
+    run_id: int = 0  # its row in the state database's refresh runs (0: not recorded there)
 
     @property
     def ok(self) -> bool:
@@ -172,8 +181,10 @@ class Refresher:
         timezone=None,
         misfire_grace_seconds: int = 3600,
         progress_after: tuple[float, ...] = DEFAULT_PROGRESS_AFTER,
+        runs=None,
     ) -> None:
         self.kb = kb
+        self.runs = runs  # bot.state.refresh_runs.RefreshRuns: one refresh across replicas
         self.schedule = schedule
         self.metrics = metrics
         self.clock = clock
@@ -219,12 +230,32 @@ class Refresher:
         return when.timestamp() if when is not None else None
 
     def _scheduled_run(self) -> None:
+        if self.runs is not None:
+            tick = self._current_tick()
+            try:
+                won = tick is None or self.runs.claim_tick(tick)
+            except Exception as error:  # noqa: BLE001 - the database is down: the next tick retries
+                log.warning("scheduled refresh skipped: cannot reach the state database (%s)", one_line(error))
+                return
+            if not won:
+                log.info("scheduled refresh of this tick runs on another replica")
+                return
         record = self._claim(by=SCHEDULE_BY, rebuild=False)
         if isinstance(record, str):
             log.info("scheduled refresh skipped: %s", record)
             self._record_metric("busy")
             return
         self._run(record, notify=None)
+
+    def _current_tick(self) -> float | None:
+        """The fire time this scheduled run belongs to (the same on every replica)."""
+        if self._trigger is None:
+            return None
+        interval = getattr(self._trigger, "interval", None)
+        tolerance = min(TICK_TOLERANCE, interval.total_seconds() / 2) if interval else TICK_TOLERANCE
+        now = datetime.fromtimestamp(self.clock(), tz=UTC) - timedelta(seconds=tolerance)
+        fire = self._trigger.get_next_fire_time(None, now)
+        return fire.timestamp() if fire is not None else None
 
     # ---- on request ------------------------------------------------------------------
 
@@ -263,8 +294,17 @@ class Refresher:
             running = self._state.running
             if running is not None:
                 return busy_message(running.started_at, running.by)
-            self._state.running = RunRecord(by=by, rebuild=rebuild, started_at=self.clock())
-            return self._state.running
+            record = RunRecord(by=by, rebuild=rebuild, started_at=self.clock())
+            if self.runs is not None:
+                try:
+                    started = self.runs.start(by=by, rebuild=rebuild)
+                except Exception as error:  # noqa: BLE001 - no shared claim, no run (another replica may hold it)
+                    return f"Cannot start a refresh: the state database is unavailable ({_shown(one_line(error))})."
+                if not isinstance(started, int):
+                    return busy_message(started.started_at, started.by)
+                record.run_id = started
+            self._state.running = record
+            return record
 
     def _run(self, record: RunRecord, *, notify: Notify | None) -> RunRecord:
         done = threading.Event()
@@ -303,6 +343,13 @@ class Refresher:
             with notes:
                 done.set()
             record.finished_at = self.clock()
+            if self.runs is not None and record.run_id:
+                state = "skipped" if record.skipped else "ok" if record.ok else "failed"
+                try:
+                    self.runs.finish(record.run_id, state=state, report=record.report, error=record.error,
+                                     skipped=record.skipped)
+                except Exception as error:  # noqa: BLE001 - its lease lapses; the run reads as stopped
+                    log.warning("could not record the end of refresh run %d: %s", record.run_id, one_line(error))
             with self._lock:
                 self._state.running = None
                 self._state.thread = None
@@ -339,6 +386,17 @@ class Refresher:
         """Last run (time, counts or error), the running one, the next scheduled run, the index."""
         with self._lock:
             running, last = self._state.running, self._state.last
+        if self.runs is not None:
+            try:  # what any replica runs or ran, not only this one
+                shared_running, shared_last = self.runs.running(), self.runs.last()
+                running = running or (shared_running and RunRecord(
+                    by=shared_running.by, rebuild=shared_running.rebuild, started_at=shared_running.started_at))
+                if shared_last is not None and (last is None or (shared_last.finished_at or 0) > (last.finished_at or 0)):
+                    last = RunRecord(by=shared_last.by, rebuild=shared_last.rebuild, started_at=shared_last.started_at,
+                                     finished_at=shared_last.finished_at, report=shared_last.report,
+                                     error=shared_last.error, skipped=shared_last.skipped, run_id=shared_last.id)
+            except Exception as error:  # noqa: BLE001 - status answers from this replica's memory then
+                log.warning("refresh runs unavailable: %s", one_line(error))
         result = {
             "schedule": self.schedule,
             "scheduled": self._trigger is not None,

@@ -23,7 +23,7 @@ from bot.history import thread_history
 from bot.outcomes import log_outcome
 from bot.mrkdwn import escape
 from bot.observability import Metrics
-from bot.records import Records
+from bot.state import Records
 from bot.settings import BotSettings
 from knowledge.errors import InvalidQuestionError, KnowledgeError, StoreError
 from knowledge.types import Answer, SourceFilter
@@ -49,6 +49,7 @@ class Question:
     message_ts: str  # the question's own message
     assistant: bool = False  # the assistant pane: status line instead of a placeholder
     team: str = ""
+    conversation: str = ""  # channel, private, im, mpim, assistant (private ones are never quoted to admins)
     received_at: float = field(default_factory=time.monotonic)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # ties its log lines together
 
@@ -172,7 +173,7 @@ class Responder:
         try:
             record_id = self._records.record_answer(
                 answer, user_id=question.user, channel=question.channel, thread_ts=question.thread_ts,
-                question_ts=question.message_ts,
+                question_ts=question.message_ts, conversation=question.conversation,
             )
             if self.learner is not None:
                 self.learner.record_uses(answer, record_id)

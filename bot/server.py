@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -19,10 +20,13 @@ from bot.logging_setup import adopt_library_loggers
 from bot.observability import Metrics, ObservabilityServer
 from bot.refresher import Refresher
 from bot.settings import BotSettings
+from bot.state.refresh_runs import RefreshRuns
+from bot.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+RUNS_KEPT_SECONDS = 90 * 86400.0  # refresh run history shown by /reindex status
 
 _SETUP_HELP = (
     "Slack is not configured. Set SLACK_BOT_TOKEN (xoxb-...) and either SLACK_APP_TOKEN "
@@ -90,13 +94,27 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
     stop = stop or threading.Event()
     _stop_on_sigterm(stop)
     metrics = Metrics()
-    # Milvus Lite opens in one process only, so scheduled and /reindex refreshes run here.
-    refresher = Refresher(kb=kb, schedule=settings.reindex_schedule, metrics=metrics)
     bot = build_app(settings, kb, metrics=metrics)
-    bot.services.refresher = refresher
+    services = bot.services
+    # Milvus Lite opens in one process only, so scheduled and /reindex refreshes run here;
+    # the state database makes it one refresh (and one per scheduled tick) across replicas.
+    runs = RefreshRuns(database=services.database, holder=services.claims.holder,
+                       lease_seconds=settings.claim_lease_seconds)
+    try:
+        refresher = Refresher(kb=kb, schedule=settings.reindex_schedule, metrics=metrics, runs=runs)
+    except Exception:
+        bot.close()
+        raise
+    services.refresher = refresher
+    sweeper = Sweeper(
+        renew=[services.renew_leases, runs.renew], take_over=services.take_over,
+        purge=lambda: (services.purge(), runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS)),
+        lease_seconds=settings.claim_lease_seconds, sweep_seconds=settings.claim_sweep_seconds,
+    )
     observability = None
     try:
         refresher.start()
+        sweeper.start()
         if kb.status().get("serves_until_rebuilt"):
             # Keywords analysed by an older version: answer (dense only) while it rebuilds.
             log.info(refresher.request(rebuild=True, by="start-up"))
@@ -132,6 +150,7 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         if bot.services.drain(grace):
             log.info("all answers in flight were delivered")
         refresher.shutdown(timeout=5)
+        sweeper.stop()
         if observability is not None:
             observability.stop()
         bot.close()

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bot.access import SourceAccess
 from bot.channels import ChannelRules
-from bot.dedupe import SeenKeys
 from bot.limits import UserLimiter
 from bot.observability import Metrics
 from bot.outcomes import log_outcome
-from bot.state import Database, Records
-from bot.responder import Question, Responder
+from bot.state import Database, Records, StateError
+from bot.state.claims import Claims, ClaimedQuestion
+from bot.responder import Progress, Question, Responder
 from bot.settings import BotSettings
 from bot.workers import WorkerPool
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day unless LOG_QUESTIONS
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
 
 
@@ -34,7 +36,7 @@ class Services:
     database: Database
     owns_database: bool
     pool: WorkerPool
-    seen: SeenKeys
+    claims: Claims  # durable: one replica handles each event and each question
     responder: Responder
     limiter: UserLimiter
     metrics: Metrics
@@ -45,9 +47,20 @@ class Services:
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
 
     def ask(self, question: Question) -> bool:
-        """Queue a question (once per Slack message); False if it was a duplicate."""
+        """Queue a question (once per Slack message, across replicas); False if it was a duplicate."""
         # app_mention and message events both arrive for a mention in a thread: answer once.
-        if not self.seen.first_time(f"msg:{question.channel}:{question.message_ts}"):
+        try:
+            key = self.claims.claim_question(
+                channel=question.channel, message_ts=question.message_ts, thread_ts=question.thread_ts,
+                user=question.user, team=question.team, text=question.text, assistant=question.assistant,
+                conversation=question.conversation,
+            )
+        except StateError as error:
+            # Answer unclaimed rather than drop it: a database blip must not lose a question.
+            log.warning("cannot claim the question %s/%s (%s): answering it unclaimed",
+                        question.channel, question.message_ts, error)
+            key = ""
+        if key is None:
             log.debug("duplicate message %s/%s ignored", question.channel, question.message_ts)
             return False
         self.metrics.questions.inc()
@@ -55,6 +68,7 @@ class Services:
         if self.stopping:
             self.responder.refuse(question, SHUTTING_DOWN_TEXT)
             log_outcome(question, "shutting_down", log_questions=log_questions)
+            self._finish(key)
             return True
         user_key = f"{question.team}:{question.user}"
         decision = self.limiter.try_acquire(user_key)
@@ -62,34 +76,103 @@ class Services:
             self.metrics.record_error(f"user_{decision.reason}")
             self.responder.refuse(question, decision.message)
             log_outcome(question, f"refused_{decision.reason}", log_questions=log_questions)
+            self._finish(key)
             return True
         try:
             progress = self.responder.start(question)
-            submitted = self.pool.submit(self._answer, question, progress, user_key)
+            if key:
+                self.claims.set_placeholder(key, progress.placeholder_ts)
+            submitted = self.pool.submit(self._answer, question, progress, user_key, key)
         except Exception:
             # Never keep the person's slot (they would be "still working" forever).
             self.limiter.release(user_key)
             self.metrics.record_error("intake")
             log.exception("could not queue the question %s/%s", question.channel, question.message_ts)
             log_outcome(question, "error", log_questions=log_questions)
+            self._finish(key)
             return True
         if submitted is None:
             self.limiter.release(user_key)
             self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)
             log_outcome(question, "busy", log_questions=log_questions)
+            self._finish(key)
             return True
         self.metrics.queue_depth.inc()
         return True
 
-    def _answer(self, question: Question, progress, user_key: str) -> None:
+    def take_over(self) -> int:
+        """Answer questions whose replica died after acknowledging them; how many were taken."""
+        if self.stopping:
+            return 0
+        taken = 0
+        for claimed in self.claims.take_lapsed(limit=2):
+            taken += 1
+            self._resume(claimed)
+        return taken
+
+    def _resume(self, claimed: ClaimedQuestion) -> None:
+        if self.records.answered_question(claimed.channel, claimed.message_ts):
+            self._finish(claimed.key)  # answered; its replica died before it could say so
+            return
+        question = Question(
+            text=claimed.text, channel=claimed.channel, user=claimed.user, thread_ts=claimed.thread_ts,
+            message_ts=claimed.message_ts, assistant=claimed.assistant, team=claimed.team,
+            conversation=claimed.conversation,
+        )
+        log.info("answering question %s/%s whose replica stopped (attempt %d)", claimed.channel,
+                 claimed.message_ts, claimed.attempts)
+        try:
+            # The placeholder the first replica posted becomes the answer (no second one in the thread).
+            progress = Progress(placeholder_ts=claimed.placeholder_ts) if claimed.placeholder_ts \
+                else self.responder.start(question)
+            self.claims.set_placeholder(claimed.key, progress.placeholder_ts)
+            submitted = self.pool.submit(self._answer, question, progress, None, claimed.key)
+        except Exception:
+            log.exception("could not resume the question %s/%s", claimed.channel, claimed.message_ts)
+            self.claims.release(claimed.key)
+            return
+        if submitted is None:
+            self.claims.release(claimed.key)  # full here: another replica (or a later sweep) takes it
+            return
+        self.metrics.queue_depth.inc()
+
+    def _answer(self, question: Question, progress, user_key: str | None, key: str) -> None:
         self.metrics.queue_depth.dec()
         try:
             answer = self.responder.finish(question, progress)
         finally:
-            self.limiter.release(user_key)
+            if user_key is not None:
+                self.limiter.release(user_key)
+            self._finish(key)
         if answer is not None:
             self.metrics.observe_answer(answer)
+
+    def _finish(self, key: str) -> None:
+        if not key:
+            return
+        try:
+            self.claims.finish(key)
+        except Exception:  # noqa: BLE001 - the answer is out; a stale claim only costs a duplicate check
+            log.exception("could not mark the question %s finished", key)
+
+    def renew_leases(self) -> None:
+        """Keep this replica's question claims and per-person slots (the sweeper calls it)."""
+        self.claims.renew()
+        self.limiter.renew()
+
+    def purge(self) -> None:
+        """Forget old event ids and slots; delete records past RECORDS_RETENTION_DAYS."""
+        now = time.time()
+        self.claims.purge(older_than=now - self.settings.dedupe_ttl_seconds)
+        self.limiter.purge()
+        days = self.settings.records_retention_days
+        private_before = None if self.settings.log_questions else now - PRIVATE_TEXT_SECONDS
+        if days or private_before is not None:
+            deleted = self.records.purge(older_than=now - days * 86400 if days else 0.0,
+                                         private_text_before=private_before)
+            if deleted:
+                log.info("deleted %d answers older than %g days (RECORDS_RETENTION_DAYS)", deleted, days)
 
     def stop_taking_questions(self) -> None:
         """From now on questions are answered with SHUTTING_DOWN_TEXT (answers in flight go on)."""

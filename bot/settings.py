@@ -49,8 +49,7 @@ class BotSettings(KnowledgeSettings):
     stream_update_interval: float = Field(default=1.0, ge=0.2)  # seconds between chat.update
     placeholder_text: str = "Looking through the docs…"
     suggested_prompts: tuple[str, ...] = DEFAULT_SUGGESTED_PROMPTS  # assistant pane; JSON list
-    dedupe_ttl_seconds: float = Field(default=600.0, gt=0)  # how long event ids are kept
-    dedupe_max_entries: int = Field(default=10_000, ge=1)
+    dedupe_ttl_seconds: float = Field(default=600.0, gt=0)  # how long event ids are kept (bot.state.claims)
 
     # Team workflows per channel (formats in bot.channels)
     auto_answer_channels: str = ""  # channel ids where every question is answered without a mention

@@ -53,6 +53,7 @@ DIMENSION_PROPERTY = "supportbot.dimension"
 ANALYZER_PROPERTY = "supportbot.analyzer"
 TITLE_FIELD = "title_vector"  # the section's title and heading path, embedded apart
 REBUILD_HINT = "rebuild the index with `supportbot index --rebuild`"
+STALE_STAGING_SECONDS = 86400  # a staging collection this old was left by a failed rebuild
 # VARCHAR limits are in bytes; values are clipped to fit rather than failing the insert.
 TEXT_BYTES = 65535
 OUTPUT_FIELDS = [
@@ -312,8 +313,11 @@ class VectorStore:
     def create_staging(self) -> str:
         """Create an empty collection for a rebuild (dropping stale ones) and return its name."""
         serving = self.physical_name()
+        # Only leftovers older than a day: a younger one may be another replica's rebuild in progress.
+        stale_before_ms = (time.time() - STALE_STAGING_SECONDS) * 1000
         for name in self._call(self._client.list_collections):
-            if name != serving and re.fullmatch(rf"{re.escape(self.name)}_\d+", name):
+            match = re.fullmatch(rf"{re.escape(self.name)}_(\d+)", name)
+            if name != serving and match and int(match[1]) < stale_before_ms:
                 self._call(self._client.drop_collection, name)  # left by a failed rebuild
         return self._create_physical()
 

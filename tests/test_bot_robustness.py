@@ -119,7 +119,7 @@ def test_a_retry_answered_before_a_restart_is_not_answered_again(
     mention = fake_slack.mention(QUESTION, channel="CR5")
     fake_slack.send_event(mention, event_id="EvRESTART1")
     outcomes.wait(1)
-    first_bot.services.stop_taking_questions()  # "restarted": a new process has an empty dedupe set
+    first_bot.services.stop_taking_questions()  # "restarted": only the database remembers
     start_bot(kb, feedback_db=feedback_db)
     fake_slack.send_event(mention, event_id="EvRESTART1", retry_attempt=1)
     time.sleep(1.0)

@@ -1,32 +1,13 @@
-"""The bot's small parts: retry dedupe, the bounded worker pool, thread history, settings."""
+"""The bot's small parts: the bounded worker pool, thread history, settings."""
 
 import threading
 import time
 
 import pytest
 
-from bot.dedupe import SeenKeys
 from bot.history import clean_text
 from bot.settings import BotSettings
 from bot.workers import WorkerPool
-
-
-def test_seen_keys_once_then_expire():
-    seen = SeenKeys(ttl=0.2, max_entries=100)
-    assert seen.first_time("event:1", "msg:C:1")
-    assert not seen.first_time("event:1")
-    assert not seen.first_time("event:2", "msg:C:1")  # one known key is enough
-    assert seen.first_time("")  # nothing to key on: never a duplicate
-    time.sleep(0.25)
-    assert seen.first_time("event:1")
-
-
-def test_seen_keys_bounded():
-    seen = SeenKeys(ttl=60, max_entries=3)
-    for i in range(10):
-        seen.first_time(f"k{i}")
-    assert len(seen) == 3
-    assert seen.first_time("k0")  # the oldest were forgotten
 
 
 def test_pool_refuses_when_full_and_recovers():

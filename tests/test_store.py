@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,16 @@ def test_rebuild_switches_alias_and_drops_old(milvus_lite_uri, store, chunks, em
     # a second store on the same file sees the switched alias
     again = VectorStore(uri=milvus_lite_uri, collection="docs", dimension=64, model_id=embedder.model_id)
     assert again.count() == 2
+
+
+def test_a_rebuild_keeps_another_runs_staging_and_drops_day_old_leftovers(store):
+    first = store.create_staging()  # another replica's rebuild, still filling it
+    leftover = f"docs_{int((time.time() - 2 * 86400) * 1000)}"  # a failed rebuild two days ago
+    store._create(leftover, with_bm25=False)
+    second = store.create_staging()
+    names = store._client.list_collections()
+    assert first != second and first in names and second in names
+    assert leftover not in names and store.physical_name() not in (first, second)
 
 
 def test_plain_collection_with_serving_name_is_served_then_replaced(milvus_lite_uri, embedder, chunks):

@@ -7,6 +7,7 @@ import logging
 from slack_bolt import App, BoltRequest, BoltResponse
 
 from bot.services import Services
+from bot.state import StateError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,12 @@ def register(app: App, services: Services) -> None:
             return next()
         retry = (request.headers.get("x-slack-retry-num") or ["0"])[0]
         event_id = body.get("event_id", "")
-        first = services.seen.first_time(f"event:{event_id}") if event_id else True
+        try:
+            first = services.claims.first_delivery(event_id)  # durable: a retry on any replica is caught
+        except StateError as error:
+            # Better a rare duplicate answer than a question lost while the database blips.
+            log.warning("cannot record event %s (%s): handling it", event_id, error)
+            first = True
         if not first:
             # Slack retries when an ack was late; the first delivery is (being) answered.
             log.info("retried event %s (retry %s) acknowledged and dropped", event_id, retry)

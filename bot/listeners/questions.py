@@ -19,6 +19,22 @@ def is_from_person(event: dict, settings: BotSettings) -> bool:
     return bool(event.get("user"))
 
 
+# Slack's channel_type -> the kind recorded with the answer (bot.state.records.PRIVATE_CONVERSATIONS).
+_CONVERSATIONS = {"channel": "channel", "group": "private", "im": "im", "mpim": "mpim"}
+
+
+def conversation_kind(event: dict, *, assistant: bool = False) -> str:
+    """channel, private, im, mpim or assistant; app_mention events carry no channel_type, so
+    the id's prefix decides (D: a DM, G: a private channel or group DM), else "channel"."""
+    if assistant:
+        return "assistant"
+    kind = _CONVERSATIONS.get(event.get("channel_type") or "")
+    if kind:
+        return kind
+    channel = event.get("channel", "")
+    return "im" if channel.startswith("D") else "private" if channel.startswith("G") else "channel"
+
+
 def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, team: str = "") -> Question:
     ts = event["ts"]
     return Question(
@@ -29,4 +45,5 @@ def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, tea
         message_ts=ts,
         assistant=assistant,
         team=team or event.get("team", ""),
+        conversation=conversation_kind(event, assistant=assistant),
     )

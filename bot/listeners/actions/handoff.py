@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
@@ -20,7 +19,6 @@ log = logging.getLogger(__name__)
 def register(app: App, services: Services) -> None:
     rules = services.rules
     records = services.records
-    lock = threading.Lock()
 
     @app.action(ASK_HUMAN)
     def on_ask_human(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
@@ -38,26 +36,26 @@ def register(app: App, services: Services) -> None:
         contacts = rules.contacts_for(channel)
         payload = handoff_message(question=row.question, requested_by=user, contacts=contacts, sources=row.sources,
                                   may_read=lambda name: services.access.conversation_may_read(channel, user, name))
-        # One at a time: a double click must not tag people twice, and a private answer's
-        # thread exists only once the hand-off message is posted (hand-offs are rare).
-        with lock:
-            if thread_ts:
-                already = not records.record_handoff(row.id, channel=channel, thread_ts=thread_ts, user_id=user,
-                                                     contacts=contacts)
-            else:
-                already = records.answer_handed_off(row.id)
-            if already:
-                _tell(client, channel, user, ALREADY, thread_ts=thread_ts or None)
-                return
-            try:
-                posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
-            except (SlackApiError, SlackClientError) as error:
-                log.warning("could not post the hand-off in %s: %s", channel, slack_error_code(error))
-                _tell(client, channel, user, POST_FAILED, thread_ts=thread_ts or None)
-                return
-            if not thread_ts:  # a new top-level message: its thread is where people answer
-                records.record_handoff(row.id, channel=channel, thread_ts=posted.get("ts", ""), user_id=user,
-                                       contacts=contacts)
+        # A double click (on any replica) must not tag people twice: the database decides who
+        # posts, before posting. A private answer's thread exists only once the message is posted.
+        if thread_ts:
+            already = not records.record_handoff(row.id, channel=channel, thread_ts=thread_ts, user_id=user,
+                                                 contacts=contacts)
+        else:
+            already = not records.claim_handoff(row.id, channel=channel, user_id=user, contacts=contacts)
+        if already:
+            _tell(client, channel, user, ALREADY, thread_ts=thread_ts or None)
+            return
+        try:
+            posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
+        except (SlackApiError, SlackClientError) as error:
+            log.warning("could not post the hand-off in %s: %s", channel, slack_error_code(error))
+            if not thread_ts:
+                records.release_handoff(row.id, channel=channel)
+            _tell(client, channel, user, POST_FAILED, thread_ts=thread_ts or None)
+            return
+        if not thread_ts:  # a new top-level message: its thread is where people answer
+            records.finish_handoff(row.id, channel=channel, thread_ts=posted.get("ts", ""))
         log.info("hand-off in %s/%s to %d contact(s) by %s", channel, thread_ts or posted.get("ts"), len(contacts), user)
 
 

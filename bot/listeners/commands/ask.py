@@ -52,7 +52,8 @@ def register(app: App, services: Services) -> None:
 
         def answer() -> None:
             try:
-                _answer(services, rules, respond, text=text, user=user, channel=channel)
+                _answer(services, rules, respond, text=text, user=user, channel=channel,
+                        conversation=_conversation(command))
             finally:
                 services.limiter.release(user_key)
 
@@ -62,7 +63,18 @@ def register(app: App, services: Services) -> None:
             _reply(respond, [{"text": BUSY_TEXT}])
 
 
-def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: str, user: str, channel: str) -> None:
+def _conversation(command: dict) -> str:
+    """The kind of conversation /ask was typed in (private ones are never quoted to admins)."""
+    name, channel = command.get("channel_name") or "", command.get("channel_id") or ""
+    if name == "directmessage" or channel.startswith("D"):
+        return "im"
+    if name.startswith("mpdm-"):
+        return "mpim"
+    return "private" if name == "privategroup" or channel.startswith("G") else "channel"
+
+
+def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: str, user: str, channel: str,
+            conversation: str = "channel") -> None:
     """Runs on a worker: answer, record, replace the placeholder; errors become a short reply."""
     try:
         # Only the asker sees the answer: their own access counts (sharing it is checked again).
@@ -81,7 +93,8 @@ def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: 
     # No thread yet: a shared answer gets one (bot.listeners.actions.share). The record also
     # lists uncited passages the channel may not read, so "Share in channel" refuses them too.
     recorded = with_restricted_passages(answer, lambda name: services.access.conversation_may_read(channel, user, name))
-    record_id = services.records.record_answer(recorded, user_id=user, channel=channel, thread_ts="")
+    record_id = services.records.record_answer(recorded, user_id=user, channel=channel, thread_ts="",
+                                               conversation=conversation)
     _reply(respond, answer_messages(answer, record_id=record_id, private=True))
     services.metrics.observe_answer(answer)
 

@@ -1,0 +1,155 @@
+"""Durable claims on Slack events and questions: exactly one replica handles each.
+
+- `first_delivery(event_id)`: INSERT … ON CONFLICT DO NOTHING of "event:<id>"; a Slack
+  retry of the same event, on any replica, finds the row and is dropped.
+- `claim_question(...)`: the same on "msg:<channel>:<ts>", so the app_mention and message
+  events of one message are answered once; the winner holds a lease (`lease_seconds`)
+  that `renew()` extends while it works, and keeps the question so it can be answered later.
+- `take_lapsed()`: an atomic UPDATE … WHERE lease expired … RETURNING hands a question whose
+  replica died to exactly one other replica.
+- `finish(key)`: answered (or refused): the text is dropped, the row kept for dedupe until
+  `purge`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from bot.state.database import Database
+from bot.state.tables import event_claims
+
+SEEN, WORKING, DONE, ABANDONED = "seen", "working", "done", "abandoned"
+MAX_ATTEMPTS = 3  # a question whose replicas died this often is given up (it may be what kills them)
+MAX_AGE_SECONDS = 3600.0  # a lapsed question older than this is not answered any more
+
+
+@dataclass(frozen=True)
+class ClaimedQuestion:
+    """A question as stored in its claim: enough to answer it on another replica."""
+
+    key: str
+    channel: str
+    message_ts: str
+    thread_ts: str
+    user: str
+    team: str
+    text: str
+    assistant: bool
+    conversation: str
+    placeholder_ts: str = ""
+    attempts: int = 0
+
+
+def question_key(channel: str, message_ts: str) -> str:
+    return f"msg:{channel}:{message_ts}"
+
+
+class Claims:
+    """Claims held by one replica (`holder`); raises StateError when the database fails."""
+
+    def __init__(
+        self, *, database: Database, holder: str, lease_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = database
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self._clock = clock
+
+    def first_delivery(self, event_id: str) -> bool:
+        """True the first time any replica sees this event id (always True without an id)."""
+        if not event_id:
+            return True
+        with self.db.begin() as connection:
+            return self.db.insert_ignore(connection, event_claims, {
+                "key": f"event:{event_id}", "created_at": self._clock(), "state": SEEN,
+            })
+
+    def claim_question(
+        self, *, channel: str, message_ts: str, thread_ts: str, user: str, team: str, text: str,
+        assistant: bool = False, conversation: str = "",
+    ) -> str | None:
+        """The claim's key when this replica won the message, None when another delivery did."""
+        key = question_key(channel, message_ts)
+        now = self._clock()
+        with self.db.begin() as connection:
+            won = self.db.insert_ignore(connection, event_claims, {
+                "key": key, "created_at": now, "state": WORKING, "holder": self.holder,
+                "lease_until": now + self.lease_seconds, "attempts": 1, "channel": channel,
+                "message_ts": message_ts, "thread_ts": thread_ts, "user_id": user, "team": team,
+                "conversation": conversation, "assistant": assistant, "text": text,
+            })
+        return key if won else None
+
+    def set_placeholder(self, key: str, placeholder_ts: str) -> None:
+        """Remember the message that will become the answer (a replica taking over edits it)."""
+        if not placeholder_ts:
+            return
+        with self.db.begin() as connection:
+            connection.execute(event_claims.update().where(event_claims.c.key == key)
+                               .values(placeholder_ts=placeholder_ts))
+
+    def finish(self, key: str) -> None:
+        """The question was answered (or refused): forget its text, keep the key for dedupe."""
+        with self.db.begin() as connection:
+            connection.execute(event_claims.update().where(event_claims.c.key == key).values(
+                state=DONE, text=None, holder="", lease_until=0,
+            ))
+
+    def release(self, key: str) -> None:
+        """Give the question up unanswered: another replica (or this one) takes it at the next sweep."""
+        with self.db.begin() as connection:
+            connection.execute(event_claims.update().where(
+                event_claims.c.key == key, event_claims.c.holder == self.holder, event_claims.c.state == WORKING,
+            ).values(lease_until=0))
+
+    def renew(self) -> int:
+        """Extend the lease of every question this replica works on; how many."""
+        with self.db.begin() as connection:
+            return connection.execute(event_claims.update().where(
+                event_claims.c.holder == self.holder, event_claims.c.state == WORKING,
+            ).values(lease_until=self._clock() + self.lease_seconds)).rowcount
+
+    def take_lapsed(self, *, limit: int = 1) -> list[ClaimedQuestion]:
+        """Take over up to `limit` questions whose replica stopped renewing; one replica wins each."""
+        if limit < 1:
+            return []
+        now = self._clock()
+        lapsed = sa.and_(event_claims.c.state == WORKING, event_claims.c.lease_until < now)
+        with self.db.begin() as connection:
+            # Given up: too many replicas died on it, or too old to be worth answering now.
+            connection.execute(event_claims.update().where(
+                lapsed, sa.or_(event_claims.c.attempts >= MAX_ATTEMPTS,
+                               event_claims.c.created_at < now - MAX_AGE_SECONDS),
+            ).values(state=ABANDONED, text=None, holder=""))
+            candidates = sa.select(event_claims.c.key).where(lapsed).order_by(event_claims.c.created_at).limit(limit)
+            if self.db.dialect == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            rows = connection.execute(
+                event_claims.update().where(event_claims.c.key.in_(candidates), lapsed).values(
+                    holder=self.holder, lease_until=now + self.lease_seconds, attempts=event_claims.c.attempts + 1,
+                ).returning(
+                    event_claims.c.key, event_claims.c.channel, event_claims.c.message_ts, event_claims.c.thread_ts,
+                    event_claims.c.user_id, event_claims.c.team, event_claims.c.text, event_claims.c.assistant,
+                    event_claims.c.conversation, event_claims.c.placeholder_ts, event_claims.c.attempts,
+                )
+            ).all()
+        return [ClaimedQuestion(*row[:6], row[6] or "", bool(row[7]), *row[8:]) for row in rows]
+
+    def purge(self, *, older_than: float) -> int:
+        """Delete finished claims and seen event ids created before `older_than`."""
+        with self.db.begin() as connection:
+            return connection.execute(event_claims.delete().where(
+                event_claims.c.created_at < older_than, event_claims.c.state != WORKING,
+            )).rowcount
+
+    def state(self, key: str) -> tuple[str, str, int] | None:
+        """(state, holder, attempts) of a claim, None if unknown (tests, diagnostics)."""
+        with self.db.begin() as connection:
+            row = connection.execute(sa.select(event_claims.c.state, event_claims.c.holder, event_claims.c.attempts)
+                                     .where(event_claims.c.key == key)).first()
+        return tuple(row) if row else None

@@ -1,0 +1,146 @@
+"""Index refreshes across replicas: at most one runs at a time, a scheduled tick runs once,
+and every replica can say what runs and what ran last.
+
+The "refresh" lease row says who runs one (taken by an atomic UPDATE … WHERE free or
+lapsed); the run itself is a `refresh_runs` row whose lease the runner renews, so a
+replica that died mid-run leaves a row that reads as failed, not as running forever.
+The "schedule" lease row's `tick` is the last scheduled fire time that was run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from bot.state.database import Database
+from bot.state.tables import leases, refresh_runs
+
+REFRESH_LEASE = "refresh"
+SCHEDULE_LEASE = "schedule"
+DIED = "the replica running it stopped before it finished"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    by: str
+    rebuild: bool
+    started_at: float
+    finished_at: float | None
+    state: str  # running, ok, failed, skipped
+    report: dict | None
+    error: str
+    skipped: str
+
+
+class RefreshRuns:
+    """Refresh runs of one replica (`holder`); raises StateError when the database fails."""
+
+    def __init__(
+        self, *, database: Database, holder: str, lease_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = database
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self._clock = clock
+
+    def start(self, *, by: str, rebuild: bool) -> int | RunRow:
+        """The new run's id when no replica runs one, else the running run."""
+        now = self._clock()
+        with self.db.begin() as connection:
+            self._bury_dead(connection, now)
+            self.db.insert_ignore(connection, leases, {"name": REFRESH_LEASE})
+            won = connection.execute(leases.update().where(
+                leases.c.name == REFRESH_LEASE, sa.or_(leases.c.holder == "", leases.c.until < now),
+            ).values(holder=self.holder, until=now + self.lease_seconds)).rowcount == 1
+            if not won:
+                running = self._running(connection, now)
+                if running is not None:
+                    return running
+                # The lease is held but its run row is not visible yet: report the holder's start.
+                return RunRow(0, "another replica", False, now, None, "running", None, "", "")
+            return connection.execute(refresh_runs.insert().values(
+                requested_by=by, rebuild=rebuild, holder=self.holder, started_at=now,
+                lease_until=now + self.lease_seconds, state="running",
+            ).returning(refresh_runs.c.id)).scalar_one()
+
+    def finish(self, run_id: int, *, state: str, report: dict | None = None, error: str = "",
+               skipped: str = "") -> None:
+        """Record how the run ended and free the lease for the next one."""
+        with self.db.begin() as connection:
+            connection.execute(refresh_runs.update().where(refresh_runs.c.id == run_id).values(
+                state=state, finished_at=self._clock(), report=json.dumps(report) if report is not None else None,
+                error=error, skipped=skipped,
+            ))
+            connection.execute(leases.update().where(
+                leases.c.name == REFRESH_LEASE, leases.c.holder == self.holder,
+            ).values(holder="", until=0))
+
+    def renew(self) -> int:
+        """Extend this replica's running run (and its lease); how many rows."""
+        until = self._clock() + self.lease_seconds
+        with self.db.begin() as connection:
+            count = connection.execute(refresh_runs.update().where(
+                refresh_runs.c.holder == self.holder, refresh_runs.c.state == "running",
+            ).values(lease_until=until)).rowcount
+            if count:
+                connection.execute(leases.update().where(
+                    leases.c.name == REFRESH_LEASE, leases.c.holder == self.holder,
+                ).values(until=until))
+        return count
+
+    def claim_tick(self, tick: float) -> bool:
+        """True for the one replica that runs the scheduled refresh of this fire time."""
+        with self.db.begin() as connection:
+            self.db.insert_ignore(connection, leases, {"name": SCHEDULE_LEASE})
+            return connection.execute(leases.update().where(
+                leases.c.name == SCHEDULE_LEASE, leases.c.tick < tick,
+            ).values(tick=tick, holder=self.holder)).rowcount == 1
+
+    def running(self) -> RunRow | None:
+        with self.db.begin() as connection:
+            return self._running(connection, self._clock())
+
+    def last(self) -> RunRow | None:
+        """The latest finished run that did something (ok or failed)."""
+        with self.db.begin() as connection:
+            self._bury_dead(connection, self._clock())
+            row = connection.execute(
+                sa.select(refresh_runs).where(refresh_runs.c.state.in_(("ok", "failed")))
+                .order_by(refresh_runs.c.finished_at.desc(), refresh_runs.c.id.desc()).limit(1)
+            ).first()
+        return _run(row)
+
+    def purge(self, *, older_than: float) -> int:
+        with self.db.begin() as connection:
+            return connection.execute(refresh_runs.delete().where(
+                refresh_runs.c.started_at < older_than, refresh_runs.c.state != "running",
+            )).rowcount
+
+    def _running(self, connection: sa.Connection, now: float) -> RunRow | None:
+        row = connection.execute(
+            sa.select(refresh_runs).where(refresh_runs.c.state == "running", refresh_runs.c.lease_until >= now)
+            .order_by(refresh_runs.c.started_at.desc()).limit(1)
+        ).first()
+        return _run(row)
+
+    @staticmethod
+    def _bury_dead(connection: sa.Connection, now: float) -> None:
+        connection.execute(refresh_runs.update().where(
+            refresh_runs.c.state == "running", refresh_runs.c.lease_until < now,
+        ).values(state="failed", error=DIED, finished_at=refresh_runs.c.lease_until))
+
+
+def _run(row) -> RunRow | None:
+    if row is None:
+        return None
+    return RunRow(
+        id=row.id, by=row.requested_by, rebuild=bool(row.rebuild), started_at=row.started_at,
+        finished_at=row.finished_at, state=row.state, report=json.loads(row.report) if row.report else None,
+        error=row.error, skipped=row.skipped,
+    )

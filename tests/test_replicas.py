@@ -1,0 +1,261 @@
+"""Two `supportbot serve` processes against one PostgreSQL (pgserver) and one Milvus server,
+each with its own Socket Mode connection to the fake Slack:
+
+- a Slack retry and the message-event double delivery of a question, sent to the replica
+  that did not take it while it is still answering: answered once;
+- a follow-up, a 👍 and "Ask a human" on that answer sent to the other replica: they work;
+- `/reindex status` on either replica shows the same scheduled runs, one per tick;
+- the replica answering a question with a slow model call is SIGKILLed after it acknowledged
+  it: the other answers it once, in the same placeholder (the failover time is printed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bot.blocks import ASK_HUMAN, FEEDBACK_UP
+from bot.state import Database, Records, database_url
+from bot.state.refresh_runs import RefreshRuns
+from tests.bot_helpers import bot_replies, final_answers, section_text
+
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+LEASE, SWEEP, TICK = 3, 1, 4  # seconds: short so the test is quick; the defaults are 30, 10 and daily
+CHANNEL = "CREP"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Replica:
+    def __init__(self, name: str, env: dict, tmp_path: Path) -> None:
+        self.name = name
+        self.metrics_port = _free_port()
+        self.log = tmp_path / f"{name}.log"
+        data = tmp_path / f"data-{name}"
+        with open(self.log, "w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "--env-file", str(tmp_path / "none.env"), "serve"],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
+                env={**env, "DATA_DIR": str(data), "METRICS_PORT": str(self.metrics_port)},
+            )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not _ready(self.metrics_port):
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{self.name} did not become ready"
+            time.sleep(0.2)
+
+    def outcomes(self) -> list[dict]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("logger") == "bot.questions":
+                    found.append(record)
+        return found
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def _record_id(message: dict) -> str:
+    for block in message.get("blocks") or []:
+        for element in block.get("elements") or []:
+            if element.get("action_id") == FEEDBACK_UP:
+                return element["value"]
+    raise AssertionError(f"no feedback button in {message}")
+
+
+def _wait(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def test_two_replicas_share_one_state(
+    tmp_path, postgres_url, milvus_server, fake_slack, fake_openai, small_corpus, tiny_embedder_path,
+    tiny_reranker_path,
+):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "KNOWLEDGE_SOURCES": str(small_corpus),
+        "EMBEDDING_MODEL": str(tiny_embedder_path),
+        "RERANKER_MODEL": str(tiny_reranker_path),
+        "DEVICE": "cpu",
+        "DTYPE": "float32",
+        "TORCH_THREADS": "1",
+        "DOCS_BASE_URL": "https://docs.example/{stem}#{anchor}",
+        "ABSTAIN_THRESHOLD": "0",
+        "MILVUS_URI": milvus_server,
+        "MILVUS_COLLECTION": "replicas_" + uuid.uuid4().hex[:8],
+        "DATABASE_URL": postgres_url,
+        "OPENAI_API_KEY": "sk-test-replicas",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "OPENAI_MAX_RETRIES": "0",
+        "OPENAI_TIMEOUT": "60",
+        "SLACK_BOT_TOKEN": fake_slack.bot_token,
+        "SLACK_APP_TOKEN": fake_slack.app_token,
+        "SLACK_API_URL": fake_slack.api_url,
+        "HOST": "127.0.0.1",
+        "REINDEX_SCHEDULE": f"every {TICK}s",
+        "ADMIN_USER_IDS": "UADMIN",
+        "ESCALATION_CONTACTS": "*=UEXPERT",
+        "CLAIM_LEASE_SECONDS": str(LEASE),
+        "CLAIM_SWEEP_SECONDS": str(SWEEP),
+        "USER_RATE_PER_MINUTE": "0",
+        "USER_MAX_CONCURRENT": "0",
+        "STREAM_UPDATE_INTERVAL": "0.5",
+        "SHUTDOWN_GRACE_SECONDS": "5",
+        "LOG_FORMAT": "json",
+    }
+    env.pop("FEEDBACK_DB", None)
+    db = Database(url=database_url(postgres_url, default_path="unused"))
+    records = Records(database=db)
+    runs = RefreshRuns(database=db, holder="test")
+    a = Replica("a", env, tmp_path)
+    b = None
+    try:
+        a.wait_ready()  # builds the index in the Milvus server
+        fake_slack.wait_connected(count=1)
+        b = Replica("b", env, tmp_path)
+        b.wait_ready()  # finds the index built
+        fake_slack.wait_connected(count=2)
+        both_up = time.time()
+        conn_a, conn_b = fake_slack.connections()
+
+        # 1. A question to A while its model call is slow; Slack's retry and the message event of
+        #    the same message go to B meanwhile: answered once.
+        fake_openai.hang(3.0)
+        asked = len(fake_openai.requests)
+        question = fake_slack.mention("How does Milvus store data?", channel=CHANNEL)
+        fake_slack.send_event(question, event_id="EvREPLICA1", connection=conn_a)
+        _wait(lambda: bot_replies(fake_slack, CHANNEL, question["ts"]), "A's placeholder")
+        retry = fake_slack.send_event(question, event_id="EvREPLICA1", retry_attempt=1, connection=conn_b)
+        fake_slack.wait_ack(retry)
+        double = {**question, "type": "message", "channel_type": "channel"}
+        fake_slack.wait_ack(fake_slack.send_event(double, event_id="EvREPLICA1M", connection=conn_b))
+        [answer] = _wait(lambda: final_answers(fake_slack, CHANNEL, question["ts"]), "the answer")
+        time.sleep(SWEEP + LEASE)  # room for a wrong second answer to show up
+        assert len(final_answers(fake_slack, CHANNEL, question["ts"])) == 1
+        assert len(bot_replies(fake_slack, CHANNEL, question["ts"])) == 1
+        assert len(fake_openai.requests) == asked + 1
+        assert [o["outcome"] for o in a.outcomes()] == ["answered"] and b.outcomes() == []
+        record_id = _record_id(answer)
+
+        # 2. A follow-up, a 👍 and "Ask a human" on A's answer, all sent to B.
+        followup = fake_slack.message_event("And how do I back it up?", channel=CHANNEL, thread_ts=question["ts"])
+        fake_slack.send_event(followup, connection=conn_b)
+        _wait(lambda: len(final_answers(fake_slack, CHANNEL, question["ts"])) == 2, "B's follow-up answer")
+        assert [o["outcome"] for o in b.outcomes()] == ["answered"]
+        fake_slack.send_action(fake_slack.action_payload(FEEDBACK_UP, record_id, channel=CHANNEL, user="U0001",
+                                                         message_ts=answer["ts"], thread_ts=question["ts"]),
+                               connection=conn_b)
+        fake_slack.wait_for("chat.postEphemeral", where=lambda c: "Thanks for the feedback" in c.params.get("text", ""))
+        assert records.totals()["helpful"] == 1
+        fake_slack.send_action(fake_slack.action_payload(ASK_HUMAN, record_id, channel=CHANNEL, user="U0001",
+                                                         message_ts=answer["ts"], thread_ts=question["ts"]),
+                               connection=conn_b)
+        [handoff] = fake_slack.wait_for("chat.postMessage", where=lambda c: "UEXPERT" in json.dumps(c.params))
+        assert handoff.params.get("thread_ts") == question["ts"] and records.handed_off(CHANNEL, question["ts"])
+
+        # 3. /reindex status on each replica: the same scheduled runs, one per tick across both.
+        _wait(lambda: runs.last() is not None, "a scheduled refresh", timeout=3 * TICK + 60)
+        for connection in (conn_a, conn_b):
+            fake_slack.send_command(fake_slack.command_payload("/reindex", "status", channel=CHANNEL, user="UADMIN"),
+                                    connection=connection)
+        statuses = fake_slack.wait_for("response_url", count=2, where=lambda c: "Index status" in c.params.get("text", ""))
+        assert all("by the schedule" in call.params["text"] for call in statuses)
+
+        # 3b. A full rebuild on A switches the alias; B serves the new collection without a restart.
+        fake_slack.send_command(fake_slack.command_payload("/reindex", "full", channel=CHANNEL, user="UADMIN"),
+                                connection=conn_a)
+        rebuilt = _wait(lambda: (lambda run: run if run and run.rebuild else None)(runs.last()), "the rebuild",
+                        timeout=120)
+        assert rebuilt.state == "ok" and rebuilt.report["rebuilt"], rebuilt
+        after = fake_slack.mention("How does Milvus store data after the rebuild?", channel=CHANNEL)
+        fake_slack.send_event(after, connection=conn_b)
+        [served] = _wait(lambda: final_answers(fake_slack, CHANNEL, after["ts"]), "B's answer after the rebuild")
+        assert "docs.example" in json.dumps(served["blocks"])  # sources from the rebuilt collection
+        since = time.time()
+        _wait(lambda: (lambda run: run and run.finished_at > since and run.by == "the schedule")(runs.last()),
+              "a scheduled refresh after the rebuild", timeout=3 * TICK + 60)
+        assert runs.last().state == "ok", runs.last()
+
+        # 4. A question to A whose model call is slow; A is killed after acknowledging it.
+        fake_openai.hang(30.0)
+        asked = len(fake_openai.requests)
+        lost = fake_slack.mention("What is the maximum dimension of a vector?", channel=CHANNEL)
+        ack = fake_slack.send_event(lost, connection=conn_a)
+        fake_slack.wait_ack(ack)
+        _wait(lambda: len(fake_openai.requests) > asked, "A's model call")
+        killed_at = time.monotonic()
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait(10)
+        killed_wall = time.time()
+        [rescued] = _wait(lambda: final_answers(fake_slack, CHANNEL, lost["ts"]), "B's answer after the kill",
+                          timeout=LEASE + SWEEP + 60)
+        failover = time.monotonic() - killed_at
+        time.sleep(SWEEP + LEASE)
+        assert len(final_answers(fake_slack, CHANNEL, lost["ts"])) == 1
+        assert len(bot_replies(fake_slack, CHANNEL, lost["ts"])) == 1  # A's placeholder became the answer
+        assert section_text(rescued)
+        assert [o["outcome"] for o in b.outcomes()] == ["answered"] * 3
+        print(f"\nfailover after SIGKILL: {failover:.1f} s (lease {LEASE} s, sweep {SWEEP} s)")
+
+        # 5. One scheduled refresh per tick while both replicas ran.
+        with db.begin() as connection:
+            from bot.state.tables import refresh_runs
+            import sqlalchemy as sa
+
+            rows = connection.execute(sa.select(refresh_runs.c.started_at, refresh_runs.c.holder).where(
+                refresh_runs.c.requested_by == "the schedule", refresh_runs.c.started_at >= both_up,
+                refresh_runs.c.started_at <= killed_wall)).all()
+        starts = sorted(started for started, _ in rows)
+        assert starts, "no scheduled refresh ran while both replicas were up"
+        assert all(later - earlier > TICK / 2 for earlier, later in zip(starts, starts[1:])), starts
+        assert len(starts) <= (killed_wall - both_up) / TICK + 1
+        print(f"scheduled refreshes while both ran: {len(starts)} in {killed_wall - both_up:.0f} s "
+              f"(every {TICK} s), by {sorted({holder.split(':')[1] for _, holder in rows})}")
+    finally:
+        for replica in (a, b):
+            if replica is not None:
+                replica.stop()
+        db.close()

@@ -1,0 +1,159 @@
+"""Claims, shared limits and refresh runs between two "replicas" (two engines, two holders)
+on SQLite and on a real PostgreSQL (pgserver)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bot.state import Database, database_url
+from bot.state.claims import Claims, question_key
+from bot.state.limits import SharedLimits
+from bot.state.refresh_runs import DIED, RefreshRuns
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_databases(request, tmp_path):
+    """Two engines on one database, as two replicas would have."""
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}" if request.param == "sqlite" else request.getfixturevalue(
+        "postgres_url")
+    first = Database(url=database_url(url, default_path="unused"))
+    second = Database(url=database_url(url, default_path="unused"))
+    yield first, second
+    first.close()
+    second.close()
+
+
+def _race(*calls):
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+QUESTION = dict(channel="C1", message_ts="1.1", thread_ts="1.1", user="U1", team="T1",
+                text="how do I rebuild?", conversation="channel")
+
+
+def test_one_replica_wins_an_event_and_a_message(two_databases):
+    a = Claims(database=two_databases[0], holder="A")
+    b = Claims(database=two_databases[1], holder="B")
+    for _ in range(5):  # a retry on the other replica, many times over
+        results = _race(lambda: a.first_delivery("Ev1"), lambda: b.first_delivery("Ev1"))
+        assert sorted(results) in ([False, True], [False, False])
+    assert a.first_delivery("") and b.first_delivery("")  # nothing to key on: never a duplicate
+    # app_mention and message for the same message, one on each replica.
+    won = _race(lambda: a.claim_question(**QUESTION), lambda: b.claim_question(**QUESTION))
+    assert sorted(w is not None for w in won) == [False, True]
+    assert won[0] or won[1] == question_key("C1", "1.1")
+
+
+def test_a_lapsed_lease_is_taken_over_once(two_databases):
+    clock = Clock()
+    a = Claims(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    b = Claims(database=two_databases[1], holder="B", lease_seconds=10, clock=clock)
+    c = Claims(database=two_databases[1], holder="C", lease_seconds=10, clock=clock)
+    key = a.claim_question(**QUESTION)
+    a.set_placeholder(key, "1.2")
+    clock.now += 8
+    assert a.renew() == 1
+    clock.now += 8  # renewed: not lapsed yet
+    assert b.take_lapsed() == [] and c.take_lapsed() == []
+    clock.now += 5  # A died and stopped renewing
+    taken = _race(lambda: b.take_lapsed(limit=5), lambda: c.take_lapsed(limit=5))
+    [question] = taken[0] + taken[1]
+    assert (question.text, question.placeholder_ts, question.attempts, question.thread_ts) == (
+        "how do I rebuild?", "1.2", 2, "1.1")
+    winner = b if taken[0] else c
+    assert a.renew() == 0  # the dead replica, back, no longer holds it
+    assert b.take_lapsed() == [] and c.take_lapsed() == []
+    winner.finish(key)
+    assert winner.state(key) == ("done", "", 2)
+    clock.now += 100
+    assert b.take_lapsed() == []
+    assert a.purge(older_than=clock.now) == 1 and a.state(key) is None
+
+
+def test_a_question_is_given_up_after_three_deaths(two_databases):
+    clock = Clock()
+    a = Claims(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    key = a.claim_question(**QUESTION)
+    for _ in range(2):
+        clock.now += 11
+        assert len(a.take_lapsed()) == 1
+    clock.now += 11
+    assert a.take_lapsed() == [] and a.state(key)[0] == "abandoned"
+
+
+def test_limits_hold_across_replicas(two_databases):
+    clock = Clock()
+    a = SharedLimits(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    b = SharedLimits(database=two_databases[1], holder="B", lease_seconds=10, clock=clock)
+    decisions = _race(*[lambda limits=limits: limits.acquire("T:U1", per_minute=0, max_concurrent=1)
+                        for limits in (a, b, a, b)])
+    assert sorted(d.reason for d in decisions) == ["busy", "busy", "busy", "ok"]
+    [ok] = [d for d in decisions if d.reason == "ok"]
+    assert a.active("T:U1") == 1
+    a.release(ok.slot_id)
+    assert b.active("T:U1") == 0
+    # Rate: 2 a minute across both replicas.
+    assert a.acquire("T:U2", per_minute=2, max_concurrent=0).reason == "ok"
+    clock.now += 10
+    assert b.acquire("T:U2", per_minute=2, max_concurrent=0).reason == "ok"
+    refused = a.acquire("T:U2", per_minute=2, max_concurrent=0)
+    assert refused.reason == "rate" and refused.retry_after == pytest.approx(50)
+    clock.now += 51
+    assert b.acquire("T:U2", per_minute=2, max_concurrent=0).reason == "ok"
+    # A dead replica's slot frees itself when its lease lapses; a live one's is renewed.
+    held = b.acquire("T:U3", per_minute=0, max_concurrent=1)
+    assert held.reason == "ok"
+    clock.now += 8
+    assert b.renew() >= 1
+    clock.now += 8
+    assert a.acquire("T:U3", per_minute=0, max_concurrent=1).reason == "busy"
+    clock.now += 3
+    assert a.acquire("T:U3", per_minute=0, max_concurrent=1).reason == "ok"
+    clock.now += 120
+    assert a.purge() >= 4
+
+
+def test_one_refresh_at_a_time_and_one_run_per_tick(two_databases):
+    clock = Clock()
+    a = RefreshRuns(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    b = RefreshRuns(database=two_databases[1], holder="B", lease_seconds=10, clock=clock)
+    assert sorted(_race(lambda: a.claim_tick(600.0), lambda: b.claim_tick(600.0))) == [False, True]
+    assert not a.claim_tick(600.0) and not b.claim_tick(540.0)
+    started = _race(lambda: a.start(by="<@U1>", rebuild=True), lambda: b.start(by="the schedule", rebuild=False))
+    [run_id] = [s for s in started if isinstance(s, int)]
+    [busy] = [s for s in started if not isinstance(s, int)]
+    runner = a if started[0] == run_id else b
+    other = b if runner is a else a
+    assert busy.id == run_id and other.running().id == run_id
+    clock.now += 8
+    runner.renew()
+    clock.now += 8
+    assert not isinstance(other.start(by="x", rebuild=False), int)  # renewed: still running
+    runner.finish(run_id, state="ok", report={"chunks": 7})
+    assert other.last().report == {"chunks": 7} and other.running() is None
+    # A runner that dies leaves a failed run; the next start is allowed once its lease lapsed.
+    second = other.start(by="y", rebuild=False)
+    assert isinstance(second, int)
+    clock.now += 11
+    third = runner.start(by="z", rebuild=False)
+    assert isinstance(third, int)
+    last = runner.last()
+    assert (last.id, last.state, last.error) == (second, "failed", DIED)
