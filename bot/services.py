@@ -80,9 +80,10 @@ class Services:
             return True
         try:
             progress = self.responder.start(question)
-            if key:
-                self.claims.set_placeholder(key, progress.placeholder_ts)
             submitted = self.pool.submit(self._answer, question, progress, user_key, key)
+            if submitted is not None and key:
+                # After queueing, so the question keeps its place; a replica taking over reuses it.
+                self._remember_placeholder(key, progress)
         except Exception:
             # Never keep the person's slot (they would be "still working" forever).
             self.limiter.release(user_key)
@@ -106,7 +107,7 @@ class Services:
         if self.stopping:
             return 0
         taken = 0
-        for claimed in self.claims.take_lapsed(limit=2):
+        for claimed in self.claims.take_lapsed(limit=self.settings.bot_workers):
             taken += 1
             self._resume(claimed)
         return taken
@@ -126,8 +127,9 @@ class Services:
             # The placeholder the first replica posted becomes the answer (no second one in the thread).
             progress = Progress(placeholder_ts=claimed.placeholder_ts) if claimed.placeholder_ts \
                 else self.responder.start(question)
-            self.claims.set_placeholder(claimed.key, progress.placeholder_ts)
             submitted = self.pool.submit(self._answer, question, progress, None, claimed.key)
+            if submitted is not None:
+                self._remember_placeholder(claimed.key, progress)
         except Exception:
             log.exception("could not resume the question %s/%s", claimed.channel, claimed.message_ts)
             self.claims.release(claimed.key)
@@ -147,6 +149,12 @@ class Services:
             self._finish(key)
         if answer is not None:
             self.metrics.observe_answer(answer)
+
+    def _remember_placeholder(self, key: str, progress: Progress) -> None:
+        try:
+            self.claims.set_placeholder(key, progress.placeholder_ts)
+        except Exception as error:  # noqa: BLE001 - only a take-over would post a second placeholder
+            log.warning("could not record the placeholder of %s: %s", key, error)
 
     def _finish(self, key: str) -> None:
         if not key:

@@ -108,10 +108,8 @@ def _wait(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
         time.sleep(interval)
 
 
-def test_two_replicas_share_one_state(
-    tmp_path, postgres_url, milvus_server, fake_slack, fake_openai, small_corpus, tiny_embedder_path,
-    tiny_reranker_path,
-):
+def _env(*, small_corpus, tiny_embedder_path, tiny_reranker_path, milvus_server, fake_slack, fake_openai,
+         database_url: str) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -126,7 +124,7 @@ def test_two_replicas_share_one_state(
         "ABSTAIN_THRESHOLD": "0",
         "MILVUS_URI": milvus_server,
         "MILVUS_COLLECTION": "replicas_" + uuid.uuid4().hex[:8],
-        "DATABASE_URL": postgres_url,
+        "DATABASE_URL": database_url,
         "OPENAI_API_KEY": "sk-test-replicas",
         "OPENAI_BASE_URL": fake_openai.base_url,
         "OPENAI_MAX_RETRIES": "0",
@@ -147,6 +145,15 @@ def test_two_replicas_share_one_state(
         "LOG_FORMAT": "json",
     }
     env.pop("FEEDBACK_DB", None)
+    return env
+
+
+def test_two_replicas_share_one_state(
+    tmp_path, postgres_url, milvus_server, fake_slack, fake_openai, small_corpus, tiny_embedder_path,
+    tiny_reranker_path,
+):
+    env = _env(small_corpus=small_corpus, tiny_embedder_path=tiny_embedder_path, tiny_reranker_path=tiny_reranker_path,
+               milvus_server=milvus_server, fake_slack=fake_slack, fake_openai=fake_openai, database_url=postgres_url)
     db = Database(url=database_url(postgres_url, default_path="unused"))
     records = Records(database=db)
     runs = RefreshRuns(database=db, holder="test")
@@ -259,3 +266,37 @@ def test_two_replicas_share_one_state(
             if replica is not None:
                 replica.stop()
         db.close()
+
+
+def test_one_process_killed_and_restarted_answers_once(
+    tmp_path, milvus_server, fake_slack, fake_openai, small_corpus, tiny_embedder_path, tiny_reranker_path,
+):
+    """The embedded default (SQLite under DATA_DIR): the restarted process finds the claim its
+    predecessor left and answers the question once."""
+    env = _env(small_corpus=small_corpus, tiny_embedder_path=tiny_embedder_path, tiny_reranker_path=tiny_reranker_path,
+               milvus_server=milvus_server, fake_slack=fake_slack, fake_openai=fake_openai, database_url="")
+    env["REINDEX_SCHEDULE"] = "never"
+    first = Replica("a", env, tmp_path)
+    second = None
+    try:
+        first.wait_ready()
+        fake_slack.wait_connected(count=1)
+        fake_openai.hang(30.0)
+        lost = fake_slack.mention("What is the maximum dimension of a vector?", channel=CHANNEL)
+        fake_slack.wait_ack(fake_slack.send_event(lost))
+        _wait(lambda: fake_openai.requests, "the model call")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        killed_at = time.monotonic()
+        second = Replica("a", env, tmp_path)  # the same DATA_DIR, so the same SQLite file
+        [answer] = _wait(lambda: final_answers(fake_slack, CHANNEL, lost["ts"]), "the answer after the restart",
+                         timeout=180)
+        print(f"\nanswered {time.monotonic() - killed_at:.1f} s after the SIGKILL, restart included")
+        time.sleep(SWEEP + LEASE)
+        assert len(final_answers(fake_slack, CHANNEL, lost["ts"])) == 1
+        assert len(bot_replies(fake_slack, CHANNEL, lost["ts"])) == 1
+        assert len(fake_openai.requests) == 2 and section_text(answer)
+    finally:
+        for replica in (first, second):
+            if replica is not None:
+                replica.stop()

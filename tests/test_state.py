@@ -232,3 +232,23 @@ print(answer_id)
         assert records.handed_off("C1", "1.1") and records.totals()["helpful"] == 1
     finally:
         db.close()
+
+
+def test_conversation_kinds_and_the_home_tab_count_private_questions_without_quoting():
+    from bot.home import insight_blocks
+    from bot.listeners.questions import question_from
+    from bot.state import Insights
+
+    def kind(event, **options):
+        return question_from({"ts": "1.1", "text": "q?", "user": "U1", **event}, bot_user_id="UBOT",
+                             **options).conversation
+
+    assert kind({"channel": "D1", "channel_type": "im"}) == "im"
+    assert kind({"channel": "C1", "channel_type": "group"}) == "private"
+    assert kind({"channel": "G1"}) == "private"  # app_mention: no channel_type, the id says it
+    assert kind({"channel": "C1"}) == "channel"
+    assert kind({"channel": "D1"}, assistant=True) == "assistant"
+    insights = Insights(questions=3, answered=1, abstained=2, handed_off=0, helpful=0, not_helpful=0,
+                        gaps=[("what is a quota?", 1)], private_gaps=2)
+    text = json.dumps(insight_blocks(insights, {}))
+    assert "what is a quota?" in text and "and 2 asked in private conversations (not shown)" in text

@@ -157,3 +157,12 @@ def test_one_refresh_at_a_time_and_one_run_per_tick(two_databases):
     assert isinstance(third, int)
     last = runner.last()
     assert (last.id, last.state, last.error) == (second, "failed", DIED)
+
+
+def test_text_any_database_refuses_is_stored_readably(two_databases):
+    clock = Clock()
+    a = Claims(database=two_databases[0], holder="A", lease_seconds=1, clock=clock)
+    a.claim_question(**{**QUESTION, "text": "What is \ud800 Milvus\x00 Lite?"})
+    clock.now += 2
+    [taken] = a.take_lapsed()
+    assert taken.text == "What is \ufffd Milvus\ufffd Lite?"

@@ -5,14 +5,18 @@ start, one process), `postgresql://…` (as libpq writes it, Unix sockets via `?
 means PostgreSQL through psycopg 3, which several replicas share.
 
     db = Database.from_settings(settings)     # opens and migrates (Alembic) to the newest schema
-    records = Records(database=db)            # answers, 👍/👎, hand-offs, threads
+    records = Records(database=db)            # answers, 👍/👎, hand-offs, shares, threads
+    claims = Claims(database=db, holder=...)  # Slack events and questions: one replica wins each
     db.close()
 
 Modules: `database` (engine, URL mapping, migrations at start), `tables` (the schema as
-SQLAlchemy Core tables, what queries use), `records`, and `migrations/` (Alembic, shipped
-in the package and run in code, from any working directory). Every query goes through
+SQLAlchemy Core tables, what queries use), `records`, `claims` (durable event/question
+claims with leases), `limits` (per-person slots), `refresh_runs` (one refresh across
+replicas, one run per scheduled tick) and `migrations/` (Alembic, shipped in the package
+and run in code, from any working directory). Every query goes through
 `Database.begin()` (one transaction; StateError on failure); `Database.insert_ignore` is
-INSERT … ON CONFLICT DO NOTHING on both dialects.
+INSERT … ON CONFLICT DO NOTHING and `Database.lock` a per-key transaction lock, on both
+dialects.
 
 Adding a table (or a column):
   1. Describe it in `tables.py` (that is what your queries import).

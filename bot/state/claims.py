@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bot.state.database import Database
+from bot.state.database import Database, storable
 from bot.state.tables import event_claims
 
 SEEN, WORKING, DONE, ABANDONED = "seen", "working", "done", "abandoned"
@@ -81,7 +81,7 @@ class Claims:
                 "key": key, "created_at": now, "state": WORKING, "holder": self.holder,
                 "lease_until": now + self.lease_seconds, "attempts": 1, "channel": channel,
                 "message_ts": message_ts, "thread_ts": thread_ts, "user_id": user, "team": team,
-                "conversation": conversation, "assistant": assistant, "text": text,
+                "conversation": conversation, "assistant": assistant, "text": storable(text),
             })
         return key if won else None
 

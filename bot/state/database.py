@@ -183,6 +183,13 @@ _PRE_ALEMBIC = (
 )
 
 
+def storable(text: str | None) -> str | None:
+    """Text both databases accept: no lone surrogates (not UTF-8) and no NUL (PostgreSQL refuses it)."""
+    if not text:
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
 def _adopt_pre_alembic(connection: Connection, inspector) -> None:
     """Bring a pre-Alembic SQLite file to exactly the baseline, keeping every row."""
     if connection.dialect.name != "sqlite":

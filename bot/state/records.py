@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bot.state.database import Database, StateError, database_url
+from bot.state.database import Database, StateError, database_url, storable
 from bot.state.tables import answers, feedback, handoffs
 from knowledge.types import Answer
 
@@ -121,7 +121,7 @@ class Records:
         with self.db.begin() as connection:
             connection.execute(answers.insert().values(
                 id=record_id, created_at=time.time(), user_id=user_id, channel=channel, thread_ts=thread_ts,
-                message_ts="", question=answer.question, answer=answer.text, status=answer.status,
+                message_ts="", question=storable(answer.question), answer=storable(answer.text), status=answer.status,
                 sources=json.dumps([c.to_dict() for c in answer.citations], ensure_ascii=False),
                 timings=json.dumps(answer.timings_ms), note=answer.note, question_ts=question_ts,
                 conversation=conversation,
