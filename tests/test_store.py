@@ -246,7 +246,7 @@ def test_rebuild_switches_alias_and_drops_old(milvus_lite_uri, store, chunks, em
 def test_a_rebuild_keeps_another_runs_staging_and_drops_day_old_leftovers(store):
     first = store.create_staging()  # another replica's rebuild, still filling it
     leftover = f"docs_{int((time.time() - 2 * 86400) * 1000)}"  # a failed rebuild two days ago
-    store._create(leftover, with_bm25=False)
+    store._client.create_collection(leftover, dimension=8)
     second = store.create_staging()
     names = store._client.list_collections()
     assert first != second and first in names and second in names
