@@ -46,6 +46,7 @@ from knowledge.model_prompts import (
     rerank_query_text,
 )
 from knowledge.prompts import estimate_tokens
+from knowledge.token_cap import keep_head_and_tail
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 BACKOFF_FACTOR = 0.5  # seconds: 0, 1, 2, 4 ... between attempts (urllib3 doubles it), plus jitter
 MAX_RETRY_AFTER = 30.0  # a longer Retry-After is cut to this, as the OpenAI client limits it
 _DIMENSION_PROBE = "dimension probe"
+# Long questions keep their head and tail exactly as the in-process models cut them (issue 14):
+# the values of knowledge.embedder.QUERY_MAX_TOKENS and knowledge.reranker's MIN_DOCUMENT_SHARE,
+# MIN_QUERY_TOKENS and _SEAM_SLACK, copied because those modules import torch.
+QUERY_MAX_TOKENS = 512
+MIN_DOCUMENT_SHARE = 0.5
+MIN_QUERY_TOKENS = 16
+_SEAM_SLACK = 4
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -220,11 +228,20 @@ class RemoteEmbedder:
             cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vector = self._request([f"{self.query_prompt}{text}"])[0]
+        vector = self._request([f"{self.query_prompt}{self.capped_query(text)}"])[0]
         vector.setflags(write=False)  # shared by every later hit
         with self._cache_lock:
             self._cache[text] = vector
         return vector
+
+    def capped_query(self, text: str) -> str:
+        """The question as sent: at most QUERY_MAX_TOKENS, head and tail kept (as the Embedder does;
+        without the tokenizer the question goes whole and the server truncates)."""
+        if self._tokenizer is None:
+            return text
+        return keep_head_and_tail(text, limit=QUERY_MAX_TOKENS,
+                                  encode=lambda value: self._tokenizer.encode(value, add_special_tokens=False).ids,
+                                  decode=self._tokenizer.decode)
 
     def embed_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Normalized float32 vectors (len(texts), dimension), in input order, EMBEDDING_BATCH_SIZE
@@ -356,7 +373,18 @@ class RemoteReranker:
         (Qwen3), or both as given (another reranker: its server truncates)."""
         if not self.qwen3:
             return query, list(documents)
+        query = self._capped_query(query)
         return rerank_query_text(self.instruction, query), [rerank_document_text(self._cut(query, doc)) for doc in documents]
+
+    def _capped_query(self, query: str) -> str:
+        """A long question's head and tail, leaving documents MIN_DOCUMENT_SHARE of max_tokens (as the Reranker)."""
+        if self._tokenizer is None:
+            return query
+        encode = lambda value: self._tokenizer.encode(value, add_special_tokens=False).ids  # noqa: E731
+        body_budget = self.max_tokens - len(encode(RERANK_PREFIX)) - len(encode(RERANK_SUFFIX))
+        overhead = len(encode(format_pair(self.instruction, "", "")))
+        limit = max(MIN_QUERY_TOKENS, body_budget - overhead - int(MIN_DOCUMENT_SHARE * self.max_tokens) - _SEAM_SLACK)
+        return keep_head_and_tail(query, limit=limit, encode=encode, decode=self._tokenizer.decode)
 
     def _request(self, query: str, documents: list[str]) -> list[float]:
         self.forward_calls += 1

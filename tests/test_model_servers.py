@@ -277,3 +277,14 @@ def test_a_server_that_keeps_failing_is_paused_then_probed(fake_model_server, ti
         with pytest.raises(ModelServerError, match="refused the request"):
             reranker.score(question, ["d."])
     assert breaker.state == "closed"
+
+
+def test_a_long_question_is_cut_to_its_head_and_tail_as_in_process(
+    fake_model_server, tiny_embedder, tiny_reranker, tiny_embedder_path, tiny_reranker_path
+):
+    question = "Why does this fail? " + "Traceback line in module store.py " * 150 + "ValueError: dim mismatch"
+    embedder = remote_embedder(fake_model_server, tiny_embedder_path)
+    np.testing.assert_allclose(embedder.embed_query(question), tiny_embedder.embed_query(question), atol=1e-4)
+    reranker = remote_reranker(fake_model_server, tiny_reranker_path)
+    np.testing.assert_allclose(reranker.score(question, DOCUMENTS),
+                               tiny_reranker.score(question, DOCUMENTS, use_cache=False), atol=1e-4)
