@@ -176,10 +176,12 @@ def _ensure_index(kb, *, progress: bool) -> None:
 
 
 def _check_answerer(kb) -> None:
-    """Say at start, in one line, when answers cannot be written (bad key, model or URL)."""
+    """Say at start, in one line, when answers cannot be written (bad key, model or URL);
+    and build the language detector now rather than on the first question."""
     problem = kb.check_answerer()
     if problem:
         log.warning("%s Answers will list the best passages until this is fixed.", problem)
+    kb.language_detector.warm_up()
 
 
 def _has_slack_credentials(settings) -> bool:

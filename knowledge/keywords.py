@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 import Stemmer
 
-from knowledge.language import detect_language
+from knowledge.language import is_mostly_non_latin
 
 # Changes whenever `analyze` or the stemmer library does: an index analysed another way
 # must be rebuilt.
@@ -41,7 +41,6 @@ _LATIN_WORD = re.compile(r"[A-Za-z0-9]+(?:[._/\\-][A-Za-z0-9]+)*(?:'[A-Za-z]+)?"
 _LETTERS = re.compile(r"[A-Za-z]+")
 # Plural acronyms (GPUs, SDKs), which Snowball leaves as they are.
 _ACRONYM_PLURAL = re.compile(r"\b([A-Z]{2,})s\b")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # What marks a word as an identifier: a dot, underscore or slash inside, a digit, an
 # inner capital (camelCase), or all capitals of length two or more (FLAT, IVF_SQ8).
 _IDENTIFIER = re.compile(r"[._/\\]|\d|[a-z][A-Z]|^[A-Z]{2,}$")
@@ -63,14 +62,15 @@ def analyze(text: str) -> str:
 def keyword_query(query: str) -> str:
     """The words of a question the BM25 side searches with: all but stop words.
 
-    A question written mostly in Han characters keeps only its identifiers
-    (`IVF_FLAT`, `2.4.5`, `common.security.authorizationEnabled`): the standard
-    analyzer cannot split Chinese, and the plain English words of a mixed question
-    ("Milvus", "Windows") match too many passages to help. Returns "" when nothing is
+    A question written mostly in another script than Latin (Chinese, Japanese, Korean,
+    Thai, Russian...) keeps only its identifiers (`IVF_FLAT`, `2.4.5`,
+    `common.security.authorizationEnabled`): the standard analyzer cannot split Han, kana
+    or Thai into words, and the plain English words of a mixed question ("Milvus",
+    "Windows") match too many passages to help. Returns "" when nothing is
     left, meaning: search dense only. The store analyses what this returns.
     """
     words = _LATIN_WORD.findall(query)
-    if is_mostly_han(query):
+    if is_mostly_non_latin(query):
         words = [w for w in words if _IDENTIFIER.search(w)]
     # "what's", "can't": the part before the apostrophe decides.
     return " ".join(w for w in words if w.lower().split("'")[0] not in STOP_WORDS)
@@ -79,11 +79,6 @@ def keyword_query(query: str) -> str:
 def identifiers(query: str) -> list[str]:
     """The words of a query that look like identifiers (names, versions, error types)."""
     return [w for w in _LATIN_WORD.findall(query) if _IDENTIFIER.search(w)]
-
-
-def is_mostly_han(text: str) -> bool:
-    # The same rule that picks the answer language decides "this question is Chinese".
-    return bool(_HAN.search(text)) and detect_language(text) == "zh"
 
 
 @functools.lru_cache(maxsize=65536)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from knowledge.errors import AnswerError, InvalidQuestionError, ModelUnavailableError
 from knowledge.expansion import doc_words_query
-from knowledge.language import detect_language
+from knowledge.language import language_detector
 from knowledge.retriever import RetrievalResult, Retriever
 from knowledge.rewrite import standalone_query
 from knowledge.settings import KnowledgeSettings
@@ -72,6 +72,8 @@ class KnowledgeBase:
         self.indexer = indexer
         self.answerer = answerer
         self.retriever = Retriever(embedder=embedder, store=store, reranker=reranker, settings=settings)
+        # Shared by every KnowledgeBase with the same languages; lingua is built on first use.
+        self.language_detector = language_detector(settings.languages)
         self._lock = threading.Lock()
         self._last_refresh: RefreshReport | None = None
         self._closed = False
@@ -148,7 +150,7 @@ class KnowledgeBase:
         """
         started = time.perf_counter()
         question = self._validated(question)
-        language = detect_language(question)
+        language = self.language_detector.detect(question)  # "" when unsure
         timings: dict[str, float] = {}
 
         rewrite_started = time.perf_counter()

@@ -93,10 +93,15 @@ def _team_answer_attributes(chunk: Chunk) -> str:
 
 
 def system_prompt(language: str, *, team_answers: bool = False) -> str:
-    """The rules; `team_answers` adds how to weigh a team answer against the docs."""
+    """The rules; `team_answers` adds how to weigh a team answer against the docs. A language
+    code also names the answer's language ("" names none: rule 5 alone applies)."""
+    team_answers_rule = TEAM_ANSWERS_RULE if team_answers else ""
+    if not language:
+        return SYSTEM_PROMPT.format(language_rule="", team_answers_rule=team_answers_rule).replace(
+            "question. \n", "question.\n").rstrip()
     name = language_name(language)
     return SYSTEM_PROMPT.format(language_rule=f"The question is in {name}: write the answer in {name}.",
-                                team_answers_rule=TEAM_ANSWERS_RULE if team_answers else "").rstrip()
+                                team_answers_rule=team_answers_rule).rstrip()
 
 
 def estimate_tokens(text: str) -> int:
@@ -138,15 +143,16 @@ def build_answer_messages(
     Earlier turns go inside a <conversation> block rather than as chat turns of their own,
     so text a thread participant wrote can never pass for the assistant's or the rules' voice.
     """
-    name = language_name(language)
     parts = []
     turns = bounded_history(history, history_max_tokens, count_tokens)
     if turns:
         parts.append(format_conversation(turns))
     parts.append(format_passages(passages))
     parts.append(f"<question>\n{neutralise(question).strip()}\n</question>")
+    # Unsure of the language (""): say nothing rather than force one; rule 5 still applies.
+    in_language = f", in {language_name(language)}" if language else ""
     parts.append(
-        f"Answer the question from the passages above, citing them with [n], in {name}."
+        f"Answer the question from the passages above, citing them with [n]{in_language}."
         + (" Use the conversation only to understand what the question refers to." if turns else "")
     )
     return [

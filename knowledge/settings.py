@@ -116,6 +116,22 @@ class KnowledgeSettings(BaseSettings):
     answer_breaker_failures: int = Field(default=3, ge=0)
     answer_breaker_cooldown: float = Field(default=30.0, ge=0)  # seconds until one question probes it
 
+    # Languages (knowledge/language.py): the languages questions are recognised in, as
+    # ISO 639-1 codes; an answer follows its question's language, whichever it is.
+    answer_languages: str = "en,zh,ja,ko,fr,de,es,pt,it,ru"
+
+    @field_validator("answer_languages")
+    @classmethod
+    def _known_languages(cls, value: str) -> str:
+        from knowledge.language import LanguageDetector
+
+        LanguageDetector(languages=value.split(","))  # raises ValueError naming an unknown code
+        return value
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(code.strip().lower() for code in self.answer_languages.split(",") if code.strip())
+
     @field_validator("reranker_model")
     @classmethod
     def _normalise_none(cls, value: str) -> str:
