@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.mrkdwn import escape, safe_url, to_mrkdwn
+from bot.mrkdwn import escape, safe_url, text_object, to_mrkdwn
 from knowledge.types import Answer, Citation
 
 SECTION_LIMIT = 3000
@@ -98,7 +98,8 @@ def _balance_fences(parts: list[str]) -> list[str]:
 
 
 def section(text: str) -> dict:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    """A section showing `text` as written (verbatim: Slack adds no links or mentions)."""
+    return {"type": "section", "text": text_object(text)}
 
 
 def source_line(citation: Citation) -> str:
@@ -165,7 +166,7 @@ def answer_messages(answer: Answer, *, record_id: str | None = None, private: bo
     footer = sources_blocks(answer.citations)
     if answer.note:
         footer.append(
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(answer.note)[:SECTION_LIMIT]}]}
+            {"type": "context", "elements": [text_object(escape(answer.note)[:SECTION_LIMIT])]}
         )
     if record_id:
         if answer.status == "abstained":
@@ -194,7 +195,9 @@ def _fallback(blocks: list[dict]) -> str:
 
 def progress_message(partial_markdown: str, *, placeholder: str) -> dict:
     """The in-progress message while the answer streams in (text only, no buttons)."""
-    body = to_mrkdwn(partial_markdown, allowed_urls=())  # sources are not known yet: no links
+    # Sources are not known yet: no links. A top-level text cannot be verbatim, so bare
+    # domains go in code too (Slack would link them).
+    body = to_mrkdwn(partial_markdown, allowed_urls=(), auto_linked=True)
     if not body:
         return {"text": escape(placeholder)}
     # Show the newest part when the stream outgrows one section.

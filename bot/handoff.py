@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from bot.blocks import source_line
 from bot.channels import mention
-from bot.mrkdwn import escape
+from bot.mrkdwn import escape, text_object
 from knowledge.types import Citation
 
 NO_CONTACTS = "No experts are configured for this channel: anyone who knows, please jump in."
@@ -53,8 +53,8 @@ def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ..
     found = f"*What the bot looked at*\n{found}" if found else "_The bot found nothing relevant in the docs._"
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": head}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": body}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": found[:3000]}},
+        {"type": "section", "text": text_object(body)},  # the asker's words: shown as written
+        {"type": "section", "text": text_object(found[:3000])},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": "The bot stays quiet in this thread now."}]},
     ]
     return {"text": f"{head}\n{body}", "blocks": blocks}

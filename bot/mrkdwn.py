@@ -1,10 +1,14 @@
 """Markdown (what the model writes) -> Slack mrkdwn, from markdown-it-py's token stream.
 
 Every piece of text is escaped (&, <, >), so model output can never produce a
-`<!channel>`, a `<@U123>` mention or a disguised link; only http(s) links are
-turned into Slack links, and with `allowed_urls` only links to those URLs (the
+`<!channel>`, a `<@U123>` mention or a disguised link; `@here`, `@channel` and
+`@everyone` written out get a zero-width space after the `@`. Only http(s) links
+are turned into Slack links, and with `allowed_urls` only links to those URLs (the
 cited sources): any other link shows its text alone, and a bare URL becomes
-inline code, which Slack does not turn into a link.
+inline code, which Slack does not turn into a link. Text objects carrying such text
+are `verbatim` (`text_object`), so Slack adds no links or mentions of its own
+(`evil.example/login`, `#general`); where that cannot be said (a message's top-level
+text), `auto_linked=True` puts bare domains in code as well.
 """
 
 from __future__ import annotations
@@ -20,11 +24,29 @@ _INDENT = "    "
 _SAFE_SCHEMES = ("http://", "https://")
 # What Slack would auto-link in plain text: a scheme URL or a www. host.
 _BARE_URL = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>`]+", re.IGNORECASE)
+# ... and, outside verbatim text objects, a bare domain: evil.example/login.
+_BARE_DOMAIN = re.compile(
+    r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.|\b(?:[a-z0-9-]+\.)+[a-z]{2,}(?=[/:]|\b))[^\s<>`]*", re.IGNORECASE
+)
+# @here, @channel, @everyone written as words: Slack may notify on them outside verbatim text.
+_BROADCAST = re.compile(r"(?<![\w@])@(here|channel|everyone)\b", re.IGNORECASE)
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 def escape(text: str) -> str:
-    """Escape the three characters Slack treats as control characters."""
+    """Escape the three characters Slack treats as control characters, and break
+    @here / @channel / @everyone with a zero-width space so they notify nobody."""
+    return _BROADCAST.sub(f"@{ZERO_WIDTH_SPACE}\\1", escape_code(text))
+
+
+def escape_code(text: str) -> str:
+    """Escape &, < and > only: for code, which Slack never turns into mentions."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def text_object(text: str) -> dict:
+    """A mrkdwn text object Slack shows as written: no automatic links or mentions."""
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 def safe_url(url: str) -> str | None:
@@ -41,29 +63,35 @@ def _parser() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 
 
-def to_mrkdwn(markdown: str, *, allowed_urls: Collection[str] | None = None) -> str:
+def to_mrkdwn(
+    markdown: str, *, allowed_urls: Collection[str] | None = None, auto_linked: bool = False
+) -> str:
     """Convert Markdown to Slack mrkdwn; empty input gives "".
 
     `allowed_urls`: None lets every http(s) link through; a collection keeps
     only links to those URLs (others become plain text, see the module doc).
+    `auto_linked`: the text goes where Slack links bare domains itself (not a
+    verbatim text object): with an allow-list, those go in inline code too.
     """
     if not markdown or not markdown.strip():
         return ""
     tokens = _parser().parse(markdown)
     allowed = None if allowed_urls is None else frozenset(u.strip() for u in allowed_urls)
-    return _BlockRenderer(allowed).render(tokens).strip("\n")
+    renderer = _BlockRenderer(allowed)
+    renderer.bare = _BARE_DOMAIN if auto_linked else _BARE_URL
+    return renderer.render(tokens).strip("\n")
 
 
 def _allowed(url: str, allowed: frozenset[str] | None) -> bool:
     return allowed is None or url.strip() in allowed
 
 
-def _plain_text(text: str, allowed: frozenset[str] | None) -> str:
+def _plain_text(text: str, allowed: frozenset[str] | None, bare: re.Pattern = _BARE_URL) -> str:
     """Escaped text; bare URLs that are not allowed go in inline code so Slack leaves them unlinked."""
     if allowed is None:
         return escape(text)
     out, last = [], 0
-    for match in _BARE_URL.finditer(text):
+    for match in bare.finditer(text):
         url = match.group(0).rstrip(".,;:!?)]}'\"")
         out.append(escape(text[last : match.start()]))
         out.append(escape(url) if url in allowed else "`" + escape(url) + "`")
@@ -84,6 +112,7 @@ class _BlockRenderer:
         self.table_row: list[str] = []
         self.in_table = False
         self.in_heading = False
+        self.bare = _BARE_URL  # what counts as a bare link to keep unlinked
 
     def render(self, tokens: list[Token]) -> str:
         for token in tokens:
@@ -115,7 +144,7 @@ class _BlockRenderer:
     def _block(self, token: Token) -> None:
         kind = token.type
         if kind == "inline":
-            text = render_inline(token.children or [], allowed_urls=self.allowed)
+            text = render_inline(token.children or [], allowed_urls=self.allowed, bare=self.bare)
             if self.in_table:
                 self.table_row.append(text)
             elif self.in_heading:
@@ -152,7 +181,7 @@ class _BlockRenderer:
             self.quote_depth -= 1
             self._blank_line()
         elif kind in ("fence", "code_block"):
-            body = escape(token.content.rstrip("\n"))
+            body = escape_code(token.content.rstrip("\n"))
             self._emit_lines(f"```\n{body}\n```")
             self._blank_line()
         elif kind == "hr":
@@ -173,7 +202,9 @@ class _BlockRenderer:
             self._blank_line()
 
 
-def render_inline(children: list[Token], *, allowed_urls: frozenset[str] | None = None) -> str:
+def render_inline(
+    children: list[Token], *, allowed_urls: frozenset[str] | None = None, bare: re.Pattern = _BARE_URL
+) -> str:
     """Render inline tokens (a paragraph's content) as mrkdwn; links limited as in to_mrkdwn."""
     allowed = allowed_urls
     out: list[str] = []
@@ -183,10 +214,10 @@ def render_inline(children: list[Token], *, allowed_urls: frozenset[str] | None 
         if kind == "text":
             # Inside an allowed link the label is not linked again; anywhere else bare URLs are checked.
             inside_link = bool(link_stack) and link_stack[-1][0] is not None
-            out.append(escape(token.content) if inside_link else _plain_text(token.content, allowed))
+            out.append(escape(token.content) if inside_link else _plain_text(token.content, allowed, bare))
         elif kind == "code_inline":
             # Backticks inside code cannot be escaped in mrkdwn; keep the span readable.
-            out.append("`" + escape(token.content.replace("`", "'")) + "`")
+            out.append("`" + escape_code(token.content.replace("`", "'")) + "`")
         elif kind in ("softbreak", "hardbreak"):
             out.append("\n")
         elif kind == "strong_open" or kind == "strong_close":

@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import SHARE_ANSWER, answer_messages
 from bot.handoff import UNKNOWN_ANSWER, citations_from
-from bot.mrkdwn import escape
+from bot.mrkdwn import escape, text_object
 from bot.services import Services
 from knowledge.types import Answer
 
@@ -53,7 +53,7 @@ def register(app: App, services: Services) -> None:
                         citations=citations, note=row.note)
         messages = answer_messages(answer, record_id=row.id)
         asked = escape(" ".join(row.question.split()))[:QUESTION_LIMIT]
-        header = {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<@{user}> asked: {asked}"}]}
+        header = {"type": "context", "elements": [text_object(f"<@{user}> asked: {asked}")]}
         messages[0] = {**messages[0], "blocks": [header, *messages[0]["blocks"]]}
         try:
             first = client.chat_postMessage(channel=channel, **messages[0])
