@@ -79,7 +79,7 @@ class KnowledgeSettings(BaseSettings):
     model_server_breaker_cooldown: float = Field(default=30.0, ge=0)
 
     # Store
-    milvus_uri: str = ""  # empty: a Milvus Lite file under DATA_DIR
+    milvus_uri: str = ""  # empty: a Milvus Lite file under DATA_DIR; a path: that Lite file
     milvus_token: SecretStr = SecretStr("")
     milvus_collection: str = "support_docs"
 
@@ -141,9 +141,16 @@ class KnowledgeSettings(BaseSettings):
     def reranking(self) -> bool:
         return bool(self.reranker_model)
 
+    @field_validator("milvus_uri")
+    @classmethod
+    def _expand_lite_path(cls, value: str) -> str:
+        # "~/milvus.db" means the home folder, as in a shell; URLs are left as they are.
+        value = value.strip()
+        return str(Path(value).expanduser()) if value.startswith("~") else value
+
     @property
     def milvus_target(self) -> str:
-        """The URI pymilvus opens: the configured server, or the Lite file."""
+        """The URI pymilvus opens: the configured server, the configured Lite file, or DATA_DIR's."""
         return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @property

@@ -25,16 +25,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-from pymilvus import (
-    AnnSearchRequest,
-    DataType,
-    Function,
-    FunctionType,
-    MilvusClient,
-    RRFRanker,
-    WeightedRanker,
-)
-from pymilvus.exceptions import MilvusException
 
 from knowledge.errors import (
     DimensionMismatchError,
@@ -42,6 +32,35 @@ from knowledge.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+
+# pymilvus parses MILVUS_URI (and the legacy MILVUS_DEFAULT_CONNECTION) when it is imported,
+# after loading the nearest .env into the environment, and raises on a file path: the Milvus
+# Lite form this project (and pymilvus's own tutorial) uses. We pass the URI explicitly, so
+# they are blank during the import (load_dotenv keeps variables already set) and restored after.
+_PYMILVUS_ENV = ("MILVUS_URI", "MILVUS_DEFAULT_CONNECTION")
+_saved_env = {name: os.environ.get(name) for name in _PYMILVUS_ENV}
+os.environ.update(dict.fromkeys(_PYMILVUS_ENV, ""))
+try:
+    from pymilvus import (
+        AnnSearchRequest,
+        DataType,
+        Function,
+        FunctionType,
+        MilvusClient,
+        RRFRanker,
+        WeightedRanker,
+    )
+    from pymilvus.exceptions import MilvusException
+except Exception as _error:  # a broken or incompatible install: one line, not a traceback
+    raise StoreUnavailableError(
+        f"Cannot load the Milvus client library (pymilvus): {' '.join(str(_error).split())[:300]}"
+    ) from None
+finally:
+    for _name, _value in _saved_env.items():
+        if _value is None:
+            os.environ.pop(_name, None)
+        else:
+            os.environ[_name] = _value
 from knowledge.keywords import ANALYZER_VERSION, analyze
 from knowledge.types import Candidate, Chunk, as_source_filter
 
@@ -114,7 +133,17 @@ class VectorStore:
         shown = _safe_uri(uri)
         if self._is_lite:
             path = Path(uri)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix != ".db":
+                raise StoreUnavailableError(
+                    f"MILVUS_URI {uri!r} is a local path, so a Milvus Lite file, whose name must end in .db "
+                    "(e.g. ./milvus.db); a Milvus server is http://host:19530."
+                )
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreUnavailableError(
+                    f"Cannot create the folder of the Milvus Lite file {uri}: {error.strerror or error}"
+                ) from None
             if _lite_locked_elsewhere(path):
                 raise _locked_error(path)
         try:
