@@ -68,13 +68,13 @@ class LanguageDetector:
 
     Building the statistical part loads lingua's models for the configured languages
     that share a script (about 30 MB and a second each); it happens once, on first use
-    or `warm_up()`. Raises ValueError for a code lingua does not know.
+    or `warm_up()`. Raises ValueError for a code neither a script nor lingua knows.
     """
 
     def __init__(self, *, languages: Iterable[str] = DEFAULT_LANGUAGES) -> None:
         codes = tuple(dict.fromkeys(code.strip().lower() for code in languages if code.strip()))
         self.languages = codes or ("en",)
-        unknown = [code for code in self.languages if _lingua_language(code) is None]
+        unknown = [code for code in self.languages if not _script_decides(code) and _lingua_language(code) is None]
         if unknown:
             raise ValueError(f"Unknown language code(s): {', '.join(unknown)} (use ISO 639-1, e.g. en, ja, fr)")
         # Languages whose script alone does not tell them apart: lingua's job.
