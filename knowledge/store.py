@@ -61,6 +61,7 @@ finally:
             os.environ.pop(_name, None)
         else:
             os.environ[_name] = _value
+
 from knowledge.keywords import ANALYZER_VERSION, analyze
 from knowledge.types import Candidate, Chunk, as_source_filter
 
