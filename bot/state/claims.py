@@ -13,13 +13,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bot.state.database import Database, storable
+from bot.state.database import HolderState, storable
 from bot.state.tables import event_claims
 
 SEEN, WORKING, DONE, ABANDONED = "seen", "working", "done", "abandoned"
@@ -48,17 +46,8 @@ def question_key(channel: str, message_ts: str) -> str:
     return f"msg:{channel}:{message_ts}"
 
 
-class Claims:
+class Claims(HolderState):
     """Claims held by one replica (`holder`); raises StateError when the database fails."""
-
-    def __init__(
-        self, *, database: Database, holder: str, lease_seconds: float = 30.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.db = database
-        self.holder = holder
-        self.lease_seconds = lease_seconds
-        self._clock = clock
 
     def first_delivery(self, event_id: str) -> bool:
         """True the first time any replica sees this event id (always True without an id)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -181,6 +182,22 @@ _PRE_ALEMBIC = (
     "CREATE INDEX IF NOT EXISTS answers_thread ON answers (channel, thread_ts)",
     "CREATE INDEX IF NOT EXISTS answers_status ON answers (status, created_at)",
 )
+
+
+class HolderState:
+    """State that one replica (`holder`) keeps in the database under leases of `lease_seconds`.
+
+    The base of Claims, SharedLimits and RefreshRuns; `clock` is injectable for tests.
+    """
+
+    def __init__(
+        self, *, database: Database, holder: str, lease_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = database
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self._clock = clock
 
 
 def storable(text: str | None) -> str | None:

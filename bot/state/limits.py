@@ -8,13 +8,11 @@ when its lease (renewed with the replica's claims) lapses.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bot.state.database import Database
+from bot.state.database import HolderState
 from bot.state.tables import user_slots
 
 
@@ -27,17 +25,8 @@ class SlotDecision:
     retry_after: float = 0.0
 
 
-class SharedLimits:
+class SharedLimits(HolderState):
     """Slots held by one replica (`holder`); raises StateError when the database fails."""
-
-    def __init__(
-        self, *, database: Database, holder: str, lease_seconds: float = 30.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.db = database
-        self.holder = holder
-        self.lease_seconds = lease_seconds
-        self._clock = clock
 
     def acquire(self, key: str, *, per_minute: int, max_concurrent: int, window: float = 60.0) -> SlotDecision:
         """Take a slot for `key` if neither limit (0: off) says no."""

@@ -10,13 +10,11 @@ The "schedule" lease row's `tick` is the last scheduled fire time that was run.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from bot.state.database import Database
+from bot.state.database import HolderState
 from bot.state.tables import leases, refresh_runs
 
 REFRESH_LEASE = "refresh"
@@ -37,17 +35,8 @@ class RunRow:
     skipped: str
 
 
-class RefreshRuns:
+class RefreshRuns(HolderState):
     """Refresh runs of one replica (`holder`); raises StateError when the database fails."""
-
-    def __init__(
-        self, *, database: Database, holder: str, lease_seconds: float = 30.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.db = database
-        self.holder = holder
-        self.lease_seconds = lease_seconds
-        self._clock = clock
 
     def start(self, *, by: str, rebuild: bool) -> int | RunRow:
         """The new run's id when no replica runs one, else the running run."""
