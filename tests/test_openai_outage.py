@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from knowledge.answerer import Answerer
+from tests.fixtures.milvus import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "How does Milvus store data?"
@@ -25,12 +25,6 @@ QUESTION = "How does Milvus store data?"
 
 def _answerer(base_url: str, *, key: str = "sk-right", model: str = "gpt-4o") -> Answerer:
     return Answerer(api_key=key, base_url=base_url, model=model, timeout=5, max_retries=0)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_start_check_names_a_wrong_key_model_or_url_in_one_line(fake_openai):
@@ -48,7 +42,7 @@ def test_start_check_names_a_wrong_key_model_or_url_in_one_line(fake_openai):
     problem = _answerer(wrong_path).check()
     assert "No OpenAI-compatible API" in problem and "OPENAI_BASE_URL" in problem
 
-    problem = _answerer(f"http://127.0.0.1:{_closed_port()}/v1").check()
+    problem = _answerer(f"http://127.0.0.1:{free_port()}/v1").check()
     assert "cannot be reached" in problem and "OPENAI_BASE_URL" in problem
     for line in (problem,):
         assert "\n" not in line
@@ -109,7 +103,7 @@ def test_serve_with_a_wrong_key_says_so_at_start_and_is_not_ready(
     tmp_path, fake_slack, fake_openai, small_corpus, tiny_embedder_path, tiny_reranker_path
 ):
     fake_openai.api_key = "sk-right"
-    metrics_port, port = _closed_port(), _closed_port()
+    metrics_port, port = free_port(), free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),

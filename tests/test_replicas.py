@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,18 +28,13 @@ from bot.blocks import ASK_HUMAN, FEEDBACK_UP
 from bot.state import Database, Records, database_url
 from bot.state.refresh_runs import RefreshRuns
 from tests.bot_helpers import bot_replies, final_answers, section_text
+from tests.fixtures.milvus import free_port
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE, SWEEP, TICK = 3, 1, 4  # seconds: short so the test is quick; the defaults are 30, 10 and daily
 CHANNEL = "CREP"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ready(port: int) -> bool:
@@ -54,7 +48,7 @@ def _ready(port: int) -> bool:
 class Replica:
     def __init__(self, name: str, env: dict, tmp_path: Path) -> None:
         self.name = name
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.log = tmp_path / f"{name}.log"
         data = tmp_path / f"data-{name}"
         with open(self.log, "w") as stderr:

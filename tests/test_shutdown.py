@@ -18,6 +18,7 @@ import pytest
 
 from bot.server import EVENTS_PATH
 from tests.bot_helpers import bot_replies, final_answers, section_text
+from tests.fixtures.milvus import free_port
 from tests.fixtures.openai_fake import DEFAULT_TEXT
 
 pytestmark = [pytest.mark.timeout(170), pytest.mark.slow]
@@ -25,14 +26,6 @@ pytestmark = [pytest.mark.timeout(170), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-test-Zx9Yw8Vu7Ts6Rq5Po4Nm"
 QUESTION = "How does Milvus store data? my-private-phrase"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str) -> int:
@@ -46,7 +39,7 @@ def _get(url: str) -> int:
 def test_sigterm_finishes_the_answer_in_flight_then_exits(
     tmp_path, fake_slack, fake_openai, small_corpus, tiny_embedder_path, tiny_reranker_path
 ):
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
