@@ -109,7 +109,9 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
 
     kb = _knowledge_base(settings)
     try:
-        items = evaluation.load_items(Path(args.file))
+        # Several files are scored as one (e.g. the dev set plus a file of unanswerable
+        # questions to fit the abstention model on).
+        items = [item for name in args.file for item in evaluation.load_items(Path(name))]
         if args.compare:
             rows = evaluation.compare(kb, items)
             if args.json:
@@ -124,7 +126,7 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
         fitted = None
         if args.fit_abstention is not None:
             fitted = evaluation.fit_abstention(
-                kb, result, path=args.fit_abstention or None, fitted_on=args.file
+                kb, result, path=args.fit_abstention or None, fitted_on=" + ".join(args.file)
             )
     finally:
         kb.close()
@@ -337,14 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", cmd_eval, "score retrieval on an eval file (recall, MRR, abstention)",
             "Score the current index on a JSONL eval file (format: shared/eval/README.md): "
             "recall@10 before reranking, recall@3 after, MRR@10 and abstention.")
-    p.add_argument("file", help="eval JSONL file")
+    p.add_argument("file", nargs="+", help="eval JSONL file(s), scored together")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--compare", action="store_true",
                    help="dense, BM25 and hybrid, each with and without reranking, side by side")
     p.add_argument("--no-rerank", action="store_true", help="score without the reranker")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode")
     p.add_argument("--fit-abstention", nargs="?", const="", metavar="PATH",
-                   help="fit the abstention model on this file's answerable and unanswerable "
+                   help="fit the abstention model on the files' answerable and unanswerable "
                         "items, print it and save it (default path: ABSTENTION_MODEL)")
 
     add("chat", cmd_chat, "talk to the bot in the terminal (no Slack needed)",

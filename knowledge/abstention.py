@@ -2,13 +2,13 @@
 
 A single cosine threshold cannot tell "close to a documented topic but not in the
 docs" from "asked in other words than the docs use". So the decision combines what
-retrieval already measured (``signals``): the best body and title cosines, how
-much of the question's (rare) words the first passages use, how many of its words
-the docs never use, and the reranker's P(yes) when reranking is on. A tiny
-logistic model over them is fitted by ``supportbot eval --fit-abstention`` on an
-eval file with unanswerable items, saved as JSON, and read back by the retriever;
-without a saved model (or one fitted for another embedder or reranking setting) the
-plain thresholds decide as before.
+retrieval already measured (``signals``): the best body and title cosines, whether
+the question names something the docs never mention that is no everyday word
+(``foreign_term``: "LDAP", "GraphQL", "Okta"), and the reranker's P(yes) when
+reranking is on. A tiny logistic model over them is fitted by ``supportbot eval
+--fit-abstention`` on eval files with unanswerable items, saved as JSON, and read
+back by the retriever; without a saved model (or one fitted for another embedder or
+reranking setting) the plain thresholds decide as before.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from knowledge.errors import KnowledgeError
-from knowledge.keywords import analyze
+from knowledge.keywords import analyze, keyword_query
 from knowledge.vocabulary import Vocabulary, query_terms, terms
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,26 @@ logger = logging.getLogger(__name__)
 # Which passages the signals look at: the first few of the final order.
 TOP_PASSAGES = 3
 # The signals a model may combine; `fit` picks which by leave-one-out on the eval file.
-DENSE_SIGNALS = ("dense_top", "title_top", "coverage", "rare_coverage", "unknown_share")
+# The word-overlap signals (coverage, rare_coverage, unknown_share) are still computed
+# for diagnosis but not offered: they measure how the question is phrased, and models
+# fitted with them on the dev set declined half of the answerable support tickets
+# (docs/answer-quality.md).
+DENSE_SIGNALS = ("dense_top", "title_top", "foreign_term")
 RERANK_SIGNALS = ("rerank_top", *DENSE_SIGNALS)
 # How many of the question's rarest known words `rare_coverage` looks for.
 RARE_TERMS = 2
 # L2 strengths tried (C of scikit-learn): eval files hold few unanswerable items.
 REGULARISATIONS = (1.0, 0.1)
 MAX_SIGNALS = 3
+# The cut wrongly declines at most this share of the fitting items' answerable questions
+# (the issue's bar): declining every unanswerable item overfits once there are many.
+MAX_FALSE_ABSTAIN = 0.10
+# A word the docs never use and rarer than this in general use (Zipf scale: 4 is ten
+# per million words, e.g. "keyboard"; "LDAP" is 2.2) names something the docs lack.
+FOREIGN_ZIPF = 4.0
+# Everyday words of these languages are not foreign terms (wordfreq's frequency lists).
+WORD_LANGUAGES = ("en", "fr", "de", "es", "pt", "it", "nl")
+_LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
 def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, float]:
@@ -68,8 +82,34 @@ def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, f
         "coverage": coverage,
         "rare_coverage": rare_coverage,
         "unknown_share": vocabulary.unknown_share(question) if vocabulary is not None else 0.0,
+        "foreign_term": foreign_term(question, vocabulary),
         "rerank_top": max(rerank) if rerank else 0.0,
     }
+
+
+def foreign_term(question: str, vocabulary: Vocabulary | None) -> float:
+    """How clearly the question names something the docs never mention: for its words no
+    indexed section uses, FOREIGN_ZIPF minus their general frequency (wordfreq's Zipf
+    scale, the highest of WORD_LANGUAGES), the largest such gap; 0 when there is none.
+
+    A casual word the docs lack ("blows", "teammate") is frequent and scores ~0; a
+    product or protocol they lack ("LDAP", "GraphQL") scores ~2.
+    """
+    if vocabulary is None or not vocabulary.sections:
+        return 0.0
+    gap = 0.0
+    for word in dict.fromkeys(_LATIN_WORD.findall(keyword_query(question))):
+        stems = terms(analyze(word))
+        if not stems or any(stem in vocabulary.df for stem in stems):
+            continue
+        gap = max(gap, FOREIGN_ZIPF - _zipf(word))
+    return gap
+
+
+def _zipf(word: str) -> float:
+    from wordfreq import zipf_frequency  # loads each language's list on first use
+
+    return max(zipf_frequency(word, lang) for lang in WORD_LANGUAGES)
 
 
 @dataclass(frozen=True)
@@ -133,9 +173,9 @@ def fit(
     Which signals (up to MAX_SIGNALS, always with the best dense or rerank score) and
     which regularisation are chosen by leave-one-out over the items: most held-out
     unanswerable items declined, then fewest held-out answerable ones declined, then
-    more signals. The cut declines every unanswerable item with the fewest false
-    abstentions, midway to the next answerable item (as ``evaluation.choose_threshold``
-    does for one score). Returns None without both answerable and unanswerable items.
+    more signals. The cut is the highest that wrongly declines at most MAX_FALSE_ABSTAIN
+    of the answerable items, midway between them and the best-scoring unanswerable item
+    below. Returns None without both answerable and unanswerable items.
     """
     rows = [o for o in outcomes if o.get("signals")]
     if len({bool(o["answerable"]) for o in rows}) < 2:
@@ -164,15 +204,16 @@ def fit(
     positives = sum(1 for o in rows if o["answerable"])
     negatives = len(rows) - positives
     false = sum(1 for o in rows if o["answerable"] and model.declines(o["signals"]))
+    declined = sum(1 for o in rows if not o["answerable"] and model.declines(o["signals"]))
     return dataclasses.replace(
         model, model_id=model_id, fitted_on=fitted_on,
         false_abstain=round(false / positives, 4),
-        declined_unanswerable=f"{negatives}/{negatives}",
+        declined_unanswerable=f"{declined}/{negatives}",
     )
 
 
 def _fit(rows: Sequence[dict], features: tuple[str, ...], strength: float, score: str):
-    """Logistic regression on standardised features, cut below the best unanswerable item."""
+    """Logistic regression on standardised features, cut as ``fit`` says."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -191,7 +232,10 @@ def _fit(rows: Sequence[dict], features: tuple[str, ...], strength: float, score
         threshold=0.5, score=score,
     )
     p = [model.p_answerable(o["signals"]) for o in rows]
-    highest = max(pi for pi, y in zip(p, labels) if not y)
-    above = sorted(pi for pi, y in zip(p, labels) if y and pi > highest)
-    threshold = (highest + above[0]) / 2 if above else highest + 1e-6
-    return dataclasses.replace(model, threshold=threshold)
+    positives = sorted(pi for pi, y in zip(p, labels) if y)
+    allowed = math.floor(MAX_FALSE_ABSTAIN * len(positives) + 1e-9)
+    # Declining below `upper` wrongly declines `allowed` answerable items at most.
+    upper = positives[allowed] if allowed < len(positives) else positives[-1] + 1e-6
+    lower = max([positives[allowed - 1] if allowed else 0.0,
+                 *(pi for pi, y in zip(p, labels) if not y and pi < upper)])
+    return dataclasses.replace(model, threshold=(lower + upper) / 2)

@@ -26,6 +26,9 @@ FOLLOWUPS = Path(__file__).parent / "data" / "followups.jsonl"
 WHOLE_TREE_SET = Path(__file__).parents[1] / "docs" / "eval" / "whole-tree.jsonl"
 # Support tickets (symptoms, goals, errors, near-miss unanswerables), also written apart.
 TICKETS_SET = Path(__file__).parents[1] / "docs" / "eval" / "tickets.jsonl"
+# Milvus-adjacent questions the docs do not answer, to fit the abstention model on (with
+# the dev set); written apart from the reported sets (docs/eval/README.md).
+ABSTENTION_TUNING_SET = Path(__file__).parents[1] / "docs" / "eval" / "abstention-tuning.jsonl"
 # The dense (cosine) threshold chosen for all-MiniLM-L6-v2 on the dev set: see the doc.
 MINILM_DENSE_THRESHOLD = 0.49
 
@@ -345,9 +348,10 @@ def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set, tmp
       0.95 -> 1.00, MRR@10 0.668 -> 0.812; whole-tree set 0.80 both, 0.434 -> 0.516);
     - the title vector lifts FAQ entries headed by the question (tickets set, FAQ items,
       MRR@10 0.497 -> 0.580 without expansion);
-    - the abstention model `eval --fit-abstention` fits on the dev set declines its
-      unanswerable items, and 3 of 4 on the whole-tree set (measured: 10 % of its English
-      answerable items wrongly declined; bounded at 15 % for bfloat16 noise)."""
+    - the abstention model `eval --fit-abstention` fits on the dev set plus the
+      unanswerable tuning questions declines 3 of the tickets set's 6 near-misses and 2 of
+      the whole-tree set's 4 unanswerable items, wrongly declining 0 % and 3.3 % of their
+      English answerable items (bounded at 10 % for bfloat16 noise)."""
     from knowledge.evaluation import fit_abstention
 
     # dtype auto: bfloat16 where the CPU has it (3x faster to index; same figures as float32).
@@ -359,16 +363,19 @@ def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set, tmp
     hybrid = evaluate(kb, dev, mode="hybrid", rerank=False)
     en = hybrid["by_lang"]["en"]
     assert en["recall@10"] > dense["recall@10"] and en["mrr@10"] > dense["mrr@10"], (dense, en)
-    model = fit_abstention(kb, hybrid, path=tmp_path / "abstention.json", fitted_on=dev_set.name)
-    assert model is not None and model.declined_unanswerable == "3/3"
-    assert evaluate(kb, dev, mode="hybrid", rerank=False)["abstain_correct"] == 1.0
+    tuning = evaluate(kb, dev + load_items(ABSTENTION_TUNING_SET), mode="hybrid", rerank=False)
+    model = fit_abstention(kb, tuning, path=tmp_path / "abstention.json", fitted_on="dev + tuning")
+    assert model is not None and "foreign_term" in model.features, model
 
     tree = load_items(WHOLE_TREE_SET)
     dense = evaluate(kb, tree, mode="dense", rerank=False)["by_lang"]["en"]
     hybrid = evaluate(kb, tree, mode="hybrid", rerank=False)
     en = hybrid["by_lang"]["en"]
     assert en["recall@10"] >= dense["recall@10"] and en["mrr@10"] > dense["mrr@10"], (dense, en)
-    assert hybrid["abstain_correct"] >= 0.75 and en["false_abstain"] <= 0.15, hybrid["misses"]
+    assert hybrid["abstain_correct"] >= 0.5 and en["false_abstain"] <= 0.10, hybrid["misses"]
+    tickets = evaluate(kb, load_items(TICKETS_SET), mode="hybrid", rerank=False)
+    assert tickets["by_kind"]["unanswerable"]["abstain_correct"] >= 0.5, tickets["misses"]
+    assert tickets["by_lang"]["en"]["false_abstain"] <= 0.10, tickets["misses"]
 
     faq = [item for item in load_items(TICKETS_SET) if item.kind == "faq"]
     kb.settings.query_expansion = False
@@ -461,3 +468,57 @@ def test_expansion_adds_the_heading_words_of_the_docs_that_use_a_symptoms_words(
         assert expander.expand(question, keyword_query(question)).split()[-2:] == ["allocate", "resources"]
     finally:
         store.close()
+
+
+# ---- abstention: questions naming what the docs lack ----------------------------------
+
+AUTH_DOCS = [
+    ("auth.md", "# Authenticate User Access\n\n## Enable authentication\n\nSet "
+                "common.security.authorizationEnabled to true; users then log in with a user name "
+                "and a password.\n\n## Reset a password\n\nAn admin can reset the password of a "
+                "user who forgot it.\n"),
+    ("tls.md", "# Encryption in Transit\n\n## Enable TLS\n\nSet tls.enabled to true and mount the "
+               "certificate files on the proxy.\n"),
+]
+
+
+def test_a_question_naming_what_the_docs_never_mention_gets_a_foreign_term_signal(
+    milvus_lite_uri, hashing_embedder
+):
+    """"LDAP" is in no section and is no everyday word: the signal is high. A question in
+    casual words the docs do not use either ("teammate", "forgot... blows up") is not."""
+    store = _indexed_store(milvus_lite_uri, hashing_embedder, AUTH_DOCS, "foreign")
+    try:
+        retriever = Retriever(embedder=hashing_embedder, store=store,
+                              settings=KnowledgeSettings(_env_file=None, reranker_model="none"))
+
+        def foreign(question: str) -> float:
+            result = retriever.retrieve(question, mode="hybrid", rerank=False)
+            return retriever.signals(result)["foreign_term"]
+
+        assert foreign("Can people log in with their company LDAP accounts instead of a password?") > 1.5
+        assert foreign("A teammate's login blows up every morning, can an admin reset her password?") < 1.0
+        assert foreign("How do I enable TLS on the proxy?") == 0.0
+    finally:
+        store.close()
+
+
+def test_the_fitted_cut_wrongly_declines_at_most_a_tenth_of_the_answerable_items():
+    """Many unanswerable items scoring like answerable ones: declining all of them (the
+    old cut) would decline most answerable items too. The fit keeps the false
+    abstentions within MAX_FALSE_ABSTAIN and still declines those naming a foreign term."""
+    from knowledge.abstention import MAX_FALSE_ABSTAIN, fit
+
+    def row(answerable: bool, dense: float, foreign: float) -> dict:
+        return {"answerable": answerable,
+                "signals": {"dense_top": dense, "title_top": dense, "foreign_term": foreign}}
+
+    answerable = [row(True, 0.40 + 0.01 * n, 0.0) for n in range(30)]
+    near_misses = [row(False, 0.55 + 0.01 * n, 0.0) for n in range(6)]  # mid-range cosines
+    foreign = [row(False, 0.50 + 0.01 * n, 2.0) for n in range(6)]  # "LDAP", "GraphQL"...
+    model = fit(answerable + near_misses + foreign, score="dense")
+    assert model.false_abstain <= MAX_FALSE_ABSTAIN, model
+    assert "foreign_term" in model.features
+    assert all(model.declines(r["signals"]) for r in foreign)
+    assert model.declined_unanswerable.startswith(str(sum(model.declines(r["signals"])
+                                                          for r in near_misses + foreign)))
