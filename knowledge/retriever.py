@@ -33,6 +33,11 @@ _DEDUPE_MARGIN = 5
 HYBRID_DEPTH_FACTOR = 1
 # How many of the title vector's best hits take part in fusion (docs/answer-quality.md).
 TITLE_DEPTH = 1
+# A section headed by a question (a FAQ entry) gains this times its title cosine in
+# weighted fusion: it answers a question, and when its heading matches the one asked it
+# should not lose to a page that only mentions the same words. Chosen on the dev set
+# (0.04-0.06 alike; docs/answer-quality.md).
+QUESTION_HEADING_BONUS = 0.05
 # How many keyword hits quoting an identifier verbatim are kept among the candidates.
 EXACT_MATCHES = 2
 # Without identifiers, the best of the keyword side's first hits that fusion left out
@@ -209,6 +214,8 @@ class Retriever:
                 source_names=names,
                 depth=limit * HYBRID_DEPTH_FACTOR,
             )
+            if self.settings.fusion == "weighted":  # RRF scores are on another scale
+                found = favour_question_headings(found)
             if keywords:
                 found = self._keep_keyword_hits(found, query, keywords, limit, names)
         return dedupe(found)[:top_k]
@@ -302,6 +309,17 @@ class Retriever:
                 candidate = dataclasses.replace(candidate, chunk=dataclasses.replace(chunk, text=text))
             expanded.append(candidate)
         return expanded
+
+
+def favour_question_headings(found: list[Candidate]) -> list[Candidate]:
+    """Add QUESTION_HEADING_BONUS x title cosine to the fused score of sections headed by
+    a question, and re-sort (stable: other ties keep Milvus's order)."""
+    for candidate in found:
+        heading = candidate.chunk.heading_path[-1].rstrip() if candidate.chunk.heading_path else ""
+        if heading.endswith(("?", "？")) and candidate.title_score is not None:
+            candidate.fused_score = (candidate.fused_score or 0.0) + QUESTION_HEADING_BONUS * max(
+                0.0, candidate.title_score)
+    return sorted(found, key=lambda c: -(c.fused_score or 0.0))
 
 
 def load_abstention_model(settings: KnowledgeSettings) -> AbstentionModel | None:
