@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 from cachetools import LRUCache
 from tqdm.auto import tqdm
 
+from knowledge.coalescing import Coalescer
 from knowledge.errors import ModelLoadError
 from knowledge.token_cap import keep_head_and_tail
 from knowledge.runtime import (
@@ -31,6 +33,8 @@ QUERY_CACHE_SIZE = 1024
 QUERY_MAX_TOKENS = 512
 _SEAM_SLACK = 4  # tokens re-tokenizing a head + " … " + tail may add, plus the end-of-text token
 _WARM_UP_QUERY = "How do I get started?"
+# Questions that arrive together share one forward pass, up to this many (knowledge/coalescing).
+QUERY_BATCH = 8
 
 
 class Embedder:
@@ -88,6 +92,11 @@ class Embedder:
         self._cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(1, query_cache_size))
         self._cache_lock = threading.Lock()
         self.encode_calls = 0  # how many times the model ran (tests and metrics read it)
+        # Questions queued while the model was busy (another question's reranking, say) go
+        # through together: measured 2 in flight vs 1, docs/performance.md.
+        self._queries: Coalescer[str, np.ndarray] = Coalescer(
+            run=self._embed_query_batch, max_batch=min(QUERY_BATCH, self.batch_size), gate=model_call
+        )
 
     @property
     def model(self):
@@ -100,12 +109,17 @@ class Embedder:
             cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vector = self._encode([self.capped_query(text)], prompt_name=self._query_prompt_name, progress=False)[0]
+        vector = self._queries.submit(self.capped_query(text))
         release_free_memory()  # questions run on many worker threads, each filling its arena
         vector.setflags(write=False)  # shared by every later hit
         with self._cache_lock:
             self._cache[text] = vector
         return vector
+
+    def _embed_query_batch(self, texts: list[str]) -> list[np.ndarray]:
+        # The coalescer already holds the model-call slot for this batch.
+        vectors = self._encode(texts, prompt_name=self._query_prompt_name, progress=False, gated=False)
+        return [vector.copy() for vector in vectors]  # each question's cache entry owns its row
 
     def capped_query(self, text: str) -> str:
         """The question as embedded: at most `query_max_tokens`, its head and tail kept, so the
@@ -184,11 +198,18 @@ class Embedder:
         self._encode([_WARM_UP_QUERY], prompt_name=self._query_prompt_name, progress=False)
 
     def _encode(
-        self, texts: list[str], *, prompt_name: str | None, progress: bool, batch_size: int | None = None
+        self,
+        texts: list[str],
+        *,
+        prompt_name: str | None,
+        progress: bool,
+        batch_size: int | None = None,
+        gated: bool = True,
     ) -> np.ndarray:
         # One encode at a time: the shared HF tokenizer is not safe to reconfigure concurrently,
-        # and two forward passes would only fight over the same cores.
-        with self._lock, model_call():
+        # and two forward passes would only fight over the same cores. The model-call slot is
+        # taken before the lock, in the same order as the query coalescer takes them.
+        with model_call() if gated else nullcontext(), self._lock:
             self.encode_calls += 1
             vectors = self._model.encode(
                 texts,

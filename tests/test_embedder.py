@@ -259,3 +259,30 @@ def test_a_2000_char_question_keeps_the_instruction_head_and_tail(tiny_embedder)
     assert tiny_embedder.capped_query(short) == short
     vector = tiny_embedder.embed_query(question)  # the long question embeds, from the capped text
     np.testing.assert_allclose(vector, tiny_embedder.embed_query(capped), atol=1e-6)
+
+
+def test_questions_queued_while_the_model_is_busy_share_one_forward_pass(tiny_embedder_path):
+    from knowledge.runtime import model_call
+
+    embedder = Embedder(model=str(tiny_embedder_path), device="cpu", dtype="float32")
+    questions = [f"question number {i} about {word}" for i, word in enumerate(("etcd", "minio", "pulsar"))]
+    alone = [embedder.embed_documents([QUERY_PROMPT + q])[0] for q in questions]
+    calls = embedder.encode_calls
+    results: dict[int, np.ndarray] = {}
+    with model_call():  # another question's reranking holds the model
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, embedder.embed_query(questions[i])))
+            for i in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while embedder._queries.waiting < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert embedder._queries.waiting == 3
+    for thread in threads:
+        thread.join(timeout=60)
+    assert embedder.encode_calls == calls + 1  # three questions, one pass
+    for i, vector in results.items():
+        np.testing.assert_allclose(vector, alone[i], atol=1e-5)
+        assert not vector.flags.writeable
