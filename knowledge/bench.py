@@ -115,10 +115,10 @@ def run_bench(
         batch_size=settings.embedding_batch_size, batch_tokens=settings.embedding_batch_tokens,
     )
 
-    def load_reranker(max_tokens: int):
+    def load_reranker(max_tokens: int, *, int8: bool = settings.reranker_int8):
         return Reranker(
             model=reranker_model, instruction=settings.rerank_instruction, max_tokens=max_tokens,
-            batch_size=settings.rerank_batch_size, device=settings.device, dtype=settings.dtype,
+            batch_size=settings.rerank_batch_size, device=settings.device, dtype=settings.dtype, int8=int8,
         )
 
     reranker = load_reranker(settings.rerank_max_tokens)
@@ -185,7 +185,15 @@ def run_bench(
                 full = configured
             result["rerank"] = _rerank_figures(full, configured, settings.rerank_max_tokens)
             result["rerank"]["configured_truncates"] = truncates
+            result["rerank"]["int8"] = settings.reranker_int8
             result["rerank"].update(windowed)
+            if not settings.reranker_int8 and embedder.device.type == "cpu":
+                say("the same candidates through an int8 reranker (RERANKER_INT8=true)")
+                if truncates:
+                    gc.collect()  # the full-length reranker above is gone before the next loads
+                int8 = _bench_rerank(load_reranker(settings.rerank_max_tokens, int8=True), docs, question,
+                                     reps=reps, tutorial=False)
+                result["rerank"].update(_int8_figures(configured, int8))
             # The tutorial's whole path for the same question: embed, search, the card's rerank.
             tutorial_path = tutorial_query_ms + result["rerank"]["tutorial_ms"]
             result["answer_ready"]["tutorial_path_ms"] = round(tutorial_path, 1)
@@ -233,6 +241,9 @@ def format_report(result: dict) -> str:
         "",
         f"  windows vs whole {rr['windowed_max_score_diff']:8.4f} max score diff "
         f"(≤{rr['windowed_window_tokens']}-token windows, same candidates)",
+        *([f"  int8 weights     {rr['int8_ms']:8.0f} ms   {rr['int8_speedup']:.2f}x the configured reranker, "
+           f"max score diff {rr['int8_max_score_diff']:.4f}, same first: {rr['int8_top1_same']}"]
+          if "int8_ms" in rr else [f"  int8 weights     {'on' if rr.get('int8') else 'not measured'}"]),
         "",
         f"Answer-ready latency, {ar['questions']} questions (LLM excluded), budget {ar['budget_ms']:.0f} ms",
         f"  rerank on        p50 {ar['p50_ms']:7.0f} ms   p95 {ar['p95_ms']:7.0f} ms   "
@@ -679,6 +690,17 @@ def _bench_rerank(reranker, docs: list[str], question: str, *, reps: int, tutori
         figures["tutorial_cpu_ms"] = round(1000 * min(cpu for _, cpu in baseline[1:]), 1)
         figures["max_score_diff"] = max(diffs)
     return figures
+
+
+def _int8_figures(configured: dict, int8: dict) -> dict:
+    """The int8 reranker against the configured one: time, speedup and P(yes) drift, same candidates."""
+    return {
+        "int8_ms": int8["product_ms"],
+        "int8_speedup": round(configured["product_ms"] / int8["product_ms"], 2),
+        "int8_cpu_speedup": round(configured["product_cpu_ms"] / int8["product_cpu_ms"], 2),
+        "int8_max_score_diff": _max_diff(configured["scores"], int8["scores"]),
+        "int8_top1_same": int(np.argmax(configured["scores"])) == int(np.argmax(int8["scores"])),
+    }
 
 
 def _rerank_figures(full: dict, configured: dict, max_tokens: int) -> dict:

@@ -396,6 +396,7 @@ def make_reranker(settings: KnowledgeSettings):
         batch_size=settings.rerank_batch_size,
         device=settings.device,
         dtype=settings.dtype,
+        int8=settings.reranker_int8,
     )
 
 

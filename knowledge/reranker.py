@@ -31,6 +31,7 @@ from knowledge.runtime import (
     first_line,
     limit_malloc_arenas,
     model_call,
+    quantize_linear_int8,
     release_free_memory,
     resolve_model_source,
 )
@@ -87,12 +88,16 @@ class Reranker:
         device: str = "auto",
         dtype: str = "auto",
         cache_size: int = SCORE_CACHE_SIZE,
+        int8: bool = False,
     ) -> None:
         """Load tokenizer and model once. `max_tokens` bounds the whole model input, as the model
         card's max_length does (the document, last in the prompt, is what gets cut); a query
         longer than leaves MIN_DOCUMENT_SHARE of it to the document keeps its head and tail.
 
-        Raises ModelLoadError (one line) when the model is missing, broken or not a yes/no reranker.
+        `int8` (CPU only) swaps the model's linear layers for int8 ones after loading it in float32.
+
+        Raises ModelLoadError (one line) when the model is missing, broken or not a yes/no reranker,
+        or int8 is asked for on another device or with a 16-bit DTYPE.
         """
         limit_malloc_arenas()  # before any worker thread calls the model (see runtime)
         self.model_id = model.strip()
@@ -100,7 +105,10 @@ class Reranker:
         self.max_tokens = max_tokens
         self.batch_size = max(1, batch_size)
         self.device = choose_device(device)
-        self.dtype = choose_dtype(dtype, device=self.device)
+        if int8 and self.device.type != "cpu":
+            raise ModelLoadError(f"RERANKER_INT8 runs on the CPU only; DEVICE is {self.device.type}.")
+        # int8 weights are made from float32 ones (`auto` would pick bfloat16 on an AMX CPU).
+        self.dtype = choose_dtype("float32" if int8 and dtype == "auto" else dtype, device=self.device)
         source = resolve_model_source(model, role="Reranker model", setting="RERANKER_MODEL")
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,6 +119,10 @@ class Reranker:
             raise ModelLoadError(f"Reranker model {self.model_id!r} could not be loaded: {first_line(error)}") from error
         self.model.to(self.device).eval()
         self._no_id, self._yes_id = self._answer_token_ids()
+        # Only the transformer body runs (the answer rows below replace the LM head).
+        self.int8 = bool(int8) and quantize_linear_int8(self.model.base_model) > 0
+        if int8:
+            release_free_memory()  # the float32 weights just replaced
         self._prefix_ids = self.tokenizer.encode(PREFIX, add_special_tokens=False)
         self._suffix_ids = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
         self._body_budget = max_tokens - len(self._prefix_ids) - len(self._suffix_ids)

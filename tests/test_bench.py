@@ -165,3 +165,8 @@ def test_bench_reports_the_budget_the_tutorial_path_windows_and_scaling(tiny_set
         assert key in result["targets"]
     assert result["machine"]["model_calls"] >= 1
     assert "of the tutorial's path" in format_report(result)
+    # The int8 reranker beside the configured float32 one: its speed and its score drift, same candidates.
+    rerank = result["rerank"]
+    assert rerank["int8"] is False and rerank["int8_ms"] > 0 and rerank["int8_speedup"] > 0
+    assert 0 <= rerank["int8_max_score_diff"] <= 0.1
+    assert "int8 weights" in format_report(result)

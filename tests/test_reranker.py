@@ -23,7 +23,7 @@ DOCS = [
 ]
 
 
-def _reranker(path, *, dtype="float32", max_tokens=512, batch_size=3):
+def _reranker(path, *, dtype="float32", max_tokens=512, batch_size=3, int8=False):
     return Reranker(
         model=str(path),
         instruction=DEFAULT_RERANK_INSTRUCTION,
@@ -31,6 +31,7 @@ def _reranker(path, *, dtype="float32", max_tokens=512, batch_size=3):
         batch_size=batch_size,
         device="cpu",
         dtype=dtype,
+        int8=int8,
     )
 
 
@@ -225,3 +226,24 @@ def test_a_2000_char_question_leaves_each_document_its_share(tiny_reranker):
 def test_short_questions_are_not_cut(tiny_reranker):
     text = tiny_reranker.tokenizer.decode(tiny_reranker.model_inputs(QUERY, ["etcd"])[0])
     assert f"<Query>: {QUERY}\n<Document>: etcd" in text
+
+
+def test_int8_weights_replace_every_linear_layer_and_keep_the_scores_close(tiny_reranker_path):
+    import torch
+
+    exact = _reranker(tiny_reranker_path)
+    quantized = _reranker(tiny_reranker_path, dtype="auto", int8=True)
+    assert quantized.int8 and not exact.int8
+    layers = list(quantized.model.base_model.modules())
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in layers)
+    assert not any(type(m) is torch.nn.Linear for m in layers)
+    expected = exact.score(QUERY, DOCS, use_cache=False)
+    scores = quantized.score(QUERY, DOCS, use_cache=False)
+    assert scores != expected  # int8 really ran
+    assert max(abs(a - b) for a, b in zip(scores, expected)) <= 0.05
+    assert scores == pytest.approx(quantized.score(QUERY, list(DOCS), use_cache=False), abs=1e-6)
+
+
+def test_int8_with_16_bit_weights_is_a_one_line_error(tiny_reranker_path):
+    with pytest.raises(ModelLoadError, match="DTYPE=float32"):
+        _reranker(tiny_reranker_path, dtype="bfloat16", int8=True)
