@@ -9,9 +9,7 @@ at every position), on length-sorted batches so little is spent on padding.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import threading
 import warnings
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ from knowledge.errors import ModelLoadError
 from knowledge.model_prompts import RERANK_PREFIX as PREFIX
 from knowledge.model_prompts import RERANK_SUFFIX as SUFFIX
 from knowledge.model_prompts import format_pair
+from knowledge.prefix_cache import PrefixCache, last_hidden
 from knowledge.token_cap import keep_head_and_tail
 from knowledge.runtime import (
     choose_device,
@@ -137,9 +136,6 @@ class Reranker:
         head = self.model.get_output_embeddings().weight
         self._answer_rows = head[[self._no_id, self._yes_id]].detach().float()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # transformers 5 calls the KV cache argument `cache`; 4.x called it `past_key_values`.
-        forward_parameters = inspect.signature(self.model.base_model.forward).parameters
-        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
         self._lock = threading.Lock()
         self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))
         self._cache_lock = threading.Lock()
@@ -207,46 +203,22 @@ class Reranker:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 tails = [sequences[i][shared:] for i in batch]
-                for index, value in zip(batch, self._score_batch(tails, prefix_cache, shared)):
+                for index, value in zip(batch, self._score_batch(tails, prefix_cache)):
                     scores[index] = value
         release_free_memory()  # the batches' activations, or the process keeps them as RSS
         return scores
 
-    @torch.inference_mode()
-    def _prefix_cache(self, prefix: list[int]):
+    def _prefix_cache(self, prefix: list[int]) -> PrefixCache:
         self.forward_calls += 1
         with model_call():
-            output = self.model.base_model(
-                input_ids=torch.tensor([prefix], dtype=torch.long, device=self.device), use_cache=True
-            )
-        return output.cache if hasattr(output, "cache") else output.past_key_values
+            return PrefixCache(model=self.model.base_model, prefix=prefix, device=self.device)
 
-    @torch.inference_mode()
-    def _score_batch(self, tails: list[list[int]], prefix_cache, shared: int) -> list[float]:
-        """P(yes) for token sequences that continue a cached shared prefix of `shared` tokens (or none)."""
-        rows, width = len(tails), max(len(ids) for ids in tails)
-        input_ids = torch.full((rows, width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((rows, shared + width), dtype=torch.long)
-        attention_mask[:, :shared] = 1
-        for row, ids in enumerate(tails):  # right padding: positions match the unpadded sequence
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, shared : shared + len(ids)] = 1
-        position_ids = (torch.arange(width) + shared).expand(rows, -1)
-        cache_kwargs = {}
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)  # each forward appends to the cache it is given
-            cache.batch_repeat_interleave(rows)
-            cache_kwargs = {self._cache_argument: cache, "use_cache": True}
+    def _score_batch(self, tails: list[list[int]], prefix_cache: PrefixCache | None) -> list[float]:
+        """P(yes) for token sequences that continue the cached shared prefix (or stand alone)."""
         self.forward_calls += 1
         with model_call():  # per batch: another question's embedding can run between batches
-            hidden = self.model.base_model(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                position_ids=position_ids.to(self.device),
-                **(cache_kwargs or {"use_cache": False}),
-            ).last_hidden_state
-        last = torch.tensor([len(ids) - 1 for ids in tails], device=hidden.device)
-        hidden = hidden[torch.arange(rows, device=hidden.device), last]  # each row's final real token
+            hidden = last_hidden(self.model.base_model, tails, pad_id=self._pad_id, device=self.device,
+                                 prefix=prefix_cache)
         logits = hidden.float() @ self._answer_rows.T  # (rows, 2): [no, yes]
         return torch.softmax(logits, dim=-1)[:, 1].tolist()
 
