@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from knowledge.coalescing import Coalescer
 from knowledge.errors import ModelLoadError
+from knowledge.prefix_cache import PrefixCache, last_hidden
 from knowledge.token_cap import keep_head_and_tail
 from knowledge.runtime import (
     choose_device,
@@ -35,6 +36,9 @@ _SEAM_SLACK = 4  # tokens re-tokenizing a head + " … " + tail may add, plus th
 _WARM_UP_QUERY = "How do I get started?"
 # Questions that arrive together share one forward pass, up to this many (knowledge/coalescing).
 QUERY_BATCH = 8
+# The cached-instruction path is kept only when its first vector matches the plain path's this well
+# (float rounding gives > 0.9999; a model that is not causal would be far off).
+PREFIX_CHECK_COSINE = 0.999
 
 
 class Embedder:
@@ -82,6 +86,11 @@ class Embedder:
         self.dimension: int = int(dimension)
         self._query_prompt_name = "query" if self._model.prompts.get("query") else None
         prompt = self._model.prompts.get("query") or ""
+        self._query_prompt = prompt
+        # Qwen3-Embedding's query instruction (~20 tokens) is the same in every question: a causal model
+        # with last-token pooling runs it once and reads its keys/values (decided on the first query).
+        self._prefix: PrefixCache | None = None
+        self._prefix_state = "untried"  # untried | on | off
         prompt_tokens = len(self._model.tokenizer.encode(prompt, add_special_tokens=False)) if prompt else 0
         seq_limit = (self._model.max_seq_length or query_max_tokens + prompt_tokens) - prompt_tokens
         self.query_max_tokens = max(1, min(query_max_tokens, seq_limit - _SEAM_SLACK))
@@ -117,9 +126,77 @@ class Embedder:
         return vector
 
     def _embed_query_batch(self, texts: list[str]) -> list[np.ndarray]:
-        # The coalescer already holds the model-call slot for this batch.
-        vectors = self._encode(texts, prompt_name=self._query_prompt_name, progress=False, gated=False)
+        # The coalescer already holds the model-call slot for this batch (and runs one at a time).
+        vectors = self._after_instruction(texts) if self._instruction_cached() else None
+        if vectors is None:
+            vectors = self._encode(texts, prompt_name=self._query_prompt_name, progress=False, gated=False)
+        else:
+            self.encode_calls += 1
         return [vector.copy() for vector in vectors]  # each question's cache entry owns its row
+
+    @property
+    def caches_instruction(self) -> bool:
+        """Whether questions run after the query instruction's cached keys/values (known after the first)."""
+        return self._prefix_state == "on"
+
+    def _instruction_cached(self) -> bool:
+        if self._prefix_state == "untried":
+            self._prefix_state = "on" if self._cache_instruction() else "off"
+        return self._prefix_state == "on"
+
+    def _cache_instruction(self) -> bool:
+        """Run the query instruction once and keep its keys/values, if this model allows it.
+
+        Needs a query prompt, a transformer with last-token pooling that counts the prompt, and
+        the same vector as the plain path for a probe question (a bidirectional model fails that).
+        """
+        modules = list(self._model)
+        pooling = modules[1] if len(modules) > 1 else None
+        config = pooling.get_config_dict() if hasattr(pooling, "get_config_dict") else {}
+        if (
+            not self._query_prompt
+            or not hasattr(modules[0], "auto_model")
+            or config.get("pooling_mode") != "lasttoken"
+            or not config.get("include_prompt", True)
+            or any(type(module).__name__ not in ("Pooling", "Normalize") for module in modules[1:])
+        ):
+            return False
+        with self._lock:
+            probe = self._token_ids(self._query_prompt + _WARM_UP_QUERY)
+            bare = self._model.tokenizer.encode(self._query_prompt, add_special_tokens=False)
+            start = next((i for i in range(2) if probe[i : i + len(bare)] == bare), None)  # after a BOS, say
+            if start is None:
+                return False
+            self._prefix = PrefixCache(model=modules[0].auto_model, prefix=probe[: start + len(bare)], device=self.device)
+        fast = self._after_instruction([_WARM_UP_QUERY])
+        plain = self._encode([_WARM_UP_QUERY], prompt_name=self._query_prompt_name, progress=False, gated=False)
+        self.encode_calls -= 1  # the check is not a question
+        if fast is None or float(fast[0] @ plain[0]) < PREFIX_CHECK_COSINE:
+            self._prefix = None
+            return False
+        return True
+
+    def _after_instruction(self, texts: list[str]) -> np.ndarray | None:
+        """Query vectors from the cached instruction, or None when a text's tokens do not start
+        with it (a tokenizer merging across the seam): the caller then takes the plain path."""
+        prefix = self._prefix
+        assert prefix is not None
+        with self._lock:
+            tails = []
+            for text in texts:
+                ids = self._token_ids(self._query_prompt + text)
+                if ids[: prefix.length] != prefix.ids or len(ids) <= prefix.length:
+                    return None
+                tails.append(ids[prefix.length :])
+            pad_id = self._model.tokenizer.pad_token_id or 0
+            hidden = last_hidden(self._model[0].auto_model, tails, pad_id=pad_id, device=self.device, prefix=prefix)
+        vectors = hidden.float().cpu().numpy()
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+    def _token_ids(self, text: str) -> list[int]:
+        # The model's own preprocessing (special tokens, truncation to max_seq_length), one text unpadded.
+        return self._model.preprocess([text])["input_ids"][0].tolist()
 
     def capped_query(self, text: str) -> str:
         """The question as embedded: at most `query_max_tokens`, its head and tail kept, so the
@@ -195,7 +272,7 @@ class Embedder:
 
     def warm_up(self) -> None:
         """Run one short query through the model so the first real question is not slow."""
-        self._encode([_WARM_UP_QUERY], prompt_name=self._query_prompt_name, progress=False)
+        self._queries.submit(_WARM_UP_QUERY)
 
     def _encode(
         self,

@@ -20,7 +20,8 @@ class PrefixCache:
 
     def __init__(self, *, model: torch.nn.Module, prefix: Sequence[int], device: torch.device) -> None:
         """Run `prefix` through `model` (the caller holds the model-call slot)."""
-        self.length = len(prefix)
+        self.ids = list(prefix)
+        self.length = len(self.ids)
         with torch.inference_mode():
             output = model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), use_cache=True)
         self._cache = output.cache if hasattr(output, "cache") else output.past_key_values

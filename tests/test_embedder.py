@@ -286,3 +286,26 @@ def test_questions_queued_while_the_model_is_busy_share_one_forward_pass(tiny_em
     for i, vector in results.items():
         np.testing.assert_allclose(vector, alone[i], atol=1e-5)
         assert not vector.flags.writeable
+
+
+def test_questions_run_after_the_cached_query_instruction_with_the_plain_paths_vectors(tiny_embedder_path):
+    embedder = Embedder(model=str(tiny_embedder_path), device="cpu", dtype="float32")
+    questions = ["How is data stored?", "Why does my standalone pod keep restarting after an upgrade to 2.4?"]
+    plain = [embedder.embed_documents([QUERY_PROMPT + q])[0] for q in questions]
+    calls = embedder.encode_calls
+    vectors = [embedder.embed_query(q) for q in questions]
+    assert embedder.caches_instruction
+    assert embedder.encode_calls == calls + 2  # the start-up check is not counted as a question
+    np.testing.assert_allclose(np.vstack(vectors), np.vstack(plain), atol=1e-5)
+    # Several at once: right-padded rows after the one cached instruction.
+    batch = embedder._embed_query_batch(["a", "a much longer question about index building on GPUs"])
+    expected = [embedder.embed_documents([QUERY_PROMPT + q])[0]
+                for q in ("a", "a much longer question about index building on GPUs")]
+    np.testing.assert_allclose(np.vstack(batch), np.vstack(expected), atol=1e-5)
+
+
+def test_models_without_last_token_pooling_keep_the_plain_path(minilm_path, tiny_embedder_no_prompts_path):
+    for path in (minilm_path, tiny_embedder_no_prompts_path):  # mean pooling; no query instruction
+        embedder = Embedder(model=str(path), device="cpu", dtype="float32")
+        embedder.embed_query("What is a partition key?")
+        assert not embedder.caches_instruction
