@@ -18,12 +18,36 @@ import torch
 class PrefixCache:
     """The keys and values of one token prefix, computed once by a transformers base model."""
 
-    def __init__(self, *, model: torch.nn.Module, prefix: Sequence[int], device: torch.device) -> None:
-        """Run `prefix` through `model` (the caller holds the model-call slot)."""
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        prefix: Sequence[int],
+        device: torch.device,
+        after: PrefixCache | None = None,
+    ) -> None:
+        """Run `prefix` through `model` (the caller holds the model-call slot); with `after`, a
+        cached beginning of `prefix`, only the tokens past it run.
+
+        Raises ValueError when `after` is not a proper beginning of `prefix`.
+        """
         self.ids = list(prefix)
         self.length = len(self.ids)
+        start = 0
+        cache_kwargs: dict = {}
+        if after is not None:
+            if self.ids[: after.length] != after.ids or self.length <= after.length:
+                raise ValueError("`after` must be a proper beginning of the prefix")
+            start = after.length
+            cache_kwargs = {_cache_argument(model): after.for_rows(1)}
+        self.ran = self.length - start  # tokens this cache's forward pass ran
         with torch.inference_mode():
-            output = model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), use_cache=True)
+            output = model(
+                input_ids=torch.tensor([self.ids[start:]], dtype=torch.long, device=device),
+                position_ids=torch.arange(start, self.length, device=device)[None],
+                use_cache=True,
+                **cache_kwargs,
+            )
         self._cache = output.cache if hasattr(output, "cache") else output.past_key_values
 
     def for_rows(self, rows: int):

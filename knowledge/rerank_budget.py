@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 # The smallest window worth scoring: about two sentences.
 MIN_WINDOW_TOKENS = 64
-# Reranker input around each query that the texts do not show (Qwen3-Reranker's system
-# prompt, instruction and labels: ~60 tokens, run once per question through its KV cache).
+# Reranker input per question that the texts do not show, for a reranker that does not say
+# (Qwen3-Reranker's system prompt, instruction and labels: ~60 tokens). The in-process reranker
+# says: `question_overhead_tokens` (0: that part is cached across questions) and
+# `document_overhead_tokens` (the labels after each document).
 PROMPT_TOKENS = 64
 # Weight of a new timing in the running cost per token.
 COST_SMOOTHING = 0.3
@@ -208,6 +210,8 @@ class BudgetedReranker:
         self.budget_ms = budget_ms
         self.skip_when_sure = skip_when_sure
         self.max_input_tokens = max_input_tokens or getattr(reranker, "max_tokens", None)
+        self.question_tokens = int(getattr(reranker, "question_overhead_tokens", PROMPT_TOKENS))
+        self.document_tokens = int(getattr(reranker, "document_overhead_tokens", 0))
         self.cost = cost or RerankCost()
         self._clock = clock
         self._calibrate_lock = threading.Lock()
@@ -280,7 +284,7 @@ class BudgetedReranker:
         whole = [c.chunk.search_text for c in candidates]
         if self.budget_ms <= 0:
             return whole, None, 0.0
-        fixed = PROMPT_TOKENS + estimate_tokens(query)
+        fixed = self.question_tokens + estimate_tokens(query)
         sizes = [self._capped(estimate_tokens(text)) for text in whole]
         estimate = self.cost.estimate_ms
         full_ms = estimate(fixed + sum(sizes))
@@ -289,7 +293,7 @@ class BudgetedReranker:
         tokens_left = allowance / max(self.cost.ms_per_token or 0.0, 1e-9) - fixed
         terms = query_terms(query, whole)
         # The largest window that lets every candidate in, down to the smallest useful one.
-        window = int(tokens_left // len(candidates))
+        window = int(tokens_left // len(candidates)) - self.document_tokens
         if window >= MIN_WINDOW_TOKENS:
             texts = [best_window(c.chunk, terms, window) for c in candidates]
             return texts, window, estimate(fixed + sum(self._capped(estimate_tokens(t)) for t in texts))
@@ -306,14 +310,15 @@ class BudgetedReranker:
         return texts, MIN_WINDOW_TOKENS, estimate(fixed + used)
 
     def _capped(self, tokens: int) -> int:
+        """What a text of `tokens` costs: cut to the reranker's input cap, plus its labels."""
         if self.max_input_tokens:
-            return min(tokens, max(1, self.max_input_tokens - PROMPT_TOKENS))
-        return tokens
+            tokens = min(tokens, max(1, self.max_input_tokens - PROMPT_TOKENS))
+        return tokens + self.document_tokens
 
     def _timed_score(self, query: str, texts: list[str]) -> list[float]:
         started = self._clock()
         scores = [float(s) for s in self.reranker.score(query, texts)]
         elapsed_ms = (self._clock() - started) * 1000
-        tokens = PROMPT_TOKENS + estimate_tokens(query) + sum(self._capped(estimate_tokens(t)) for t in texts)
+        tokens = self.question_tokens + estimate_tokens(query) + sum(self._capped(estimate_tokens(t)) for t in texts)
         self.cost.observe(tokens, elapsed_ms)
         return scores

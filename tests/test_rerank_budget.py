@@ -114,13 +114,16 @@ def test_a_tight_budget_reranks_windows_or_fewer_candidates_and_stays_within_it(
     ms_per_token = budget.cost.ms_per_token
     assert ms_per_token is not None
 
-    def spent_leaving(tokens: int) -> float:
-        """Time already spent such that `tokens` of reranker input fit in what is left."""
-        fixed = rerank_budget.PROMPT_TOKENS + estimate_tokens(QUESTION)
-        return 60_000 - ms_per_token * (fixed + tokens) / rerank_budget.PLAN_SHARE
+    def spent_leaving(texts: int, tokens: int) -> float:
+        """Time already spent such that `texts` texts of `tokens` each fit in what is left."""
+        fixed = budget.question_tokens + estimate_tokens(QUESTION)
+        used = texts * (tokens + budget.document_tokens)
+        return 60_000 - ms_per_token * (fixed + used) / rerank_budget.PLAN_SHARE
 
+    # The reranker says what it adds per question and per text: the fixed prompt is cached.
+    assert budget.question_tokens == 0 and budget.document_tokens > 0
     # Room for 6 windows of ~100 tokens: whole texts (~480 each) do not fit.
-    scores, report = budget.scores(QUESTION, found, spent_ms=spent_leaving(6 * 100))
+    scores, report = budget.scores(QUESTION, found, spent_ms=spent_leaving(6, 100))
     assert report.strategy == "windows" and report.reason == "budget", report
     assert 90 <= report.window_tokens < estimate_tokens(found[0].chunk.search_text)
     assert report.reranked == 6 and None not in scores
@@ -128,7 +131,7 @@ def test_a_tight_budget_reranks_windows_or_fewer_candidates_and_stays_within_it(
     assert report.rerank_ms <= report.budget_ms * 1.5, report
     # Room for about three of the smallest windows: the lowest fused ranks drop.
     ms_per_token = budget.cost.ms_per_token  # learnt from that call
-    scores, report = budget.scores(f"{QUESTION} (2)", found, spent_ms=spent_leaving(3 * MIN_WINDOW_TOKENS))
+    scores, report = budget.scores(f"{QUESTION} (2)", found, spent_ms=spent_leaving(3, MIN_WINDOW_TOKENS))
     assert report.window_tokens == MIN_WINDOW_TOKENS and 1 <= report.reranked < len(found), report
     assert all(s is not None for s in scores[: report.reranked])
     assert all(s is None for s in scores[report.reranked:])

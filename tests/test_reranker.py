@@ -86,6 +86,19 @@ def test_shared_prefix_cache_gives_the_same_scores_as_full_sequences(tiny_rerank
     assert max(abs(a - b) for a, b in zip(with_prefix, without_prefix)) <= 1e-5
 
 
+def test_system_prompt_and_instruction_run_once_for_all_questions(tiny_reranker_path):
+    reranker = _reranker(tiny_reranker_path)
+    fixed = reranker._fixed.length
+    assert fixed > len(reranker._prefix_ids)  # the system prompt and the instruction
+    question = reranker.model_inputs(QUERY, DOCS[:2])
+    shared = reranker_module._common_prefix_length(question)
+    scores = reranker.score(QUERY, DOCS[:2], use_cache=False)
+    assert reranker.prefix_tokens_run == shared - fixed  # only the question's own words ran
+    assert scores == pytest.approx(_reference(reranker, QUERY, DOCS[:2]), abs=1e-4)
+    reranker.score("Where is metadata kept?", DOCS[:2], use_cache=False)
+    assert reranker.prefix_tokens_run < 2 * (shared - fixed) + 10
+
+
 def test_documents_are_truncated_to_max_tokens_like_the_model_card(tiny_reranker_path):
     head = "Milvus keeps inserted data in object storage. " * 20
     doc_a, doc_b = head + "Tail one about etcd.", head + "Completely different ending, 中文。"
