@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from knowledge.errors import ModelServerError
 from knowledge.keywords import analyze, keyword_query
 from knowledge.types import Candidate, Chunk, strip_link_targets
 
@@ -73,8 +74,8 @@ def estimate_tokens(text: str) -> int:
 class RerankReport:
     """What one question's reranking did (`Answer.rerank`, `supportbot ask --json`)."""
 
-    strategy: str = "off"  # whole | windows | skipped | off
-    reason: str = ""  # why not everything whole: budget, sure
+    strategy: str = "off"  # whole | windows | skipped | failed | off
+    reason: str = ""  # why not everything whole: budget, sure; for failed, the server's one line
     candidates: int = 0  # retrieved
     reranked: int = 0  # of them, scored by the reranker (the first by fused rank)
     window_tokens: int | None = None  # each scored text's cap when windowed
@@ -275,7 +276,15 @@ class BudgetedReranker:
             report.reason = "budget"
         report.reranked, report.window_tokens, report.estimated_ms = len(texts), window, round(estimated, 1)
         started = self._clock()
-        scored = self._timed_score(query, texts)
+        try:
+            scored = self._timed_score(query, texts)
+        except ModelServerError as error:
+            # A reranker server that is down costs the order, not the answer: retrieval's order
+            # stands (as when the budget skips), and the next question asks the server again.
+            log.warning("Reranking skipped for this question: %s", error)
+            report.strategy, report.reason, report.reranked = "failed", str(error), 0
+            report.rerank_ms = round((self._clock() - started) * 1000, 1)
+            return [None] * report.candidates, report
         report.rerank_ms = round((self._clock() - started) * 1000, 1)
         return [*scored, *([None] * (report.candidates - len(scored)))], report
 

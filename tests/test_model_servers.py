@@ -21,6 +21,7 @@ from knowledge.errors import DimensionMismatchError, ModelLoadError, ModelServer
 from knowledge.model_prompts import QWEN3_EMBEDDING_QUERY_PROMPT, RERANK_PREFIX, RERANK_SUFFIX
 from knowledge.model_servers import RemoteEmbedder, RemoteReranker
 from knowledge.settings import DEFAULT_RERANK_INSTRUCTION
+from tests.fixtures.model_server_fake import FakeModelServer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ["How is data stored in Milvus?", "Where does Milvus store data?", "向量数据库是什么？"]
@@ -182,13 +183,30 @@ def test_an_index_built_in_process_serves_the_same_model_on_a_server(make_kb, fa
                                [c.rerank_score for c in local.passages], atol=1e-4)
 
 
-def test_the_knowledge_base_says_when_the_reranker_server_is_down(make_kb, fake_model_server):
+def test_the_knowledge_base_says_when_the_embedding_server_is_down(make_kb, fake_model_server):
     kb = make_kb(embedding_base_url=fake_model_server.base_url, reranker_base_url=fake_model_server.base_url,
                  model_server_max_retries=1)
     fake_model_server.fail(502, times=2)
-    with pytest.raises(ModelServerUnavailableError, match="^The (embedding|reranker) model server is unavailable"):
+    with pytest.raises(ModelServerUnavailableError, match="^The embedding model server is unavailable"):
         kb.ask("How is data stored in Milvus?")
     assert kb.ask("How is data stored in Milvus?").status == "answered"  # back by itself
+
+
+def test_a_reranker_server_that_is_down_costs_the_order_not_the_answer(make_kb, fake_model_server,
+                                                                      tiny_reranker_path):
+    rerank_server = FakeModelServer(reranker=tiny_reranker_path)
+    try:
+        kb = make_kb(embedding_base_url=fake_model_server.base_url, reranker_base_url=rerank_server.base_url,
+                     model_server_max_retries=1, answer_budget_ms=0)
+        rerank_server.fail(502, times=2)
+        answer = kb.ask("How is data stored in Milvus?")
+        assert answer.status == "answered" and answer.passages
+        assert answer.rerank["strategy"] == "failed" and "reranker model server is unavailable" in answer.rerank["reason"]
+        assert all(c.rerank_score is None for c in answer.passages)
+        again = kb.ask("Where does Milvus keep its metadata?")  # the server is back: reranked again
+        assert again.rerank["strategy"] == "whole" and all(c.rerank_score is not None for c in again.passages)
+    finally:
+        rerank_server.close()
 
 
 _CLIENT_SCRIPT = textwrap.dedent("""
