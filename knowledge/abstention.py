@@ -108,6 +108,13 @@ def foreign_term(question: str, vocabulary: Vocabulary | None) -> float:
     return gap
 
 
+def warm_up(model: AbstentionModel | None) -> None:
+    """Load what the model's signals need now rather than on the first question
+    (wordfreq's lists: about 0.3 s)."""
+    if model is not None and "foreign_term" in model.features:
+        _zipf("the")
+
+
 def _zipf(word: str) -> float:
     from wordfreq import zipf_frequency  # loads each language's list on first use
 

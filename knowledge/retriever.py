@@ -13,6 +13,7 @@ from typing import Literal
 
 from knowledge.abstention import AbstentionModel
 from knowledge.abstention import signals as abstention_signals
+from knowledge.abstention import warm_up as abstention_warm_up
 from knowledge.errors import KnowledgeError
 from knowledge.expansion import Expander
 from knowledge.keywords import identifiers, keyword_query
@@ -325,10 +326,12 @@ def favour_question_headings(found: list[Candidate]) -> list[Candidate]:
 def load_abstention_model(settings: KnowledgeSettings) -> AbstentionModel | None:
     """The saved abstention model (ABSTENTION_MODEL), None when absent or unreadable."""
     try:
-        return AbstentionModel.load(settings.abstention_model_path)
+        model = AbstentionModel.load(settings.abstention_model_path)
     except KnowledgeError as error:
         logger.warning("%s Using the plain thresholds.", error)
         return None
+    abstention_warm_up(model)
+    return model
 
 
 def _occurrence(chunk: Chunk, chunk_id, limit: int = 16) -> int | None:
