@@ -56,8 +56,13 @@ WORD_LANGUAGES = ("en", "fr", "de", "es", "pt", "it", "nl")
 _LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
-def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, float]:
-    """The decision's inputs for one retrieval result (see the module docstring)."""
+def signals(
+    result, question: str, vocabulary: Vocabulary | None, *, features: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The decision's inputs for one retrieval result (see the module docstring).
+
+    `foreign_term` (which loads word lists on first use) is left at 0 unless `features`
+    is None (all signals, e.g. to fit a model) or names it."""
     candidates = result.candidates_top_k
     dense = [c.dense_score for c in candidates if c.dense_score is not None]
     title = [c.title_score for c in candidates if c.title_score is not None]
@@ -84,7 +89,8 @@ def signals(result, question: str, vocabulary: Vocabulary | None) -> dict[str, f
         "coverage": coverage,
         "rare_coverage": rare_coverage,
         "unknown_share": vocabulary.unknown_share(question) if vocabulary is not None else 0.0,
-        "foreign_term": foreign_term(question, vocabulary),
+        "foreign_term": foreign_term(question, vocabulary)
+        if features is None or "foreign_term" in features else 0.0,
         "rerank_top": max(rerank) if rerank else 0.0,
     }
 

@@ -160,7 +160,7 @@ class Retriever:
             return True
         model = self.abstention_for(result)
         if model is not None:
-            return model.declines(self.signals(result))
+            return model.declines(self.signals(result, features=model.features))
         rerank_scores = [c.rerank_score for c in passages if c.rerank_score is not None]
         if rerank_scores:
             return max(rerank_scores) < self.settings.abstain_threshold
@@ -169,9 +169,10 @@ class Retriever:
             return max(dense_scores) < self.settings.abstain_dense_threshold
         return False
 
-    def signals(self, result: RetrievalResult) -> dict[str, float]:
-        """The abstention signals of a result (knowledge.abstention.signals)."""
-        return abstention_signals(result, result.query, self.expander.vocabulary())
+    def signals(self, result: RetrievalResult, *, features=None) -> dict[str, float]:
+        """The abstention signals of a result (knowledge.abstention.signals); `features`:
+        only those a model needs must be exact."""
+        return abstention_signals(result, result.query, self.expander.vocabulary(), features=features)
 
     def abstention_for(self, result: RetrievalResult) -> AbstentionModel | None:
         """The fitted abstention model that applies to this result, None when none does."""
