@@ -16,6 +16,7 @@ from knowledge.abstention import signals as abstention_signals
 from knowledge.abstention import warm_up as abstention_warm_up
 from knowledge.errors import KnowledgeError
 from knowledge.expansion import Expander
+from knowledge.in_flight import question_in_flight
 from knowledge.keywords import identifiers, keyword_query
 from knowledge.rerank_budget import BudgetedReranker, RerankReport
 from knowledge.settings import KnowledgeSettings
@@ -95,6 +96,17 @@ class Retriever:
         Raises ValueError for an unknown mode; store and model errors pass through
         as their knowledge.errors types.
         """
+        with question_in_flight():  # model calls share the cores by the questions at this stage
+            return self._retrieve(query, mode=mode, rerank=rerank, source_names=source_names)
+
+    def _retrieve(
+        self,
+        query: str,
+        *,
+        mode: str | None,
+        rerank: bool | None,
+        source_names: Sequence[str] | SourceFilter | None,
+    ) -> RetrievalResult:
         mode = mode or self.settings.retrieval_mode
         if mode not in MODES:
             raise ValueError(f"Unknown retrieval mode {mode!r}; use dense, bm25 or hybrid.")

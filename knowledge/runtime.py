@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from knowledge.errors import ModelLoadError
+from knowledge.in_flight import questions_in_flight
 
 _TRUTHY = {"1", "true", "yes", "on"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,18 +105,59 @@ def configure_torch_threads(threads: int) -> int:
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """How the cores are shared: `model_calls` forward passes at once, each on `torch_threads`."""
+    """How the cores are shared: up to `model_calls` forward passes at once, each on `torch_threads`.
+
+    `shared`: the default plan, where each call's share follows the questions in flight (all
+    cores for one question alone, half each for two...), never more threads than cores in all.
+    """
 
     cores: int
     torch_threads: int
     model_calls: int
+    shared: bool = False
 
 
-# One forward pass at a time until configure_threads says otherwise: two passes on all cores
-# each (an embedding for one question while another is reranked) fight over the same cores.
-_model_slots = threading.BoundedSemaphore(1)
-_model_slot_count = 1
-_plan_lock = threading.Lock()
+class _CoreLedger:
+    """The cores handed out to model calls: a call takes its threads' worth and waits, first come
+    first served, until that many are free."""
+
+    def __init__(self, *, units: int, per_call: int | None, set_threads: bool = True) -> None:
+        self.units = max(1, units)
+        self.per_call = per_call  # None: shared out by the questions in flight
+        self.set_threads = set_threads
+        self._free = self.units
+        self._waiting: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    def share(self, questions: int) -> int:
+        if self.per_call:
+            return min(self.per_call, self.units)
+        return max(1, self.units // max(1, questions))
+
+    def acquire(self, units: int) -> None:
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+            while self._waiting[0] is not ticket or self._free < units:
+                self._changed.wait()
+            self._waiting.popleft()
+            self._free -= units
+            self._changed.notify_all()  # the next in line may fit in what is left
+
+    def release(self, units: int) -> None:
+        with self._changed:
+            self._free += units
+            self._changed.notify_all()
+
+    @property
+    def in_use(self) -> int:
+        with self._changed:
+            return self.units - self._free
+
+
+# One forward pass at a time, torch's threads untouched, until configure_threads says otherwise:
+# two passes on all cores each (an embedding for one question while another is reranked) fight.
+_ledger = _CoreLedger(units=1, per_call=1, set_threads=False)
 
 
 def usable_cores() -> int:
@@ -128,13 +171,14 @@ def usable_cores() -> int:
 def plan_threads(*, torch_threads: int = 0, model_calls: int = 0, cores: int | None = None) -> ThreadPlan:
     """Size torch threads and concurrent model calls together (0 = derive from the other and the cores).
 
-    Neither set: one call at a time on every core (lowest latency per question, and two
-    questions in flight take turns instead of oversubscribing). One set: the other is
-    cores divided by it. Both set: taken as given.
+    Neither set: shared (every core for a question alone, the lowest latency; with n questions
+    in flight each call runs on cores/n threads beside the others: on 2 cores two 1-thread passes
+    at once did 1.06-1.5x the work of 2-thread passes in turn, docs/performance.md). One set: the
+    other is cores divided by it. Both set: taken as given.
     """
     cores = cores or usable_cores()
     if torch_threads <= 0 and model_calls <= 0:
-        return ThreadPlan(cores=cores, torch_threads=cores, model_calls=1)
+        return ThreadPlan(cores=cores, torch_threads=cores, model_calls=cores, shared=True)
     if torch_threads <= 0:
         return ThreadPlan(cores=cores, torch_threads=max(1, cores // model_calls), model_calls=model_calls)
     if model_calls <= 0:
@@ -142,26 +186,36 @@ def plan_threads(*, torch_threads: int = 0, model_calls: int = 0, cores: int | N
     return ThreadPlan(cores=cores, torch_threads=torch_threads, model_calls=model_calls)
 
 
-def configure_threads(*, torch_threads: int = 0, model_calls: int = 0) -> ThreadPlan:
-    """Apply `plan_threads` to this process: torch's thread count and the model-call slots.
+def configure_threads(*, torch_threads: int = 0, model_calls: int = 0, cores: int | None = None) -> ThreadPlan:
+    """Apply `plan_threads` to this process: torch's thread count and how model calls share the cores.
 
-    Call before the first question (a call in progress keeps the slot it holds).
+    Call before the first question (a call in progress keeps what it holds).
     """
-    global _model_slots, _model_slot_count
-    plan = plan_threads(torch_threads=torch_threads, model_calls=model_calls)
+    global _ledger
+    plan = plan_threads(torch_threads=torch_threads, model_calls=model_calls, cores=cores)
     configure_torch_threads(plan.torch_threads)
-    with _plan_lock:
-        if _model_slot_count != plan.model_calls:
-            _model_slots, _model_slot_count = threading.BoundedSemaphore(plan.model_calls), plan.model_calls
+    ledger = _ledger
+    wanted = (plan.torch_threads * plan.model_calls if not plan.shared else plan.cores,
+              None if plan.shared else plan.torch_threads)
+    if not ledger.set_threads or (ledger.units, ledger.per_call) != wanted:
+        _ledger = _CoreLedger(units=wanted[0], per_call=wanted[1])
     return plan
 
 
 @contextmanager
 def model_call() -> Iterator[None]:
-    """Hold one of the process's model-call slots for the duration of a forward pass."""
-    slots = _model_slots
-    with slots:
+    """Hold this call's share of the cores for the duration of a forward pass, torch set to use
+    that many threads in the calling thread."""
+    ledger = _ledger
+    threads = ledger.share(questions_in_flight())
+    ledger.acquire(threads)
+    try:
+        # Per calling thread: torch (OpenMP, MKL) keeps a thread count for each caller.
+        if ledger.set_threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         yield
+    finally:
+        ledger.release(threads)
 
 
 def quantize_linear_int8(module: torch.nn.Module) -> int:
