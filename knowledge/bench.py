@@ -157,7 +157,7 @@ def run_bench(
             result["answer_ready"]["budget_ms"] = settings.answer_budget_ms
             memory["after_latency"] = _rss_breakdown()
             say("throughput with 1, 2 and 4 questions in flight")
-            result["throughput"] = _bench_throughput(retriever, latency_items, per_level=6 if quick else 10)
+            result["throughput"] = _bench_throughput(retriever, latency_items, per_level=12 if quick else 20)
             result["throughput_scaling"] = _throughput_scaling(result["throughput"])
             memory["after_throughput"] = _rss_breakdown()
             result["peak_rss_mb"] = round(_peak_rss_mb(), 1)

@@ -181,15 +181,15 @@ class Embedder:
         with it (a tokenizer merging across the seam): the caller then takes the plain path."""
         prefix = self._prefix
         assert prefix is not None
-        with self._lock:
+        with self._lock:  # the tokenizer; the forward pass below needs no lock
             tails = []
             for text in texts:
                 ids = self._token_ids(self._query_prompt + text)
                 if ids[: prefix.length] != prefix.ids or len(ids) <= prefix.length:
                     return None
                 tails.append(ids[prefix.length :])
-            pad_id = self._model.tokenizer.pad_token_id or 0
-            hidden = last_hidden(self._model[0].auto_model, tails, pad_id=pad_id, device=self.device, prefix=prefix)
+        pad_id = self._model.tokenizer.pad_token_id or 0
+        hidden = last_hidden(self._model[0].auto_model, tails, pad_id=pad_id, device=self.device, prefix=prefix)
         vectors = hidden.float().cpu().numpy()
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, np.finfo(np.float32).tiny)

@@ -196,22 +196,22 @@ class Reranker:
         return [self._prefix_ids + ids + self._suffix_ids for ids in encoded]
 
     def _score_uncached(self, query: str, documents: Sequence[str]) -> list[float]:
-        with self._lock:
+        with self._lock:  # the tokenizer only: two questions' forward passes may run side by side
             sequences = self._sequences(query, documents)
-            # System prompt, instruction and query are the same tokens in every sequence: run them once
-            # (the fixed part of them once for all questions) and let each batch attend to their keys/values.
-            shared = _common_prefix_length(sequences)
-            prefix_cache = self._prefix_cache(sequences[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
-            if prefix_cache is None:
-                shared = 0
-            # Longest first, so each batch holds similar lengths and the first batch shows peak memory.
-            order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
-            scores = [0.0] * len(sequences)
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                tails = [sequences[i][shared:] for i in batch]
-                for index, value in zip(batch, self._score_batch(tails, prefix_cache)):
-                    scores[index] = value
+        # System prompt, instruction and query are the same tokens in every sequence: run them once
+        # (the fixed part of them once for all questions) and let each batch attend to their keys/values.
+        shared = _common_prefix_length(sequences)
+        prefix_cache = self._prefix_cache(sequences[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
+        if prefix_cache is None:
+            shared = 0
+        # Longest first, so each batch holds similar lengths and the first batch shows peak memory.
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+        scores = [0.0] * len(sequences)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            tails = [sequences[i][shared:] for i in batch]
+            for index, value in zip(batch, self._score_batch(tails, prefix_cache)):
+                scores[index] = value
         release_free_memory()  # the batches' activations, or the process keeps them as RSS
         return scores
 
