@@ -126,7 +126,7 @@ def run_bench(
     dtype = str(next(st_model.parameters()).dtype).removeprefix("torch.")
     result: dict = {
         "machine": {**_machine(threads, dtype), "malloc_arenas_capped": arenas_capped,
-                    "model_calls": thread_plan.model_calls},
+                    "model_calls": thread_plan.model_calls, "threads_shared": thread_plan.shared},
         "models": {"embedding": embedding_model, "reranker": reranker_model, "shape": shape or ""},
         "corpus": {"path": corpus_label},
         "quick": quick,
@@ -256,7 +256,10 @@ def format_report(result: dict) -> str:
     lines += ["", "Throughput (rerank on)"]
     for row in result["throughput"]:
         lines.append(f"  {row['in_flight']} in flight     {row['questions_per_s']:6.2f} questions/s")
-    lines.append(f"  (threads: {m.get('model_calls', 1)} model call(s) at once x {m['torch_threads']} torch threads)")
+    if m.get("threads_shared"):
+        lines.append(f"  (threads: shared: {m['torch_threads']} for a question alone, cores / questions in flight otherwise)")
+    else:
+        lines.append(f"  (threads: {m.get('model_calls', 1)} model call(s) at once x {m['torch_threads']} torch threads)")
     lines += [
         "",
         f"Peak memory: {result['peak_rss_mb']:.0f} MB RSS with both models at work "

@@ -60,10 +60,10 @@ class KnowledgeSettings(BaseSettings):
     rerank_batch_size: int = Field(default=4, ge=1)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    torch_threads: int = Field(default=0, ge=0)  # 0: cores / model_calls
+    torch_threads: int = Field(default=0, ge=0)  # per model call; 0 with model_calls 0: shared by questions in flight
 
     # Speed on any CPU (docs/performance.md): threads sized together, a latency budget for reranking
-    model_calls: int = Field(default=0, ge=0)  # forward passes at once; 0: cores / torch_threads (1 by default)
+    model_calls: int = Field(default=0, ge=0)  # forward passes at once; 0: cores / torch_threads (shared when both 0)
     answer_budget_ms: float = Field(default=1500.0, ge=0)  # embed + search + rerank; 0: always rerank all
     rerank_skip_when_sure: bool = True  # dense and keyword search agree clearly: rerank only the first
     reranker_int8: bool = False  # CPU: int8 linear layers (~1.6x faster here; off until checked on the real model)
