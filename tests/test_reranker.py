@@ -10,6 +10,7 @@ import knowledge.reranker as reranker_module
 from knowledge.errors import ModelLoadError
 from knowledge.reranker import Reranker, reference_scores
 from knowledge.settings import DEFAULT_RERANK_INSTRUCTION
+from tests.concurrently import run_concurrently
 
 QUERY = "How is data stored in Milvus?"
 DOCS = [
@@ -143,22 +144,13 @@ def test_concurrent_scoring_from_several_threads(tiny_reranker_path):
     queries = [f"{QUERY} ({i})" for i in range(5)]
     expected = {q: _reference(reranker, q, DOCS) for q in queries}
     results: dict[str, list[float]] = {}
-    errors: list[BaseException] = []
     barrier = threading.Barrier(len(queries))
 
     def work(query: str) -> None:
-        try:
-            barrier.wait()
-            results[query] = reranker.score(query, DOCS)
-        except BaseException as error:  # surfaced below
-            errors.append(error)
+        barrier.wait()
+        results[query] = reranker.score(query, DOCS)
 
-    threads = [threading.Thread(target=work, args=(q,)) for q in queries]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
+    assert not run_concurrently([lambda q=q: work(q) for q in queries], timeout=60)
     for query in queries:
         assert max(abs(a - b) for a, b in zip(results[query], expected[query])) <= 1e-4
 

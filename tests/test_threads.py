@@ -8,6 +8,7 @@ import torch
 
 from knowledge import runtime
 from knowledge.runtime import configure_threads, plan_threads
+from tests.concurrently import run_concurrently
 
 
 def test_plan_divides_the_cores_between_threads_and_calls():
@@ -51,8 +52,6 @@ def test_embedder_and_reranker_never_run_a_forward_pass_at_the_same_time(tiny_em
                    for h in (m.embed_tokens.register_forward_pre_hook(entering(name)),
                              m.norm.register_forward_hook(leave))]
         barrier = threading.Barrier(2)
-        errors: list[BaseException] = []
-
         deadline = [0.0]
 
         def embed() -> None:
@@ -70,19 +69,9 @@ def test_embedder_and_reranker_never_run_a_forward_pass_at_the_same_time(tiny_em
                                     use_cache=False)
                 i += 1
 
-        def run(target) -> None:
-            try:
-                target()
-            except BaseException as error:  # surfaced below
-                errors.append(error)
-
         deadline[0] = time.monotonic() + 2.0
-        threads = [threading.Thread(target=run, args=(t,)) for t in (embed, rerank)]
         try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=120)
+            errors = run_concurrently([embed, rerank])
         finally:
             for handle in handles:
                 handle.remove()
@@ -144,14 +133,11 @@ def test_two_questions_in_flight_run_side_by_side_on_half_the_cores_each(tiny_em
                     work()
                     barrier.wait()  # both stay counted until both are done
 
-            threads = [threading.Thread(target=ask, args=(work,)) for work in (embed, rerank)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=60)
+            errors = run_concurrently([lambda: ask(embed), lambda: ask(rerank)])
         finally:
             for handle in handles:
                 handle.remove()
+        assert not errors
         assert seen and all(questions == 2 and threads == 1 for questions, threads, _ in seen)
         assert all(in_use <= 2 for *_, in_use in seen)
         assert peak[0] == 2  # the two passes did run at the same time
