@@ -46,6 +46,7 @@ from knowledge.model_prompts import (
     rerank_query_text,
 )
 from knowledge.prompts import estimate_tokens
+from knowledge.score_cache import ScoreCache
 from knowledge.token_cap import keep_head_and_tail
 
 log = logging.getLogger(__name__)
@@ -334,8 +335,7 @@ class RemoteReranker:
                                      api_key=api_key, timeout=timeout, max_retries=max_retries, breaker=breaker)
         self._tokenizer = _tokenizer(self.model_id)
         self._template_tokens: int | None = None
-        self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))
-        self._cache_lock = threading.Lock()
+        self._cache = ScoreCache(size=cache_size)
         self.forward_calls = 0  # server requests (tests read it)
         # A served name without "qwen3-reranker" (vLLM --served-model-name) needs RERANKER_TEMPLATE=qwen3.
         log.info("reranker %s on %s: %s prompt template", self.model_id, self._client.shown_url,
@@ -350,17 +350,7 @@ class RemoteReranker:
             return []
         if not use_cache:
             return self._request(query, list(documents))
-        keys = [(query, doc) for doc in documents]
-        with self._cache_lock:
-            scores = [self._cache.get(key) for key in keys]
-        missing = [i for i, value in enumerate(scores) if value is None]
-        if missing:
-            fresh = self._request(query, [documents[i] for i in missing])
-            with self._cache_lock:
-                for i, value in zip(missing, fresh):
-                    scores[i] = value
-                    self._cache[keys[i]] = value
-        return [float(value) for value in scores]
+        return self._cache.scores(query, documents, self._request)
 
     def warm_up(self) -> None:
         """Nothing to load here: the server is warm."""

@@ -9,13 +9,11 @@ at every position), on length-sorted batches so little is spent on padding.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from collections.abc import Sequence
 
 import torch
-from cachetools import LRUCache
 
 from knowledge.errors import ModelLoadError
 # The prompt lives in a torch-free module: the model-server client formats the same text.
@@ -23,6 +21,7 @@ from knowledge.model_prompts import RERANK_PREFIX as PREFIX
 from knowledge.model_prompts import RERANK_SUFFIX as SUFFIX
 from knowledge.model_prompts import format_pair
 from knowledge.prefix_cache import PrefixCache, last_hidden
+from knowledge.score_cache import ScoreCache
 from knowledge.token_cap import keep_head_and_tail
 from knowledge.runtime import (
     choose_device,
@@ -137,8 +136,7 @@ class Reranker:
         self._answer_rows = head[[self._no_id, self._yes_id]].detach().float()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._lock = threading.Lock()
-        self._cache: LRUCache[tuple[str, str], float] = LRUCache(maxsize=max(1, cache_size))
-        self._cache_lock = threading.Lock()
+        self._cache = ScoreCache(size=cache_size)
         # System prompt and instruction are the same tokens for every question: their keys/values are
         # computed once here, and each question runs only its own words after them.
         self._fixed = self._fixed_prefix()
@@ -156,19 +154,7 @@ class Reranker:
             return []
         if not use_cache:
             return self._score_uncached(query, documents)
-        keys = [(query, _text_hash(doc)) for doc in documents]
-        scores: list[float | None] = [None] * len(documents)
-        with self._cache_lock:
-            for i, key in enumerate(keys):
-                scores[i] = self._cache.get(key)
-        missing = [i for i, score in enumerate(scores) if score is None]
-        if missing:
-            fresh = self._score_uncached(query, [documents[i] for i in missing])
-            with self._cache_lock:
-                for i, value in zip(missing, fresh):
-                    scores[i] = value
-                    self._cache[keys[i]] = value
-        return [float(score) for score in scores]
+        return self._cache.scores(query, documents, self._score_uncached)
 
     def warm_up(self) -> None:
         """Score one short pair (bypassing the cache) so the first real question is not slow."""
@@ -267,6 +253,3 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
         length += 1
     return length
 
-
-def _text_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
