@@ -9,6 +9,7 @@ Results equal full-sequence passes to float rounding (tests compare both).
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Sequence
 
@@ -96,5 +97,11 @@ def last_hidden(
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
+    return _cache_argument_of(type(model))
+
+
+@functools.cache
+def _cache_argument_of(model_class: type) -> str:
     # transformers 5 calls the KV cache argument `cache` (and warns on the old name); 4.x `past_key_values`.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # Read once per model class: every batch of every question asks.
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
