@@ -190,9 +190,7 @@ class Embedder:
                 tails.append(ids[prefix.length :])
         pad_id = self._model.tokenizer.pad_token_id or 0
         hidden = last_hidden(self._model[0].auto_model, tails, pad_id=pad_id, device=self.device, prefix=prefix)
-        vectors = hidden.float().cpu().numpy()
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+        return _unit_rows(hidden.float().cpu().numpy())
 
     def _token_ids(self, text: str) -> list[int]:
         # The model's own preprocessing (special tokens, truncation to max_seq_length), one text unpadded.
@@ -296,7 +294,11 @@ class Embedder:
                 normalize_embeddings=True,
                 convert_to_numpy=True,
             )
-        vectors = np.asarray(vectors, dtype=np.float32)
         # Normalizing again in float32: under bfloat16 the model's own Normalize is only ~1e-2 exact.
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+        return _unit_rows(np.asarray(vectors, dtype=np.float32))
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (an all-zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
