@@ -194,11 +194,10 @@ def configure_threads(*, torch_threads: int = 0, model_calls: int = 0, cores: in
     global _ledger
     plan = plan_threads(torch_threads=torch_threads, model_calls=model_calls, cores=cores)
     configure_torch_threads(plan.torch_threads)
-    ledger = _ledger
-    wanted = (plan.torch_threads * plan.model_calls if not plan.shared else plan.cores,
-              None if plan.shared else plan.torch_threads)
-    if not ledger.set_threads or (ledger.units, ledger.per_call) != wanted:
-        _ledger = _CoreLedger(units=wanted[0], per_call=wanted[1])
+    # Shared: all the cores, each call's share set by the questions in flight; else fixed slots.
+    units, per_call = (plan.cores, None) if plan.shared else (plan.torch_threads * plan.model_calls, plan.torch_threads)
+    if not _ledger.set_threads or (_ledger.units, _ledger.per_call) != (units, per_call):
+        _ledger = _CoreLedger(units=units, per_call=per_call)
     return plan
 
 
@@ -223,8 +222,8 @@ def quantize_linear_int8(module: torch.nn.Module) -> int:
 
     Weights int8 per output channel, activations quantized per call (PyTorch's dynamic
     quantization through fbgemm/oneDNN, which need AVX2 at least): on a 2-core AMD EPYC without
-    AVX-512 the reranker's forward pass ran ~1.6x faster with P(yes) within ~0.02 (bench
-    `rerank.int8_*`). CPU only; raises ModelLoadError when the weights are not float32.
+    AVX-512 reranking ran 1.77x faster with P(yes) within 0.038 on random weights (bench
+    `rerank.int8_*`, docs/performance.md). CPU only; raises ModelLoadError when the weights are not float32.
     """
     linears = [m for m in module.modules() if type(m) is torch.nn.Linear]
     if not linears:

@@ -66,7 +66,7 @@ class KnowledgeSettings(BaseSettings):
     model_calls: int = Field(default=0, ge=0)  # forward passes at once; 0: cores / torch_threads (shared when both 0)
     answer_budget_ms: float = Field(default=1500.0, ge=0)  # embed + search + rerank; 0: always rerank all
     rerank_skip_when_sure: bool = True  # dense and keyword search agree clearly: rerank only the first
-    reranker_int8: bool = False  # CPU: int8 linear layers (~1.6x faster here; off until checked on the real model)
+    reranker_int8: bool = False  # CPU: int8 linear layers (1.77x faster here; off until checked on the real model)
 
     # Model servers (knowledge/model_servers.py): empty URLs run the models in this process.
     embedding_base_url: str = ""  # OpenAI-style POST {base}/embeddings, e.g. http://vllm-embed:8000/v1
