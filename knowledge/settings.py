@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +24,12 @@ DEFAULT_RERANK_INSTRUCTION = (
 )
 
 
+def default_data_dir() -> Path:
+    """The per-user data folder (~/.local/share/supportbot on Linux): the same index, state and
+    downloads wherever the bot is started from."""
+    return Path(platformdirs.user_data_dir("supportbot", appauthor=False))
+
+
 class KnowledgeSettings(BaseSettings):
     """Where the documents come from, which models read them, where vectors live."""
 
@@ -34,7 +41,7 @@ class KnowledgeSettings(BaseSettings):
     knowledge_sources: str = DEFAULT_SOURCES
     # Empty: the Milvus docs' links for the default source, else each document's own location.
     docs_base_url: str = ""
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(default_factory=default_data_dir)  # empty: default_data_dir()
     chunk_max_tokens: int = Field(default=350, ge=32)
     chunk_overlap_tokens: int = Field(default=40, ge=0)
     chunk_min_tokens: int = Field(default=40, ge=0)
@@ -132,6 +139,13 @@ class KnowledgeSettings(BaseSettings):
     @property
     def languages(self) -> tuple[str, ...]:
         return tuple(code.strip().lower() for code in self.answer_languages.split(",") if code.strip())
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value):
+        if value is None or not str(value).strip():
+            return default_data_dir()
+        return Path(str(value).strip()).expanduser()
 
     @field_validator("reranker_model")
     @classmethod

@@ -7,6 +7,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _own_user_data_dir(tmp_path_factory, monkeypatch):
+    """DATA_DIR's default is the per-user data folder: each test (and its subprocesses) gets its own."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
 pytest_plugins = [
     "tests.fixtures.paths",
     "tests.fixtures.models",

@@ -65,3 +65,18 @@ def test_bad_value_is_a_validation_error(monkeypatch):
     monkeypatch.setenv("RETRIEVE_TOP_K", "0")
     with pytest.raises(ValidationError):
         KnowledgeSettings(_env_file=None)
+
+
+def test_data_dir_defaults_to_the_per_user_folder_wherever_the_bot_starts(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    places = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        places.append(KnowledgeSettings().data_dir)
+    assert places[0] == places[1] == tmp_path / "xdg" / "supportbot"
+    monkeypatch.setenv("DATA_DIR", "  ")
+    assert KnowledgeSettings().data_dir == tmp_path / "xdg" / "supportbot"  # empty, as in .env.example
+    monkeypatch.setenv("DATA_DIR", "~/bot-data")
+    assert KnowledgeSettings().data_dir == Path("~/bot-data").expanduser()
