@@ -41,13 +41,15 @@ def test_clean_text():
     assert clean_text(text, bot_user_id="UBOT") == "how do I use Milvus (https://milvus.io) & @U2?"
 
 
-def test_settings_defaults_and_api_url(monkeypatch):
+def test_settings_defaults_and_api_url(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9/api")
     monkeypatch.setenv("BOT_WORKERS", "2")
     settings = BotSettings(_env_file=None)
     assert settings.slack_api_url == "http://127.0.0.1:9/api/"
     assert settings.bot_workers == 2 and settings.port == 3000 and settings.answer_thread_followups
-    assert settings.database_target() == "sqlite:///data/feedback.sqlite"  # under DATA_DIR
+    # Under DATA_DIR, by default the per-user data folder.
+    assert settings.database_target() == f"sqlite:///{tmp_path}/supportbot/feedback.sqlite"
     assert "xoxb" not in repr(BotSettings(_env_file=None, slack_bot_token="xoxb-secret"))
 
 
