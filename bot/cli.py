@@ -283,7 +283,7 @@ def _remove_saved_answer(store, saved_id: str, settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings) -> int:
-    from knowledge.bench import format_remote_report, format_report, run_bench, run_remote_bench
+    from benchmarks.bench import format_remote_report, format_report, run_bench, run_remote_bench
 
     if args.remote:
         result = run_remote_bench(settings=settings, corpus=Path(args.corpus) if args.corpus else None,

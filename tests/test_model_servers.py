@@ -250,7 +250,7 @@ def test_supportbot_answers_through_model_servers_without_importing_torch(
 
 def test_bench_remote_row_measures_a_process_without_torch(fake_model_server, small_corpus, tmp_path,
                                                             tiny_embedder_path, tiny_reranker_path):
-    from knowledge.bench import format_remote_report, run_remote_bench
+    from benchmarks.bench import format_remote_report, run_remote_bench
     from knowledge.errors import KnowledgeError
     from knowledge.settings import KnowledgeSettings
 

@@ -516,7 +516,7 @@ def _bench_index(settings, sources: str, directory: Path, embedder):
         Alternating keeps both paths under the same background load; the best round is
         the one least disturbed by it.
         """
-        from knowledge.tutorial_baseline import embed_corpus
+        from benchmarks.tutorial_baseline import embed_corpus
 
         # Quick runs time the tutorial loop on every k-th chunk; compared per token, that is fair.
         step = max(1, len(texts) // 24) if quick else 1
@@ -611,7 +611,7 @@ def _candidates(retriever, chunks, question: str) -> list:
 
 def _tutorial_query_ms(st_model, store, question: str, top_k: int) -> float:
     """The tutorial's query side, best of two: one `encode` call with the query prompt, a dense search."""
-    from knowledge.tutorial_baseline import emb_text
+    from benchmarks.tutorial_baseline import emb_text
 
     best = float("inf")
     for rep in range(2):
@@ -663,7 +663,7 @@ def _bench_rerank(reranker, docs: list[str], question: str, *, reps: int, tutori
     Each repetition asks a slightly different query (the same for both paths), so the
     product's score cache never answers; scores are compared pair by pair.
     """
-    from knowledge.tutorial_baseline import rerank_documents
+    from benchmarks.tutorial_baseline import rerank_documents
 
     tokenizer = reranker.tokenizer
     queries = [question] + [f"{question} ({rep})" for rep in range(1, reps + 1)]

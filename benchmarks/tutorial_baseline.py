@@ -3,7 +3,7 @@
 The Milvus + Qwen3 RAG tutorial embeds one text per `encode` call, and scores
 reranker candidates with the model card's `process_inputs` + `compute_logits`
 (`knowledge.reranker.reference_scores`). The product never calls this module;
-`knowledge.bench` times it against the product's path on the same model objects.
+`benchmarks.bench` times it against the product's path on the same model objects.
 """
 
 from __future__ import annotations
