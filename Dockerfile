@@ -30,6 +30,8 @@ RUN pip install --index-url ${TORCH_INDEX_URL} torch==${TORCH_VERSION}
 COPY pyproject.toml constraints.txt README.md ./
 COPY knowledge ./knowledge
 COPY bot ./bot
+# `supportbot bench` in the image: a tool beside the product, loaded only by that command.
+COPY benchmarks ./benchmarks
 # The constraints file pins torch, so nothing below can replace the wheel above.
 RUN pip install -c constraints.txt .
 

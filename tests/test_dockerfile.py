@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,6 +178,16 @@ def test_copied_files_exist_and_are_not_ignored(dockerfile):
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
             assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), f"{source} is ignored"
+
+
+def test_the_builder_copies_every_package_the_distribution_installs(dockerfile):
+    # `pip install .` finds only the packages copied in: a missing one installs without error
+    # and fails later, e.g. `supportbot bench` without benchmarks/.
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in find["include"]}
+    assert {"knowledge", "bot", "benchmarks"} <= packages
+    copied = {copy.split()[0].rstrip("/") for copy in dockerfile[1][0].all("COPY")}
+    assert packages <= copied, f"not copied into the builder: {packages - copied}"
 
 
 def test_volumes_for_models_and_data_with_the_hf_cache_inside(final):
