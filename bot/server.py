@@ -111,13 +111,16 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         purge=lambda: (services.purge(), runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS)),
         lease_seconds=settings.claim_lease_seconds, sweep_seconds=settings.claim_sweep_seconds,
     )
-    observability = None
+    observability = server = None
     try:
         refresher.start()
         sweeper.start()
         if kb.status().get("serves_until_rebuilt"):
             # Keywords analysed by an older version: answer (dense only) while it rebuilds.
             log.info(refresher.request(rebuild=True, by="start-up"))
+        if mode != "socket":
+            # Bound and listening before /readyz can say ready, so a ready bot never refuses an event.
+            server = http_server(bot, settings)
         if settings.metrics_port:
             observability = ObservabilityServer(
                 metrics=metrics, port=settings.metrics_port, host=settings.host,
@@ -133,17 +136,17 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
                 bot.services.stop_taking_questions()  # events still arriving get "restarting"
                 handler.close()
         else:
-            server = http_server(bot, settings)
             log.info("listening for Slack events on http://%s:%s%s", settings.host, server.effective_port, EVENTS_PATH)
             serve_in_thread(server)
             try:
                 stop.wait()
             finally:
                 bot.services.stop_taking_questions()
-                server.close()
     except KeyboardInterrupt:
         log.info("interrupted: shutting down")
     finally:
+        if server is not None:
+            server.close()  # after stop_taking_questions: events still arriving got "restarting"
         # No new work is taken any more; answers already queued or running are finished.
         grace = settings.shutdown_grace_seconds
         log.info("shutting down: finishing answers in flight (up to %.0f s)", grace)
