@@ -4,22 +4,15 @@ passages at once, and closes again by itself after its cool-down."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-import json
-from pathlib import Path
 
 import pytest
 
 from knowledge.answerer import Answerer
+from tests.bot_helpers import serve_env, spawn_serve, wait_ready  # noqa: F401  (serve_env: fixture)
 from tests.fixtures.milvus import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "How does Milvus store data?"
 
 
@@ -90,60 +83,16 @@ def test_a_rejected_request_does_not_open_the_breaker(make_kb, fake_openai):
     assert len(fake_openai.requests) == 3
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 @pytest.mark.timeout(170)
-def test_serve_with_a_wrong_key_says_so_at_start_and_is_not_ready(
-    tmp_path, fake_slack, fake_openai, small_corpus, tiny_embedder_path, tiny_reranker_path
-):
+def test_serve_with_a_wrong_key_says_so_at_start_and_is_not_ready(tmp_path, fake_openai, serve_env):
     fake_openai.api_key = "sk-right"
-    metrics_port, port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "KNOWLEDGE_SOURCES": str(small_corpus),
-        "EMBEDDING_MODEL": str(tiny_embedder_path),
-        "RERANKER_MODEL": str(tiny_reranker_path),
-        "DATA_DIR": str(tmp_path / "data"),
-        "DEVICE": "cpu",
-        "DTYPE": "float32",
-        "DOCS_BASE_URL": "https://docs.example/{stem}#{anchor}",
-        "OPENAI_API_KEY": "sk-wrong-Zx9Yw8Vu7Ts6",
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "SLACK_BOT_TOKEN": fake_slack.bot_token,
-        "SLACK_SIGNING_SECRET": fake_slack.signing_secret,
-        "SLACK_API_URL": fake_slack.api_url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "FEEDBACK_DB": str(tmp_path / "feedback.sqlite"),
-        "REINDEX_SCHEDULE": "never",
-    }
+    env = serve_env(OPENAI_API_KEY="sk-wrong-Zx9Yw8Vu7Ts6")
     stderr_path = tmp_path / "stderr.log"
-    with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "--env-file", str(tmp_path / "none.env"), "serve"],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )
+    process = spawn_serve(env, cwd=tmp_path, log=stderr_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, stderr_path.read_text()[-3000:]
-            try:
-                status, body = _get(f"http://127.0.0.1:{metrics_port}/readyz")
-                if status == 200 or "index" not in body.get("reason", ""):
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.2)
+        # Ready, or not ready for a reason other than the index still being built.
+        status, body = wait_ready(process, metrics_port=int(env["METRICS_PORT"]), log=stderr_path,
+                                  until=lambda status, body: status == 200 or "index" not in body.get("reason", ""))
         assert status == 503 and "rejected OPENAI_API_KEY (HTTP 401)" in body["reason"]
     finally:
         process.send_signal(signal.SIGTERM)

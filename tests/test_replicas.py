@@ -12,13 +12,9 @@ each with its own Socket Mode connection to the fake Slack:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,22 +23,13 @@ import pytest
 from bot.blocks import ASK_HUMAN, FEEDBACK_UP
 from bot.state import Database, Records, database_url
 from bot.state.refresh_runs import RefreshRuns
-from tests.bot_helpers import bot_replies, final_answers, section_text
+from tests.bot_helpers import bot_replies, final_answers, section_text, serve_env, spawn_serve, wait_ready  # noqa: F401  (serve_env: fixture)
 from tests.fixtures.milvus import free_port
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 LEASE, SWEEP, TICK = 3, 1, 4  # seconds: short so the test is quick; the defaults are 30, 10 and daily
 CHANNEL = "CREP"
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class Replica:
@@ -51,19 +38,11 @@ class Replica:
         self.metrics_port = free_port()
         self.log = tmp_path / f"{name}.log"
         data = tmp_path / f"data-{name}"
-        with open(self.log, "w") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "--env-file", str(tmp_path / "none.env"), "serve"],
-                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
-                env={**env, "DATA_DIR": str(data), "METRICS_PORT": str(self.metrics_port)},
-            )
+        self.process = spawn_serve({**env, "DATA_DIR": str(data), "METRICS_PORT": str(self.metrics_port)},
+                                   cwd=tmp_path, log=self.log)
 
     def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not _ready(self.metrics_port):
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"{self.name} did not become ready"
-            time.sleep(0.2)
+        wait_ready(self.process, metrics_port=self.metrics_port, log=self.log, timeout=timeout)
 
     def outcomes(self) -> list[dict]:
         found = []
@@ -102,52 +81,30 @@ def _wait(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
         time.sleep(interval)
 
 
-def _env(*, small_corpus, tiny_embedder_path, tiny_reranker_path, milvus_server, fake_slack, fake_openai,
-         database_url: str) -> dict:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "KNOWLEDGE_SOURCES": str(small_corpus),
-        "EMBEDDING_MODEL": str(tiny_embedder_path),
-        "RERANKER_MODEL": str(tiny_reranker_path),
-        "DEVICE": "cpu",
-        "DTYPE": "float32",
-        "TORCH_THREADS": "1",
-        "DOCS_BASE_URL": "https://docs.example/{stem}#{anchor}",
-        "ABSTAIN_THRESHOLD": "0",
-        "MILVUS_URI": milvus_server,
-        "MILVUS_COLLECTION": "replicas_" + uuid.uuid4().hex[:8],
-        "DATABASE_URL": database_url,
-        "OPENAI_API_KEY": "sk-test-replicas",
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "OPENAI_MAX_RETRIES": "0",
-        "OPENAI_TIMEOUT": "60",
-        "SLACK_BOT_TOKEN": fake_slack.bot_token,
-        "SLACK_APP_TOKEN": fake_slack.app_token,
-        "SLACK_API_URL": fake_slack.api_url,
-        "HOST": "127.0.0.1",
-        "REINDEX_SCHEDULE": f"every {TICK}s",
-        "ADMIN_USER_IDS": "UADMIN",
-        "ESCALATION_CONTACTS": "*=UEXPERT",
-        "CLAIM_LEASE_SECONDS": str(LEASE),
-        "CLAIM_SWEEP_SECONDS": str(SWEEP),
-        "USER_RATE_PER_MINUTE": "0",
-        "USER_MAX_CONCURRENT": "0",
-        "STREAM_UPDATE_INTERVAL": "0.5",
-        "SHUTDOWN_GRACE_SECONDS": "5",
-        "LOG_FORMAT": "json",
-    }
-    env.pop("FEEDBACK_DB", None)
-    return env
+def _env(serve_env, *, milvus_server: str, database_url: str) -> dict:
+    """Socket Mode replicas on one Milvus server and one state database ("": SQLite under DATA_DIR)."""
+    return serve_env(
+        socket_mode=True,
+        FEEDBACK_DB=None,
+        TORCH_THREADS="1",
+        MILVUS_URI=milvus_server,
+        MILVUS_COLLECTION="replicas_" + uuid.uuid4().hex[:8],
+        DATABASE_URL=database_url,
+        OPENAI_API_KEY="sk-test-replicas",
+        OPENAI_TIMEOUT="60",
+        REINDEX_SCHEDULE=f"every {TICK}s",
+        ADMIN_USER_IDS="UADMIN",
+        ESCALATION_CONTACTS="*=UEXPERT",
+        CLAIM_LEASE_SECONDS=str(LEASE),
+        CLAIM_SWEEP_SECONDS=str(SWEEP),
+        STREAM_UPDATE_INTERVAL="0.5",
+        SHUTDOWN_GRACE_SECONDS="5",
+        LOG_FORMAT="json",
+    )
 
 
-def test_two_replicas_share_one_state(
-    tmp_path, postgres_url, milvus_server, fake_slack, fake_openai, small_corpus, tiny_embedder_path,
-    tiny_reranker_path,
-):
-    env = _env(small_corpus=small_corpus, tiny_embedder_path=tiny_embedder_path, tiny_reranker_path=tiny_reranker_path,
-               milvus_server=milvus_server, fake_slack=fake_slack, fake_openai=fake_openai, database_url=postgres_url)
+def test_two_replicas_share_one_state(tmp_path, postgres_url, milvus_server, fake_slack, fake_openai, serve_env):
+    env = _env(serve_env, milvus_server=milvus_server, database_url=postgres_url)
     db = Database(url=database_url(postgres_url, default_path="unused"))
     records = Records(database=db)
     runs = RefreshRuns(database=db, holder="test")
@@ -262,13 +219,10 @@ def test_two_replicas_share_one_state(
         db.close()
 
 
-def test_one_process_killed_and_restarted_answers_once(
-    tmp_path, milvus_server, fake_slack, fake_openai, small_corpus, tiny_embedder_path, tiny_reranker_path,
-):
+def test_one_process_killed_and_restarted_answers_once(tmp_path, milvus_server, fake_slack, fake_openai, serve_env):
     """The embedded default (SQLite under DATA_DIR): the restarted process finds the claim its
     predecessor left and answers the question once."""
-    env = _env(small_corpus=small_corpus, tiny_embedder_path=tiny_embedder_path, tiny_reranker_path=tiny_reranker_path,
-               milvus_server=milvus_server, fake_slack=fake_slack, fake_openai=fake_openai, database_url="")
+    env = _env(serve_env, milvus_server=milvus_server, database_url="")
     env["REINDEX_SCHEDULE"] = "never"
     first = Replica("a", env, tmp_path)
     second = None

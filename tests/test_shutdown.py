@@ -5,88 +5,34 @@ Its JSON log lines carry one outcome per question and no secrets or question tex
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from bot.server import EVENTS_PATH
-from tests.bot_helpers import bot_replies, final_answers, section_text
-from tests.fixtures.milvus import free_port
+from tests.bot_helpers import bot_replies, final_answers, readyz, section_text, serve_env, spawn_serve, wait_ready  # noqa: F401  (serve_env: fixture)
 from tests.fixtures.openai_fake import DEFAULT_TEXT
 
 pytestmark = [pytest.mark.timeout(170), pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-test-Zx9Yw8Vu7Ts6Rq5Po4Nm"
 QUESTION = "How does Milvus store data? my-private-phrase"
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def test_sigterm_finishes_the_answer_in_flight_then_exits(
-    tmp_path, fake_slack, fake_openai, small_corpus, tiny_embedder_path, tiny_reranker_path
-):
-    port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "KNOWLEDGE_SOURCES": str(small_corpus),
-        "EMBEDDING_MODEL": str(tiny_embedder_path),
-        "RERANKER_MODEL": str(tiny_reranker_path),
-        "DATA_DIR": str(tmp_path / "data"),
-        "DEVICE": "cpu",
-        "DTYPE": "float32",
-        "DOCS_BASE_URL": "https://docs.example/{stem}#{anchor}",
-        "ABSTAIN_THRESHOLD": "0",
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "OPENAI_MAX_RETRIES": "0",
-        "OPENAI_TIMEOUT": "20",
-        "SLACK_BOT_TOKEN": fake_slack.bot_token,
-        "SLACK_SIGNING_SECRET": fake_slack.signing_secret,
-        "SLACK_API_URL": fake_slack.api_url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "FEEDBACK_DB": str(tmp_path / "feedback.sqlite"),
-        "REINDEX_SCHEDULE": "never",
-        "USER_RATE_PER_MINUTE": "0",
-        "USER_MAX_CONCURRENT": "0",
-        "SHUTDOWN_GRACE_SECONDS": "20",
-        "LOG_FORMAT": "json",
-        "LOG_QUESTIONS": "false",
-    }
+def test_sigterm_finishes_the_answer_in_flight_then_exits(tmp_path, fake_slack, fake_openai, serve_env):
+    env = serve_env(
+        OPENAI_API_KEY=OPENAI_KEY,
+        OPENAI_TIMEOUT="20",
+        SHUTDOWN_GRACE_SECONDS="20",
+        LOG_FORMAT="json",
+        LOG_QUESTIONS="false",
+    )
+    port, metrics_port = int(env["PORT"]), int(env["METRICS_PORT"])
     stderr_path = tmp_path / "stderr.log"
-    with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "--env-file", str(tmp_path / "none.env"), "serve"],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )
+    process = spawn_serve(env, cwd=tmp_path, log=stderr_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # models load, the index is built, then /readyz answers 200
-            assert process.poll() is None, stderr_path.read_text()[-3000:]
-            try:
-                if _get(f"http://127.0.0.1:{metrics_port}/readyz") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
+        wait_ready(process, metrics_port=metrics_port, log=stderr_path)
         url = f"http://127.0.0.1:{port}{EVENTS_PATH}"
 
         # An answer in flight: the model takes 4 s.
@@ -103,7 +49,7 @@ def test_sigterm_finishes_the_answer_in_flight_then_exits(
         time.sleep(0.3)
         readiness = None
         try:
-            readiness = _get(f"http://127.0.0.1:{metrics_port}/readyz")
+            readiness, _ = readyz(metrics_port)
         except OSError:
             pass  # already stopped serving: just as good
         second = fake_slack.mention("A question after SIGTERM", channel="CT2")
