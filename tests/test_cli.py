@@ -216,6 +216,12 @@ def test_console_script_reports_without_traceback(cli_env, tmp_path):
     ]
 
 
+def test_bench_runs_the_benchmark_package_from_the_command(cli_env, capsys, tmp_path):
+    """`bench` loads benchmarks/ inside the command (the runtime never imports it): a missing corpus is one line."""
+    code, _, err = run(capsys, "bench", "--corpus", str(tmp_path / "nowhere"), "--quick")
+    assert_one_line_error(code, err, "nowhere", "does not exist")
+
+
 def stale_keyword_kb(make_kb, monkeypatch):
     """A KnowledgeBase over an index whose keywords an older version analysed."""
     from knowledge.pipeline import KnowledgeBase
