@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,8 @@ class WorkerPool:
         # One permit per running or waiting job: a full pool refuses instead of queueing forever.
         self._slots = threading.BoundedSemaphore(workers + queue_size)
         self._lock = threading.Lock()
-        self._pending: set[Future] = set()  # submitted and not yet done, for drain()
+        self._idle = threading.Condition(self._lock)  # notified when the last pending job is done
+        self._pending: set[Future] = set()  # submitted and not yet done, for drain() and wait_idle()
         self._draining = False
 
     def submit(self, fn: Callable[..., object], /, *args, **kwargs) -> Future | None:
@@ -38,19 +39,29 @@ class WorkerPool:
         return future
 
     def _done(self, future: Future) -> None:
-        with self._lock:
+        # Runs after the future is marked done (waiters on the future may already be awake):
+        # the slot is released under the lock, so wait_idle() never returns before submit() can succeed.
+        with self._idle:
             self._pending.discard(future)
-        self._slots.release()
+            self._slots.release()
+            if not self._pending:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until no job runs or waits (every slot free again); True when idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending, timeout=timeout)
 
     def drain(self, timeout: float) -> bool:
         """Refuse new jobs and wait up to `timeout` s for the submitted ones; True when all finished."""
         with self._lock:
             self._draining = True
-            pending = set(self._pending)
-        done, not_done = wait(pending, timeout=timeout)
-        if not_done:
-            log.warning("%d answers still running after %.0f s; stopping anyway", len(not_done), timeout)
-        return not not_done
+        if self.wait_idle(timeout):
+            return True
+        with self._lock:
+            running = len(self._pending)
+        log.warning("%d answers still running after %.0f s; stopping anyway", running, timeout)
+        return False
 
     @staticmethod
     def _run(fn: Callable[..., object], args: tuple, kwargs: dict) -> object:

@@ -1,7 +1,6 @@
 """The bot's small parts: the bounded worker pool, thread history, settings."""
 
 import threading
-import time
 
 import pytest
 
@@ -19,9 +18,8 @@ def test_pool_refuses_when_full_and_recovers():
     assert pool.submit(lambda: "third") is None  # 1 running + 1 waiting: full
     gate.set()
     assert queued.result(timeout=5) == "queued"
-    deadline = time.monotonic() + 5
-    while (late := pool.submit(lambda: "again")) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert pool.wait_idle(5)
+    late = pool.submit(lambda: "again")
     assert late is not None and late.result(timeout=5) == "again"
     pool.shutdown()
 
@@ -31,8 +29,24 @@ def test_pool_releases_slot_after_a_failing_job():
     failed = pool.submit(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failed.result(timeout=5)
-    time.sleep(0.05)
+    assert pool.wait_idle(5)
     assert pool.submit(lambda: 1).result(timeout=5) == 1
+    pool.shutdown()
+
+
+def test_pool_wait_idle_means_the_next_submit_is_taken():
+    # A job's reply (or its future's result) is out before its slot is free again; after
+    # wait_idle() the next question is taken (tests/test_bot_slack.py relies on it).
+    pool = WorkerPool(workers=1, queue_size=0)
+    gate = threading.Event()
+    assert pool.submit(gate.wait, 5) is not None
+    assert pool.wait_idle(0.05) is False  # a job is running
+    gate.set()
+    for n in range(100):
+        assert pool.wait_idle(5)
+        job = pool.submit(lambda n=n: n)
+        assert job is not None, f"refused after wait_idle() at job {n}"
+        assert job.result(timeout=5) == n
     pool.shutdown()
 
 
