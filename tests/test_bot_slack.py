@@ -86,6 +86,12 @@ def _final(fake, channel, *, count=1, timeout=30):
         time.sleep(0.02)
 
 
+def _wait_idle(running):
+    """The worker is free again. Its reply is on screen before its job ends (records, claim, slot):
+    with one worker and no queue, a question sent on seeing the reply could otherwise be "busy"."""
+    assert running.bot.services.pool.wait_idle(30), "the previous answer's job is still running"
+
+
 def _blocks(call):
     blocks = call.params["blocks"]
     return json.loads(blocks) if isinstance(blocks, str) else blocks
@@ -195,9 +201,11 @@ def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_
 
     # One worker, no queue: while the model is slow, the next question gets a "busy" reply, not silence.
     fake_openai.hang(4.0)  # wide enough for a loaded CI machine
+    asked = len(fake_openai.requests)
     first = fake_slack.mention(QUESTION, channel="C2")
     fake_slack.send_event(first)
     fake_slack.wait_for("chat.postMessage", where=_in_thread("C2", first["ts"]))
+    fake_openai.wait_for_requests(asked + 1)  # the one worker is inside the slow model call
     second = fake_slack.mention("What is a partition?", channel="C2")
     fake_slack.send_event(second)
     [busy] = fake_slack.wait_for("chat.update", where=lambda c: c.params.get("text") == BUSY_TEXT)
@@ -206,6 +214,7 @@ def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_
     [answer] = _final(fake_slack, "C2")  # the first still gets its answer
     assert [m for m in fake_slack.messages("C2") if m["ts"] == answer.params["ts"]][0]["thread_ts"] == first["ts"]
 
+    _wait_idle(running)
     # The model fails: the retrieved passages are shown with the knowledge layer's note.
     fake_openai.fail(500, times=2)  # the first try and the one retry (openai_max_retries=1)
     failing = fake_slack.mention(QUESTION, channel="C3")
@@ -215,17 +224,20 @@ def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_
     assert context and context[0]["elements"][0]["text"]
     assert running.records.recent_answers(1)[0].status == "retrieval_only"
 
+    _wait_idle(running)
     # An empty question: the knowledge layer's message, as-is.
     empty = fake_slack.mention("", channel="C4")
     fake_slack.send_event(empty)
     [reply] = fake_slack.wait_for("chat.update", where=lambda c: c.params.get("channel") == "C4")
     assert reply.params["text"].startswith("Please ask a question")
 
+    _wait_idle(running)
     # A very long answer: split within Slack's limits, sources and buttons at the end.
     fake_openai.reply("\n\n".join(f"Paragraph {i} [1]: " + "lorem ipsum " * 250 for i in range(60)))
     long_q = fake_slack.mention(QUESTION, channel="C5")
     fake_slack.send_event(long_q)
-    fake_slack.wait_for("chat.postMessage", where=lambda c: c.params.get("channel") == "C5" and any(
+    # ~190,000 characters streamed, converted and posted: 5-8 s on an idle 2-core machine, so a wide deadline.
+    fake_slack.wait_for("chat.postMessage", timeout=60, where=lambda c: c.params.get("channel") == "C5" and any(
         b["type"] == "actions" for b in (_blocks(c) if c.params.get("blocks") else [])))  # the last part
     parts = _final(fake_slack, "C5", count=2)
     assert len(parts) == 3  # ~190,000 characters: 120 sections over three messages
