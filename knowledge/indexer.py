@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from knowledge import evidence
 from knowledge.chunking import chunk_document
 from knowledge.errors import RefreshInProgressError, SourceError
 from knowledge.settings import KnowledgeSettings
@@ -264,7 +265,11 @@ class Indexer:
                 titles = None
                 if store.holds_title_vectors(collection=collection):
                     titles = self._title_vectors(batch)
-                store.upsert(batch, vectors, title_vectors=titles, collection=collection)
+                sentences = None
+                if self.settings.sentence_vectors and (collection or getattr(store, "has_sentence_vectors", False)):
+                    sentences = self._sentence_vectors(batch, dimension=store.dimension)
+                store.upsert(batch, vectors, title_vectors=titles, sentence_vectors=sentences,
+                             collection=collection)
                 if bar is not None:
                     bar.update(len(batch))
         finally:
@@ -279,6 +284,19 @@ class Indexer:
         vectors = np.asarray(self.embedder.embed_documents(unique))
         row = {text: i for i, text in enumerate(unique)}
         return vectors[[row[text] for text in texts]]
+
+
+    def _sentence_vectors(self, chunks: Sequence[Chunk], *, dimension: int) -> list[str]:
+        """Each chunk's sentences' vectors, packed for its row (knowledge.evidence)."""
+        limit = evidence.max_sentences(dimension)
+        per_chunk = [evidence.sentences(c.text, limit=limit) for c in chunks]
+        flat = [text for texts in per_chunk for text in texts]
+        vectors = np.asarray(self.embedder.embed_documents(flat)) if flat else np.zeros((0, dimension))
+        packed, start = [], 0
+        for texts in per_chunk:
+            packed.append(evidence.pack(vectors[start : start + len(texts)]))
+            start += len(texts)
+        return packed
 
 
 def section_title(chunk: Chunk) -> str:

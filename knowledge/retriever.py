@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from knowledge import evidence
 from knowledge.abstention import AbstentionModel
 from knowledge.abstention import signals as abstention_signals
 from knowledge.abstention import warm_up as abstention_warm_up
@@ -45,6 +46,13 @@ EXACT_MATCHES = 2
 # Without identifiers, the best of the keyword side's first hits that fusion left out
 # takes the last candidate slot (measured on two eval sets in docs/answer-quality.md).
 KEYWORD_SLOT_DEPTH = 3
+
+# Sentence evidence (knowledge.evidence): the hybrid candidates plus the dense side's
+# first SENTENCE_POOL_FACTOR x top_k are ordered by their best sentence too, and the two
+# orders merged by weighted reciprocal rank with this k (SENTENCE_WEIGHT beside the search
+# order's 1). Chosen on the dev set (docs/answer-quality.md).
+SENTENCE_POOL_FACTOR = 2
+SENTENCE_RRF_K = 10
 
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
@@ -232,7 +240,30 @@ class Retriever:
                 found = favour_question_headings(found)
             if keywords:
                 found = self._keep_keyword_hits(found, query, keywords, limit, names)
+            if self.settings.sentence_weight > 0 and getattr(self.store, "has_sentence_vectors", False):
+                return self._weigh_sentences(dedupe(found)[:top_k], vector, names)
         return dedupe(found)[:top_k]
+
+    def _weigh_sentences(self, found: list[Candidate], vector, names) -> list[Candidate]:
+        """Re-order the candidates, and the dense side's next best, by their best sentence too.
+
+        A section whose answer is one sentence among many scores low as a whole; its
+        best sentence does not. Merged by rank with the search order, not by score:
+        the cosines of one sentence and of a whole section are on different scales.
+        """
+        top_k = self.settings.retrieve_top_k
+        present = {c.chunk.id for c in found}
+        deeper = self.store.search_dense(vector, limit=top_k * SENTENCE_POOL_FACTOR, source_names=names)
+        pool = dedupe([*found, *(c for c in deeper if c.chunk.id not in present)])
+        packed = self.store.sentence_vectors([c.chunk.id for c in pool])
+        if not any(packed.values()):
+            return found  # indexed with SENTENCE_VECTORS=false
+        best = evidence.best_cosines(vector, [packed.get(c.chunk.id, "") for c in pool], len(vector))
+        for candidate, score in zip(pool, best):
+            candidate.sentence_score = score
+        order = evidence.merge_orders(best, weight=self.settings.sentence_weight, k=SENTENCE_RRF_K,
+                                      steady=[headed_by_a_question(c.chunk) for c in pool])
+        return [pool[i] for i in order][:top_k]
 
     def _expanded(self, query: str, keywords: str) -> str:
         """The keyword query plus the docs' words for its topic, when expansion is on."""
@@ -329,11 +360,16 @@ def favour_question_headings(found: list[Candidate]) -> list[Candidate]:
     """Add QUESTION_HEADING_BONUS x title cosine to the fused score of sections headed by
     a question, and re-sort (stable: other ties keep Milvus's order)."""
     for candidate in found:
-        heading = candidate.chunk.heading_path[-1].rstrip() if candidate.chunk.heading_path else ""
-        if heading.endswith(("?", "？")) and candidate.title_score is not None:
+        if headed_by_a_question(candidate.chunk) and candidate.title_score is not None:
             candidate.fused_score = (candidate.fused_score or 0.0) + QUESTION_HEADING_BONUS * max(
                 0.0, candidate.title_score)
     return sorted(found, key=lambda c: -(c.fused_score or 0.0))
+
+
+def headed_by_a_question(chunk: Chunk) -> bool:
+    """A section whose own heading is a question (a FAQ entry)."""
+    heading = chunk.heading_path[-1].rstrip() if chunk.heading_path else ""
+    return heading.endswith(("?", "？"))
 
 
 def load_abstention_model(settings: KnowledgeSettings) -> AbstentionModel | None:

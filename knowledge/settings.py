@@ -107,6 +107,10 @@ class KnowledgeSettings(BaseSettings):
     title_weight: float = Field(default=0.3, ge=0)  # the section-title vector in hybrid fusion; 0: off
     query_expansion: bool = True  # add the docs' heading words for the question's topic to BM25
     expansion_terms: int = Field(default=2, ge=0, le=20)
+    # Sentence evidence (knowledge.evidence): every sentence embedded at index time; hybrid
+    # search re-orders its candidates by their best sentence too, with this weight (0: off).
+    sentence_vectors: bool = True
+    sentence_weight: float = Field(default=1.0, ge=0)
     doc_rewrite: bool = False  # with a chat model: also search the question restated in doc words
     abstention_model: str = ""  # fitted by `supportbot eval --fit-abstention`; "": DATA_DIR/abstention.json
 

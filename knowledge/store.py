@@ -72,6 +72,10 @@ MODEL_PROPERTY = "supportbot.model_id"
 DIMENSION_PROPERTY = "supportbot.dimension"
 ANALYZER_PROPERTY = "supportbot.analyzer"
 TITLE_FIELD = "title_vector"  # the section's title and heading path, embedded apart
+# Every sentence's vector, packed (knowledge.evidence): Milvus 2.4 has no field for a
+# varying number of vectors, and these are only read back for a few candidates, never
+# searched, so they live in the chunk's own row and come and go with it.
+SENTENCES_FIELD = "sentence_vectors"
 REBUILD_HINT = "rebuild the index with `supportbot index --rebuild`"
 STALE_STAGING_SECONDS = 86400  # a staging collection this old was left by a failed rebuild
 # VARCHAR limits are in bytes; values are clipped to fit rather than failing the insert.
@@ -126,6 +130,7 @@ class VectorStore:
         # Several vector fields per collection came with Milvus 2.4; 2.3 refuses them.
         self._server_title = True
         self.has_title_vector = False
+        self.has_sentence_vectors = False
         self._open_serving()
 
     # ---- opening -----------------------------------------------------------------
@@ -182,6 +187,7 @@ class VectorStore:
         info = self._describe(target)
         self.supports_hybrid = self._server_hybrid and _has_bm25(info)
         self.has_title_vector = _has_title_vector(info)
+        self.has_sentence_vectors = _has_field(info, SENTENCES_FIELD)
         self.mismatch = self._mismatch(target, info)
         if self.supports_hybrid and _collection_analyzer(info) != ANALYZER_VERSION:
             # Its keywords were analysed another way: BM25 would match badly, so search
@@ -193,6 +199,9 @@ class VectorStore:
             # Built before section-title vectors: it serves as before (body vector and
             # BM25) until the next refresh rebuilds it with them.
             self.stale = f"The index {target} was built by an older version (no section-title vectors)."
+            logger.warning("%s Searching without them until it is rebuilt.", self.stale)
+        elif not self.has_sentence_vectors and not self.mismatch:
+            self.stale = f"The index {target} was built by an older version (no sentence vectors)."
             logger.warning("%s Searching without them until it is rebuilt.", self.stale)
 
     def physical_name(self) -> str | None:
@@ -292,6 +301,7 @@ class VectorStore:
         add("url", DataType.VARCHAR, max_length=4096)
         add("ordinal", DataType.INT64)
         add("content_hash", DataType.VARCHAR, max_length=256)
+        add(SENTENCES_FIELD, DataType.VARCHAR, max_length=TEXT_BYTES)
         return schema
 
     def _index_params(self, with_bm25: bool, with_title: bool = True):
@@ -369,6 +379,7 @@ class VectorStore:
         info = self._describe(staging)
         self.supports_hybrid = self._server_hybrid and _has_bm25(info)
         self.has_title_vector = _has_title_vector(info)
+        self.has_sentence_vectors = _has_field(info, SENTENCES_FIELD)
         self.mismatch = self.stale = ""
 
     # ---- writing ------------------------------------------------------------------
@@ -379,9 +390,11 @@ class VectorStore:
         vectors: np.ndarray,
         *,
         title_vectors: np.ndarray | None = None,
+        sentence_vectors: Sequence[str] | None = None,
         collection: str | None = None,
     ) -> None:
-        """Insert or replace chunks with their vectors (and their titles' vectors).
+        """Insert or replace chunks with their vectors (and their titles' vectors, and
+        their sentences' vectors packed by knowledge.evidence.pack).
 
         Without `title_vectors` a collection that has the field gets the body vectors
         there too. Raises StoreError, DimensionMismatchError.
@@ -400,11 +413,15 @@ class VectorStore:
                 )
         target = collection or self.name
         with_title = self.holds_title_vectors(collection=collection)
+        # A staging collection was made by this version; the serving one may predate the field.
+        with_sentences = bool(collection) or self.has_sentence_vectors
+        packed = list(sentence_vectors) if sentence_vectors is not None else [""] * len(chunks)
         for start in range(0, len(chunks), self.batch_size):
             end = start + self.batch_size
             rows = [
-                _row(chunk, vector, title if with_title else None)
-                for chunk, vector, title in zip(chunks[start:end], vectors[start:end], titles[start:end])
+                _row(chunk, vector, title if with_title else None, sentences if with_sentences else None)
+                for chunk, vector, title, sentences in zip(
+                    chunks[start:end], vectors[start:end], titles[start:end], packed[start:end])
             ]
             self._call(self._client.upsert, target, rows)
 
@@ -472,6 +489,13 @@ class VectorStore:
         rows = self._call(self._client.get, self.name, ids=list(ids), output_fields=OUTPUT_FIELDS)
         by_id = {row["id"]: _chunk(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
+
+    def sentence_vectors(self, ids: Sequence[str]) -> dict[str, str]:
+        """Chunk id -> its sentences' packed vectors (knowledge.evidence); {} when the index has none."""
+        if not ids or not self.has_sentence_vectors:
+            return {}
+        rows = self._call(self._client.get, self.name, ids=list(ids), output_fields=["id", SENTENCES_FIELD])
+        return {row["id"]: row.get(SENTENCES_FIELD) or "" for row in rows}
 
     # ---- searching ------------------------------------------------------------------
 
@@ -718,7 +742,11 @@ def _has_bm25(info: dict) -> bool:
 
 
 def _has_title_vector(info: dict) -> bool:
-    return any(f["name"] == TITLE_FIELD for f in info.get("fields", []))
+    return _has_field(info, TITLE_FIELD)
+
+
+def _has_field(info: dict, name: str) -> bool:
+    return any(f["name"] == name for f in info.get("fields", []))
 
 
 def _collection_model(info: dict) -> str:
@@ -745,7 +773,8 @@ def _clip(text: str, limit: int = TEXT_BYTES) -> str:
     return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
-def _row(chunk: Chunk, vector: np.ndarray, title_vector: np.ndarray | None = None) -> dict:
+def _row(chunk: Chunk, vector: np.ndarray, title_vector: np.ndarray | None = None,
+         sentences: str | None = None) -> dict:
     row = {
         "id": chunk.id,
         "vector": vector.tolist(),
@@ -762,6 +791,9 @@ def _row(chunk: Chunk, vector: np.ndarray, title_vector: np.ndarray | None = Non
     }
     if title_vector is not None:
         row[TITLE_FIELD] = title_vector.tolist()
+    if sentences is not None:
+        # Never clipped: a cut base64 string would not decode (evidence.sentences fits it).
+        row[SENTENCES_FIELD] = sentences if len(sentences) <= TEXT_BYTES else ""
     return row
 
 

@@ -68,6 +68,7 @@ class Candidate:
     title_score: float | None = None  # cosine of the query and the section title's vector
     fused_score: float | None = None  # the score that ordered retrieval (RRF/weighted/dense)
     rerank_score: float | None = None  # probability of "yes" from the reranker
+    sentence_score: float | None = None  # cosine of the query and the best sentence (knowledge.evidence)
     rank: int = 0  # 1-based position after the final ordering
 
     def to_dict(self) -> dict:
@@ -86,6 +87,7 @@ class Candidate:
             "title_score": self.title_score,
             "fused_score": self.fused_score,
             "rerank_score": self.rerank_score,
+            "sentence_score": self.sentence_score,
         }
 
 

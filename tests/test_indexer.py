@@ -119,12 +119,16 @@ def test_editing_one_file_re_embeds_only_its_chunks(indexer, store, embedder, do
     report = indexer.refresh()
     assert report.updated + report.added > 0 and report.unchanged > 0
     indexed = sources_of(store)
-    # Each changed chunk's text, and its section titles (once per title): nothing else.
+    # Each changed chunk's text, its section titles (once per title) and its sentences
+    # (knowledge.evidence): nothing else.
     bodies = [text for text in embedder.embedded if text in indexed]
-    titles = [text for text in embedder.embedded if text not in indexed]
+    titles = [text for text in embedder.embedded if text not in indexed and text.startswith("Performance FAQ")]
+    changed = [c.text for c in store.get(list(store.content_hashes())) if c.source == "performance_faq.md"]
+    sentences = [text for text in embedder.embedded if text not in indexed and text not in titles]
     assert len(bodies) == report.added + report.updated
     assert {indexed[text] for text in bodies} == {"performance_faq.md"}
-    assert titles and all(title.startswith("Performance FAQ") for title in titles)
+    assert titles and sentences
+    assert all(any(sentence in body for body in changed) for sentence in sentences)
     assert store.content_hashes() == expected_hashes(settings, embedder)
 
 
@@ -153,8 +157,8 @@ def test_failure_halfway_keeps_old_index_and_next_refresh_completes(indexer, sto
     for name in FILES:
         path = docs / name
         path.write_text(path.read_text().replace("the", "THE"))
-    # Each batch embeds its texts, then its section titles: the third batch fails.
-    embedder.fail_on_call = embedder.calls + 5
+    # Each batch embeds its texts, its section titles, then their sentences: the third batch fails.
+    embedder.fail_on_call = embedder.calls + 7
     with pytest.raises(RuntimeError, match="embedder failed"):
         indexer.refresh()
     # questions still get answers: nothing was deleted, each row is old or new

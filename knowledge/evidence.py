@@ -1,0 +1,112 @@
+"""Sentence evidence: how well a passage's best sentence matches the question.
+
+One vector per chunk averages everything the section says, so a support question
+whose answer is one sentence of a long section ("you cannot manipulate the
+partitions ... once a partition key is set") loses to a short section on the same
+topic. At index time every sentence of a chunk is embedded too (`sentences`,
+stored packed beside the chunk: `pack` / `unpack`); at search time the candidates
+are ordered a second time by their best sentence's cosine and the two orders are
+merged by weighted reciprocal rank (`merge_orders`). Measured in
+docs/answer-quality.md ("Sentence evidence").
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+# Markdown docs: a sentence ends at . ! ? before white space, and every line (list
+# items, table rows, code) stands alone.
+_BOUNDARY = re.compile(r"(?<=[.!?])\s+|\n+")
+# Shorter pieces ("```", "| --- |", "Parameters") match anything and prove nothing.
+MIN_SENTENCE_CHARS = 20
+# The packed vectors of one chunk go into one VARCHAR field (at most 65,535 bytes).
+PACKED_BYTES = 65535
+
+
+def sentences(text: str, *, limit: int) -> list[str]:
+    """The sentences of `text` worth a vector, at most `limit` (neighbours merged to fit).
+
+    Returns [] for text without any; the whole text when it has no boundary.
+    """
+    parts = [p.strip() for p in _BOUNDARY.split(text or "")]
+    parts = [p for p in parts if len(p) >= MIN_SENTENCE_CHARS]
+    if not parts:
+        stripped = (text or "").strip()
+        return [stripped] if stripped else []
+    if limit < 1:
+        return []
+    if len(parts) > limit:
+        # Neighbours merged into `limit` groups: every word keeps a vector somewhere.
+        groups = np.array_split(np.arange(len(parts)), limit)
+        parts = [" ".join(parts[i] for i in group) for group in groups if len(group)]
+    return parts
+
+
+def max_sentences(dimension: int) -> int:
+    """How many packed vectors of `dimension` fit in one VARCHAR field (base64 of int8)."""
+    return max(1, (PACKED_BYTES // 4 * 3) // max(1, dimension))
+
+
+def pack(vectors: np.ndarray) -> str:
+    """Unit vectors (rows) as base64 of int8, each row scaled by its largest component.
+
+    Cosines from the unpacked rows differ from float32's by about 0.003: plenty to
+    rank a few candidates' sentences. "" for no rows.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.size == 0:
+        return ""
+    scale = np.abs(vectors).max(axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    quantised = np.round(vectors / scale * 127).astype(np.int8)
+    return base64.b64encode(quantised.tobytes()).decode("ascii")
+
+
+def unpack(packed: str, dimension: int) -> np.ndarray:
+    """The rows `pack` stored, normalised to unit length; shape (0, dimension) for ""."""
+    if not packed:
+        return np.zeros((0, dimension), dtype=np.float32)
+    raw = np.frombuffer(base64.b64decode(packed), dtype=np.int8).astype(np.float32)
+    rows = raw.reshape(-1, dimension)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return rows / norms
+
+
+def best_cosines(query: np.ndarray, packed: Sequence[str], dimension: int) -> list[float | None]:
+    """For each packed chunk, its best sentence's cosine with the (unit) query vector; None without any."""
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    query = query / (np.linalg.norm(query) or 1.0)
+    out: list[float | None] = []
+    for value in packed:
+        rows = unpack(value, dimension)
+        out.append(float((rows @ query).max()) if len(rows) else None)
+    return out
+
+
+def merge_orders(best: Sequence[float | None], *, weight: float, k: float,
+                 steady: Sequence[bool] = ()) -> list[int]:
+    """Positions of the candidates (given in retrieval order) in their merged order.
+
+    score = 1 / (k + retrieval rank) + weight / (k + sentence rank), ranks from 0; a
+    candidate without sentence vectors gets no second term. A `steady` candidate takes
+    the better of its two ranks in the second term: sentence evidence may lift it, never
+    hold it back (a FAQ entry, whose heading is the question: its answer need not repeat
+    the question's words in any one sentence). Ties keep retrieval order.
+    """
+    if not best:
+        return []
+    by_sentence = sorted((i for i, b in enumerate(best) if b is not None), key=lambda i: -best[i])
+    sentence_rank = {i: rank for rank, i in enumerate(by_sentence)}
+    for i in sentence_rank:
+        if i < len(steady) and steady[i]:
+            sentence_rank[i] = min(sentence_rank[i], i)
+    scores = [
+        1.0 / (k + i) + (weight / (k + sentence_rank[i]) if i in sentence_rank else 0.0)
+        for i in range(len(best))
+    ]
+    return sorted(range(len(best)), key=lambda i: (-scores[i], i))

@@ -1,0 +1,156 @@
+"""Sentence evidence (knowledge/evidence.py): every sentence embedded at index time, and
+hybrid search ordering its candidates by their best sentence too, so a section whose one
+sentence answers the question is not lost in its average."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knowledge import evidence
+from knowledge.indexer import Indexer
+from knowledge.retriever import Retriever
+from knowledge.settings import KnowledgeSettings
+from knowledge.store import TEXT_BYTES, VectorStore
+from tests.fixtures.milvus import HashingEmbedder
+
+# ---- packing and splitting ---------------------------------------------------------------
+
+
+def test_packed_vectors_keep_their_cosines_and_fit_one_field():
+    rng = np.random.default_rng(0)
+    for dimension in (384, 1024):
+        count = evidence.max_sentences(dimension)
+        vectors = rng.standard_normal((count, dimension)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        packed = evidence.pack(vectors)
+        assert len(packed.encode()) <= TEXT_BYTES  # one VARCHAR field holds the most a chunk keeps
+        query = vectors[3] + 0.5 * vectors[5]
+        query /= np.linalg.norm(query)
+        exact = vectors @ query
+        unpacked = evidence.unpack(packed, dimension) @ query
+        assert np.abs(unpacked - exact).max() < 0.01
+    assert evidence.pack(np.zeros((0, 8))) == ""
+    assert evidence.unpack("", 8).shape == (0, 8)
+    assert evidence.best_cosines(np.ones(8), ["", evidence.pack(np.eye(8)[:2])], 8) == [
+        None, pytest.approx(8 ** -0.5, abs=0.01)]
+
+
+def test_sentences_split_on_punctuation_and_lines_and_merge_to_the_limit():
+    text = ("## Enable partition key\n\nOnce a partition key is set, you cannot create partitions. "
+            "Milvus manages them for you!\n- a list item that is long enough to count\n```\nx = 1\n```")
+    assert evidence.sentences(text, limit=10) == [
+        "## Enable partition key",
+        "Once a partition key is set, you cannot create partitions.",
+        "Milvus manages them for you!",
+        "- a list item that is long enough to count",
+    ]
+    merged = evidence.sentences(text, limit=2)
+    assert len(merged) == 2 and " ".join(merged) == " ".join(evidence.sentences(text, limit=10))
+    assert evidence.sentences("short", limit=5) == ["short"]  # no boundary: the whole text
+    assert evidence.sentences("", limit=5) == []
+
+
+def test_ranks_merge_with_the_search_order_first_on_ties():
+    # Retrieval order 0, 1, 2, 3; the best sentences are 1's and 3's.
+    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.5, k=10) == [0, 1, 3, 2]
+    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.0, k=10) == [0, 1, 2, 3]
+    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=2.0, k=1)[0] == 1
+    assert evidence.merge_orders([], weight=0.5, k=10) == []
+    # A steady candidate (a FAQ entry) may be lifted by its sentences, never held back.
+    assert evidence.merge_orders([0.1, 0.9, 0.8], weight=1.0, k=1) == [1, 0, 2]
+    assert evidence.merge_orders([0.1, 0.9, 0.8], weight=1.0, k=1, steady=[True, False, False]) == [0, 1, 2]
+    assert evidence.merge_orders([0.9, 0.1, 0.8], weight=2.0, k=1) == [0, 2, 1]
+    assert evidence.merge_orders([0.9, 0.1, 0.8], weight=2.0, k=1, steady=[False, True, False]) == [0, 1, 2]
+    assert evidence.merge_orders([0.1, 0.2, 0.9], weight=2.0, k=1, steady=[False, False, True])[0] == 2
+
+
+# ---- through the indexer, Milvus Lite and the retriever --------------------------------------
+
+# The answer is one sentence of a long section about other things...
+LONG_SECTION = "# Operations\n\n## Cluster upkeep\n\n" + " ".join([
+    "Rotate the logs of every coordinator weekly and archive them to cold storage.",
+    "Watch the memory of the query nodes during compaction windows and scale when needed.",
+    "Upgrade the operator first, then the proxies, then the data nodes in rolling order.",
+    "Back up the etcd metadata before every upgrade and keep three generations of it.",
+    "Once a partition key is set you cannot create or drop partitions by hand.",
+    "Keep the object storage bucket versioned so that a bad upgrade can be rolled back.",
+    "Alert on slow flushes because they usually point at an overloaded object store.",
+]) + "\n"
+# ...while short sections share more of the question's words on average.
+SHORT_SECTIONS = {
+    "partitions.md": "# Partitions\n\n## Partition basics\n\nCreate partitions or drop partitions "
+                     "to group entities; a partition holds entities.\n",
+    "load.md": "# Loading\n\n## Load partitions\n\nLoad partitions after you create partitions, "
+               "then drop them from memory.\n",
+    "keys.md": "# Keys\n\n## Primary key\n\nEvery entity has a key; set the key field "
+               "when you create a collection.\n",
+}
+FILLERS = [f"# Page {n}\n\n## Part {n}\n\nSegments {n} and nodes and indexes {n}.\n" for n in range(8)]
+QUESTION = "Why can I not drop partitions after a partition key is set?"
+
+
+@pytest.fixture
+def docs(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "upkeep.md").write_text(LONG_SECTION)
+    for name, text in SHORT_SECTIONS.items():
+        (folder / name).write_text(text)
+    for n, text in enumerate(FILLERS):
+        (folder / f"filler{n}.md").write_text(text)
+    return folder
+
+
+def _order(settings: KnowledgeSettings, store: VectorStore, embedder) -> list[str]:
+    retriever = Retriever(embedder=embedder, store=store, settings=settings)
+    found = retriever.retrieve(QUESTION, mode="hybrid", rerank=False).candidates_top_k
+    return [c.chunk.source for c in found]
+
+
+def test_a_section_whose_one_sentence_answers_comes_first(tmp_path, docs, milvus_lite_uri):
+    embedder = HashingEmbedder(dimension=256)
+    settings = KnowledgeSettings(_env_file=None, knowledge_sources=f"docs={docs}::*.md",
+                                 data_dir=tmp_path / "data", milvus_uri=milvus_lite_uri,
+                                 retrieve_top_k=3, rerank_top_n=3, query_expansion=False)
+    store = VectorStore(uri=milvus_lite_uri, collection="evidence", dimension=embedder.dimension,
+                        model_id=embedder.model_id)
+    try:
+        Indexer(settings=settings, embedder=embedder, store=store).refresh()
+        store.flush()
+        assert store.has_sentence_vectors
+        assert len(embedder.embedded) > 3 * store.count()  # bodies, titles and their sentences
+        # The long section's row holds one vector per sentence (its heading line is too short).
+        [upkeep] = [c for c in store.get(list(store.content_hashes())) if c.source == "upkeep.md"]
+        packed = store.sentence_vectors([upkeep.id])[upkeep.id]
+        assert evidence.unpack(packed, embedder.dimension).shape == (7, embedder.dimension)
+
+        # Precondition: searched as wholes, the short sections fill the first three.
+        assert "upkeep.md" not in _order(settings.model_copy(update={"sentence_weight": 0.0}), store, embedder)
+        found = Retriever(embedder=embedder, store=store, settings=settings).retrieve(
+            QUESTION, mode="hybrid", rerank=False).candidates_top_k
+        assert len(found) == 3
+        [upkeep_found] = [c for c in found if c.chunk.source == "upkeep.md"]
+        assert upkeep_found.sentence_score == max(c.sentence_score for c in found)
+    finally:
+        store.close()
+
+
+def test_without_sentence_vectors_the_index_serves_the_search_order(tmp_path, docs, milvus_lite_uri):
+    embedder = HashingEmbedder(dimension=256)
+    settings = KnowledgeSettings(_env_file=None, knowledge_sources=f"docs={docs}::*.md",
+                                 data_dir=tmp_path / "data", milvus_uri=milvus_lite_uri,
+                                 retrieve_top_k=3, rerank_top_n=3, query_expansion=False,
+                                 sentence_vectors=False)
+    store = VectorStore(uri=milvus_lite_uri, collection="plain", dimension=embedder.dimension,
+                        model_id=embedder.model_id)
+    try:
+        Indexer(settings=settings, embedder=embedder, store=store).refresh()
+        store.flush()
+        assert len(embedder.embedded) == 2 * store.count()  # each chunk's body and title, no sentences
+        found = Retriever(embedder=embedder, store=store, settings=settings).retrieve(
+            QUESTION, mode="hybrid", rerank=False).candidates_top_k
+        assert "upkeep.md" not in [c.chunk.source for c in found]
+        assert all(c.sentence_score is None for c in found)
+    finally:
+        store.close()
