@@ -2,7 +2,7 @@
 
 A single cosine threshold cannot tell "close to a documented topic but not in the
 docs" from "asked in other words than the docs use". So the decision combines what
-retrieval already measured (``signals``): the best body and title cosines, whether
+retrieval already measured (``signals``): the best body, sentence and title cosines, whether
 the question names something the docs never mention that is no everyday word
 (``foreign_term``: "LDAP", "GraphQL", "Okta"), and the reranker's P(yes) when
 reranking is on. A tiny logistic model over them is fitted by ``supportbot eval
@@ -36,7 +36,7 @@ TOP_PASSAGES = 3
 # for diagnosis but not offered: they measure how the question is phrased, and models
 # fitted with them on the dev set declined half of the answerable support tickets
 # (docs/answer-quality.md).
-DENSE_SIGNALS = ("dense_top", "title_top", "foreign_term")
+DENSE_SIGNALS = ("dense_top", "sentence_top", "title_top", "foreign_term")
 RERANK_SIGNALS = ("rerank_top", *DENSE_SIGNALS)
 # How many of the question's rarest known words `rare_coverage` looks for.
 RARE_TERMS = 2
@@ -67,6 +67,7 @@ def signals(
     dense = [c.dense_score for c in candidates if c.dense_score is not None]
     title = [c.title_score for c in candidates if c.title_score is not None]
     rerank = [c.rerank_score for c in result.reranked_top_n if c.rerank_score is not None]
+    sentence = [c.sentence_score for c in candidates if c.sentence_score is not None]
     wanted = query_terms(question)
     top = (result.reranked_top_n or candidates)[:TOP_PASSAGES]
     used = set()
@@ -86,6 +87,9 @@ def signals(
     return {
         "dense_top": best_dense,
         "title_top": max(title) if title else best_dense,
+        # The best single sentence (knowledge.evidence): a near-miss question matches
+        # the topic of whole sections, rarely one sentence as closely as an answer does.
+        "sentence_top": max(sentence) if sentence else best_dense,
         "coverage": coverage,
         "rare_coverage": rare_coverage,
         "unknown_share": vocabulary.unknown_share(question) if vocabulary is not None else 0.0,
