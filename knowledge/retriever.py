@@ -240,9 +240,14 @@ class Retriever:
                 found = favour_question_headings(found)
             if keywords:
                 found = self._keep_keyword_hits(found, query, keywords, limit, names)
-            if self.settings.sentence_weight > 0 and getattr(self.store, "has_sentence_vectors", False):
+            if self._weighs_sentences():
                 return self._weigh_sentences(dedupe(found)[:top_k], vector, names)
         return dedupe(found)[:top_k]
+
+    def _weighs_sentences(self) -> bool:
+        settings = self.settings
+        return (settings.sentence_vectors and settings.sentence_weight > 0
+                and getattr(self.store, "has_sentence_vectors", False))
 
     def _weigh_sentences(self, found: list[Candidate], vector, names) -> list[Candidate]:
         """Re-order the candidates, and the dense side's next best, by their best sentence too.
