@@ -255,14 +255,14 @@ class _Stream:
         self._responder = responder
         self._question = question
         self._progress = progress
-        self._text = ""
+        self._parts: list[str] = []  # joined only when an update goes out: += on an attribute copies every time
         self._last = 0.0
         self._interval = responder._settings.stream_update_interval
         self._lock = threading.Lock()
 
     def on_delta(self, delta: str) -> None:
         with self._lock:
-            self._text += delta
+            self._parts.append(delta)
             now = time.monotonic()
             if now - self._last < self._interval:
                 return
@@ -271,7 +271,7 @@ class _Stream:
 
     def _push(self) -> None:
         responder, question, progress = self._responder, self._question, self._progress
-        message = progress_message(self._text, placeholder=responder._settings.placeholder_text)
+        message = progress_message("".join(self._parts), placeholder=responder._settings.placeholder_text)
         try:
             if progress.placeholder_ts:
                 responder._stream_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
