@@ -18,10 +18,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Markdown docs: a sentence ends at . ! ? before white space, and every line (list
-# items, table rows, code) stands alone.
-_BOUNDARY = re.compile(r"(?<=[.!?])\s+|\n+")
-# Shorter pieces ("```", "| --- |", "Parameters") match anything and prove nothing.
+from knowledge.types import strip_link_targets
+
+# Markdown docs: a sentence ends at . ! ? before white space or right after 。！？；
+# (no spaces in Chinese or Japanese), and every line (list items, table rows, code) stands alone.
+_BOUNDARY = re.compile(r"(?<=[.!?])\s+|(?<=[。！？；])\s*|\n+")
+# Shorter pieces ("```", "| --- |", "e.g.") match anything and prove nothing alone: they
+# join the next piece.
 MIN_SENTENCE_CHARS = 20
 # The packed vectors of one chunk go into one VARCHAR field (at most 65,535 bytes).
 PACKED_BYTES = 65535
@@ -30,15 +33,25 @@ PACKED_BYTES = 65535
 def sentences(text: str, *, limit: int) -> list[str]:
     """The sentences of `text` worth a vector, at most `limit` (neighbours merged to fit).
 
-    Returns [] for text without any; the whole text when it has no boundary.
+    Link targets are dropped (their words are not the docs'); a piece too short to stand
+    alone ("e.g.", a short heading) joins the next one, or the last. [] for empty text.
     """
-    parts = [p.strip() for p in _BOUNDARY.split(text or "")]
-    parts = [p for p in parts if len(p) >= MIN_SENTENCE_CHARS]
-    if not parts:
-        stripped = (text or "").strip()
-        return [stripped] if stripped else []
     if limit < 1:
         return []
+    parts: list[str] = []
+    pending = ""
+    for piece in _BOUNDARY.split(strip_link_targets(text or "")):
+        piece = f"{pending} {piece.strip()}".strip() if pending else piece.strip()
+        if len(piece) < MIN_SENTENCE_CHARS:
+            pending = piece
+            continue
+        parts.append(piece)
+        pending = ""
+    if pending:
+        if parts:
+            parts[-1] = f"{parts[-1]} {pending}"
+        else:
+            parts = [pending]
     if len(parts) > limit:
         # Neighbours merged into `limit` groups: every word keeps a vector somewhere.
         groups = np.array_split(np.arange(len(parts)), limit)
@@ -83,7 +96,10 @@ def best_cosines(query: np.ndarray, packed: Sequence[str], dimension: int) -> li
     query = query / (np.linalg.norm(query) or 1.0)
     out: list[float | None] = []
     for value in packed:
-        rows = unpack(value, dimension)
+        try:
+            rows = unpack(value, dimension)
+        except ValueError:  # binascii.Error too: a row not written by `pack` counts as none
+            rows = ()
         out.append(float((rows @ query).max()) if len(rows) else None)
     return out
 
@@ -92,21 +108,19 @@ def merge_orders(best: Sequence[float | None], *, weight: float, k: float,
                  steady: Sequence[bool] = ()) -> list[int]:
     """Positions of the candidates (given in retrieval order) in their merged order.
 
-    score = 1 / (k + retrieval rank) + weight / (k + sentence rank), ranks from 0; a
-    candidate without sentence vectors gets no second term. A `steady` candidate takes
-    the better of its two ranks in the second term: sentence evidence may lift it, never
-    hold it back (a FAQ entry, whose heading is the question: its answer need not repeat
-    the question's words in any one sentence). Ties keep retrieval order.
+    score = 1 / (k + retrieval rank) + weight / (k + sentence rank), ranks from 0. A
+    candidate without sentence vectors (an index filled in part) counts its retrieval
+    rank as its sentence rank: no evidence either way. A `steady` candidate takes the
+    better of its two ranks in the second term: sentence evidence may lift it, never hold
+    it back (a FAQ entry, whose heading is the question: its answer need not repeat the
+    question's words in any one sentence). Ties keep retrieval order.
     """
     if not best:
         return []
     by_sentence = sorted((i for i, b in enumerate(best) if b is not None), key=lambda i: -best[i])
     sentence_rank = {i: rank for rank, i in enumerate(by_sentence)}
-    for i in sentence_rank:
-        if i < len(steady) and steady[i]:
-            sentence_rank[i] = min(sentence_rank[i], i)
-    scores = [
-        1.0 / (k + i) + (weight / (k + sentence_rank[i]) if i in sentence_rank else 0.0)
-        for i in range(len(best))
-    ]
+    for i in range(len(best)):
+        if i not in sentence_rank or (i < len(steady) and steady[i]):
+            sentence_rank[i] = min(sentence_rank.get(i, i), i)
+    scores = [1.0 / (k + i) + weight / (k + sentence_rank[i]) for i in range(len(best))]
     return sorted(range(len(best)), key=lambda i: (-scores[i], i))

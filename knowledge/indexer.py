@@ -266,7 +266,7 @@ class Indexer:
                 if store.holds_title_vectors(collection=collection):
                     titles = self._title_vectors(batch)
                 sentences = None
-                if self.settings.sentence_vectors and (collection or getattr(store, "has_sentence_vectors", False)):
+                if self._embeds_sentences() and (collection or getattr(store, "has_sentence_vectors", False)):
                     sentences = self._sentence_vectors(batch, dimension=store.dimension)
                 store.upsert(batch, vectors, title_vectors=titles, sentence_vectors=sentences,
                              collection=collection)
@@ -285,6 +285,10 @@ class Indexer:
         row = {text: i for i, text in enumerate(unique)}
         return vectors[[row[text] for text in texts]]
 
+
+    def _embeds_sentences(self) -> bool:
+        # Only hybrid search reads them (knowledge.retriever): dense or BM25 alone would pay for nothing.
+        return self.settings.sentence_vectors and self.settings.retrieval_mode == "hybrid"
 
     def _sentence_vectors(self, chunks: Sequence[Chunk], *, dimension: int) -> list[str]:
         """Each chunk's sentences' vectors, packed for its row (knowledge.evidence)."""

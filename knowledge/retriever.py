@@ -205,6 +205,9 @@ class Retriever:
         model_id = getattr(self.embedder, "model_id", "")
         if model.model_id and model_id and model.model_id != model_id:
             return None
+        if "sentence_top" in model.features and not any(
+                c.sentence_score is not None for c in result.candidates_top_k):
+            return None  # fitted on best-sentence cosines; this result has none (weighing off, old index)
         return model
 
     # Steps ---------------------------------------------------------------------
@@ -238,10 +241,12 @@ class Retriever:
             )
             if self.settings.fusion == "weighted":  # RRF scores are on another scale
                 found = favour_question_headings(found)
-            if keywords:
-                found = self._keep_keyword_hits(found, query, keywords, limit, names)
             if self._weighs_sentences():
-                return self._weigh_sentences(dedupe(found)[:top_k], vector, names)
+                found = self._weigh_sentences(dedupe(found)[:top_k], vector, names)
+            if keywords:
+                # After the sentence merge: a passage only the keywords found (an exact
+                # identifier) has no reason to match by sentence, and must stay in.
+                found = self._keep_keyword_hits(found, query, keywords, limit, names)
         return dedupe(found)[:top_k]
 
     def _weighs_sentences(self) -> bool:

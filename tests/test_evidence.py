@@ -34,26 +34,35 @@ def test_packed_vectors_keep_their_cosines_and_fit_one_field():
     assert evidence.unpack("", 8).shape == (0, 8)
     assert evidence.best_cosines(np.ones(8), ["", evidence.pack(np.eye(8)[:2])], 8) == [
         None, pytest.approx(8 ** -0.5, abs=0.01)]
+    # A value `pack` did not write (cut, or another model's size) counts as no vectors.
+    assert evidence.best_cosines(np.ones(8), ["not base64!", evidence.pack(np.eye(8)[:2])[:-4], "AAAA"], 8) == [
+        None, None, None]
 
 
 def test_sentences_split_on_punctuation_and_lines_and_merge_to_the_limit():
     text = ("## Enable partition key\n\nOnce a partition key is set, you cannot create partitions. "
-            "Milvus manages them for you!\n- a list item that is long enough to count\n```\nx = 1\n```")
+            "Pick an index, e.g. HNSW. See [the guide](https://docs.example/index.md) first!\n"
+            "- a list item that is long enough to count\n```\nx = 1\n```")
     assert evidence.sentences(text, limit=10) == [
         "## Enable partition key",
         "Once a partition key is set, you cannot create partitions.",
-        "Milvus manages them for you!",
-        "- a list item that is long enough to count",
+        "Pick an index, e.g. HNSW.",  # a piece too short to stand alone joins the next
+        "See the guide first!",  # link targets are not the docs' words
+        "- a list item that is long enough to count ``` x = 1 ```",  # ... or the last
     ]
     merged = evidence.sentences(text, limit=2)
     assert len(merged) == 2 and " ".join(merged) == " ".join(evidence.sentences(text, limit=10))
+    # Chinese sentences end without a space.
+    first, second = "设置分区键之后，您将无法再手动创建或者删除任何分区。", "请改为使用分区键字段的不同取值来区分不同租户的数据。"
+    assert evidence.sentences(first + second, limit=5) == [first, second]
     assert evidence.sentences("short", limit=5) == ["short"]  # no boundary: the whole text
     assert evidence.sentences("", limit=5) == []
 
 
 def test_ranks_merge_with_the_search_order_first_on_ties():
-    # Retrieval order 0, 1, 2, 3; the best sentences are 1's and 3's.
-    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.5, k=10) == [0, 1, 3, 2]
+    # Retrieval order 0, 1, 2, 3; the best sentences are 1's and 3's; 2 has none (its own rank stands).
+    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.5, k=10) == [0, 1, 2, 3]
+    assert evidence.merge_orders([0.1, 0.9, 0.2, 0.5], weight=0.5, k=10) == [1, 0, 2, 3]
     assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.0, k=10) == [0, 1, 2, 3]
     assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=2.0, k=1)[0] == 1
     assert evidence.merge_orders([], weight=0.5, k=10) == []
@@ -63,6 +72,9 @@ def test_ranks_merge_with_the_search_order_first_on_ties():
     assert evidence.merge_orders([0.9, 0.1, 0.8], weight=2.0, k=1) == [0, 2, 1]
     assert evidence.merge_orders([0.9, 0.1, 0.8], weight=2.0, k=1, steady=[False, True, False]) == [0, 1, 2]
     assert evidence.merge_orders([0.1, 0.2, 0.9], weight=2.0, k=1, steady=[False, False, True])[0] == 2
+    # Without vectors (an index filled in part) a candidate's own rank stands for its sentence rank.
+    assert evidence.merge_orders([None, None, 0.9, 0.1], weight=1.0, k=1) == [0, 2, 1, 3]
+    assert evidence.merge_orders([None, None, None], weight=1.0, k=10) == [0, 1, 2]
 
 
 # ---- through the indexer, Milvus Lite and the retriever --------------------------------------
@@ -112,7 +124,7 @@ def test_a_section_whose_one_sentence_answers_comes_first(tmp_path, docs, milvus
     embedder = HashingEmbedder(dimension=256)
     settings = KnowledgeSettings(_env_file=None, knowledge_sources=f"docs={docs}::*.md",
                                  data_dir=tmp_path / "data", milvus_uri=milvus_lite_uri,
-                                 retrieve_top_k=3, rerank_top_n=3, query_expansion=False)
+                                 retrieve_top_k=4, rerank_top_n=3, query_expansion=False)
     store = VectorStore(uri=milvus_lite_uri, collection="evidence", dimension=embedder.dimension,
                         model_id=embedder.model_id)
     try:
@@ -120,18 +132,20 @@ def test_a_section_whose_one_sentence_answers_comes_first(tmp_path, docs, milvus
         store.flush()
         assert store.has_sentence_vectors
         assert len(embedder.embedded) > 3 * store.count()  # bodies, titles and their sentences
-        # The long section's row holds one vector per sentence (its heading line is too short).
+        # The long section's row holds one vector per sentence, and one for its two short headings.
         [upkeep] = [c for c in store.get(list(store.content_hashes())) if c.source == "upkeep.md"]
         packed = store.sentence_vectors([upkeep.id])[upkeep.id]
-        assert evidence.unpack(packed, embedder.dimension).shape == (7, embedder.dimension)
+        assert evidence.unpack(packed, embedder.dimension).shape == (8, embedder.dimension)
 
-        # Precondition: searched as wholes, the short sections fill the first three.
-        assert "upkeep.md" not in _order(settings.model_copy(update={"sentence_weight": 0.0}), store, embedder)
+        # Precondition: searched as wholes, the short sections come first, the long one last.
+        assert _order(settings.model_copy(update={"sentence_weight": 0.0}), store, embedder) == [
+            "partitions.md", "load.md", "keys.md", "upkeep.md"]
         found = Retriever(embedder=embedder, store=store, settings=settings).retrieve(
             QUESTION, mode="hybrid", rerank=False).candidates_top_k
-        assert len(found) == 3
-        [upkeep_found] = [c for c in found if c.chunk.source == "upkeep.md"]
-        assert upkeep_found.sentence_score == max(c.sentence_score for c in found)
+        assert len(found) == 4
+        sources = [c.chunk.source for c in found]
+        assert sources.index("upkeep.md") < 3, sources  # its one sentence lifts it
+        assert found[sources.index("upkeep.md")].sentence_score == max(c.sentence_score for c in found)
     finally:
         store.close()
 
@@ -154,3 +168,22 @@ def test_without_sentence_vectors_the_index_serves_the_search_order(tmp_path, do
         assert all(c.sentence_score is None for c in found)
     finally:
         store.close()
+
+
+def test_an_abstention_model_fitted_on_sentence_cosines_is_not_applied_without_them(tmp_path):
+    from knowledge.abstention import AbstentionModel
+    from knowledge.retriever import RetrievalResult
+    from knowledge.types import Candidate, Chunk
+
+    settings = KnowledgeSettings(_env_file=None, data_dir=tmp_path / "data")
+    retriever = Retriever(embedder=HashingEmbedder(), store=None, settings=settings)
+    retriever.abstention = AbstentionModel(
+        features=("dense_top", "sentence_top"), mean=(0.5, 0.5), scale=(0.1, 0.1), coef=(1.0, 1.0),
+        intercept=0.0, threshold=0.5, score="dense")
+    chunk = Chunk(id="a", source="a.md", title="A", heading_path=("A",), anchor="", url="", text="A text.")
+    plain = Candidate(chunk=chunk, dense_score=0.6)
+    weighed = Candidate(chunk=chunk, dense_score=0.6, sentence_score=0.7)
+    # Without best-sentence cosines (weighing off, an index without sentence vectors) the
+    # signal would fall back to the body cosine, on another scale: the plain thresholds decide.
+    assert retriever.abstention_for(RetrievalResult(candidates_top_k=[plain], reranked_top_n=[plain])) is None
+    assert retriever.abstention_for(RetrievalResult(candidates_top_k=[weighed], reranked_top_n=[weighed])) is not None
