@@ -185,9 +185,7 @@ class VectorStore:
                     raise StoreError(f"Cannot create the Milvus alias {self.name}") from None
         self._load(target)
         info = self._describe(target)
-        self.supports_hybrid = self._server_hybrid and _has_bm25(info)
-        self.has_title_vector = _has_title_vector(info)
-        self.has_sentence_vectors = _has_field(info, SENTENCES_FIELD)
+        self._read_fields(info)
         self.mismatch = self._mismatch(target, info)
         if self.supports_hybrid and _collection_analyzer(info) != ANALYZER_VERSION:
             # Its keywords were analysed another way: BM25 would match badly, so search
@@ -203,6 +201,12 @@ class VectorStore:
         elif not self.has_sentence_vectors and not self.mismatch:
             self.stale = f"The index {target} was built by an older version (no sentence vectors)."
             logger.warning("%s Searching without them until it is rebuilt.", self.stale)
+
+    def _read_fields(self, info: dict) -> None:
+        """What the serving collection can do, from its description."""
+        self.supports_hybrid = self._server_hybrid and _has_bm25(info)
+        self.has_title_vector = _has_field(info, TITLE_FIELD)
+        self.has_sentence_vectors = _has_field(info, SENTENCES_FIELD)
 
     def physical_name(self) -> str | None:
         """The collection the serving name points at (itself when it is a plain collection)."""
@@ -376,10 +380,7 @@ class VectorStore:
             self._call(self._client.alter_alias, staging, self.name)
             # Switch first, then drop: Milvus Lite drops an alias along with its collection.
             self._call(self._client.drop_collection, old)
-        info = self._describe(staging)
-        self.supports_hybrid = self._server_hybrid and _has_bm25(info)
-        self.has_title_vector = _has_title_vector(info)
-        self.has_sentence_vectors = _has_field(info, SENTENCES_FIELD)
+        self._read_fields(self._describe(staging))
         self.mismatch = self.stale = ""
 
     # ---- writing ------------------------------------------------------------------
@@ -739,10 +740,6 @@ def _has_bm25(info: dict) -> bool:
     fields = {f["name"] for f in info.get("fields", [])}
     functions = info.get("functions") or []
     return "sparse" in fields and any(f.get("output_field_names") == ["sparse"] for f in functions)
-
-
-def _has_title_vector(info: dict) -> bool:
-    return _has_field(info, TITLE_FIELD)
 
 
 def _has_field(info: dict, name: str) -> bool:
