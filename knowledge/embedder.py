@@ -27,6 +27,7 @@ from knowledge.runtime import (
     release_free_memory,
     resolve_model_source,
 )
+from knowledge.vectors import unit_rows
 
 QUERY_CACHE_SIZE = 1024
 # A question longer than this (a pasted log) keeps its head and tail: the query instruction
@@ -190,7 +191,7 @@ class Embedder:
                 tails.append(ids[prefix.length :])
         pad_id = self._model.tokenizer.pad_token_id or 0
         hidden = last_hidden(self._model[0].auto_model, tails, pad_id=pad_id, device=self.device, prefix=prefix)
-        return _unit_rows(hidden.float().cpu().numpy())
+        return unit_rows(hidden.float().cpu().numpy())
 
     def _token_ids(self, text: str) -> list[int]:
         # The model's own preprocessing (special tokens, truncation to max_seq_length), one text unpadded.
@@ -295,10 +296,4 @@ class Embedder:
                 convert_to_numpy=True,
             )
         # Normalizing again in float32: under bfloat16 the model's own Normalize is only ~1e-2 exact.
-        return _unit_rows(np.asarray(vectors, dtype=np.float32))
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row scaled to length 1 (an all-zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+        return unit_rows(np.asarray(vectors, dtype=np.float32))

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from knowledge.types import strip_link_targets
+from knowledge.vectors import unit_rows
 
 # Markdown docs: a sentence ends at . ! ? before white space or right after 。！？；
 # (no spaces in Chinese or Japanese), and every line (list items, table rows, code) stands alone.
@@ -84,16 +85,12 @@ def unpack(packed: str, dimension: int) -> np.ndarray:
     if not packed:
         return np.zeros((0, dimension), dtype=np.float32)
     raw = np.frombuffer(base64.b64decode(packed), dtype=np.int8).astype(np.float32)
-    rows = raw.reshape(-1, dimension)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return rows / norms
+    return unit_rows(raw.reshape(-1, dimension))
 
 
 def best_cosines(query: np.ndarray, packed: Sequence[str], dimension: int) -> list[float | None]:
     """For each packed chunk, its best sentence's cosine with the (unit) query vector; None without any."""
-    query = np.asarray(query, dtype=np.float32).reshape(-1)
-    query = query / (np.linalg.norm(query) or 1.0)
+    query = unit_rows(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
     out: list[float | None] = []
     for value in packed:
         try:

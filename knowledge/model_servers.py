@@ -48,6 +48,7 @@ from knowledge.model_prompts import (
 from knowledge.prompts import estimate_tokens
 from knowledge.score_cache import ScoreCache
 from knowledge.token_cap import keep_head_and_tail
+from knowledge.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +297,7 @@ class RemoteEmbedder:
                 f"{self.dimension}: it serves another model; restart the bot, and rebuild the index "
                 "with `supportbot index --rebuild` if the model changed."
             )
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+        return unit_rows(vectors)
 
 
 class RemoteReranker:
