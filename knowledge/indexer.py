@@ -285,7 +285,6 @@ class Indexer:
         row = {text: i for i, text in enumerate(unique)}
         return vectors[[row[text] for text in texts]]
 
-
     def _embeds_sentences(self) -> bool:
         # Only hybrid search reads them (knowledge.retriever): dense or BM25 alone would pay for nothing.
         return self.settings.sentence_vectors and self.settings.retrieval_mode == "hybrid"
