@@ -54,6 +54,9 @@ FOREIGN_ZIPF = 4.0
 # to load; its default "large" lists took 264 MB and 1.3 s.
 WORD_LANGUAGES = ("en", "fr", "de", "es", "pt", "it", "nl")
 _LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+# An acronym as written ("KMS", "LDAP", "SSO"): wordfreq lower-cases every word, so its
+# frequency is that of a word it collides with ("kms", kilometres), not its own.
+_ACRONYM = re.compile(r"[A-Z][A-Z0-9]*[A-Z][A-Z0-9]*")
 
 
 def signals(
@@ -105,7 +108,8 @@ def foreign_term(question: str, vocabulary: Vocabulary | None) -> float:
     scale, the highest of WORD_LANGUAGES), the largest such gap; 0 when there is none.
 
     A casual word the docs lack ("blows", "teammate") is frequent and scores ~0; a
-    product or protocol they lack ("LDAP", "GraphQL") scores 4.
+    product or protocol they lack ("LDAP", "GraphQL") scores 4, and so does any acronym
+    they never use ("KMS"), whatever word it spells in lower case.
     """
     if vocabulary is None or not vocabulary.sections:
         return 0.0
@@ -114,7 +118,8 @@ def foreign_term(question: str, vocabulary: Vocabulary | None) -> float:
         stems = terms(analyze(word))
         if not stems or any(stem in vocabulary.df for stem in stems):
             continue
-        gap = max(gap, FOREIGN_ZIPF - _zipf(word))
+        frequency = 0.0 if _ACRONYM.fullmatch(word) else _zipf(word)
+        gap = max(gap, FOREIGN_ZIPF - frequency)
     return gap
 
 

@@ -534,8 +534,9 @@ AUTH_DOCS = [
 def test_a_question_naming_what_the_docs_never_mention_gets_a_foreign_term_signal(
     milvus_lite_uri, hashing_embedder
 ):
-    """"LDAP" is in no section and is no everyday word: the signal is high. A question in
-    casual words the docs do not use either ("teammate", "forgot... blows up") is not."""
+    """"LDAP" is in no section and is no everyday word: the signal is high, and as high for
+    an acronym that spells a common word in lower case ("KMS": kms, kilometres). A question
+    in casual words the docs do not use either ("teammate", "forgot... blows up") is not."""
     store = _indexed_store(milvus_lite_uri, hashing_embedder, AUTH_DOCS, "foreign")
     try:
         retriever = Retriever(embedder=hashing_embedder, store=store,
@@ -546,6 +547,7 @@ def test_a_question_naming_what_the_docs_never_mention_gets_a_foreign_term_signa
             return retriever.signals(result)["foreign_term"]
 
         assert foreign("Can people log in with their company LDAP accounts instead of a password?") > 1.5
+        assert foreign("Can the proxy's certificate files be encrypted with our KMS key?") > 1.5
         assert foreign("A teammate's login blows up every morning, can an admin reset her password?") < 1.0
         assert foreign("How do I enable TLS on the proxy?") == 0.0
     finally:
