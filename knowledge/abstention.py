@@ -199,9 +199,13 @@ def fit(
     unanswerable items declined, then fewest held-out answerable ones declined, then
     more signals. The cut is the highest that wrongly declines at most MAX_FALSE_ABSTAIN
     of the answerable items, midway between them and the best-scoring unanswerable item
-    below. Returns None without both answerable and unanswerable items.
+    below. Answerable items whose answer retrieval did not find (``rank_before`` None)
+    are left out: their signals measure a retrieval miss, and an answer from those
+    passages would be wrong anyway, so they say nothing about where to cut (with an
+    embedder that cannot read a language, they would pull the cut below every question
+    in it). Returns None without both answerable and unanswerable items.
     """
-    rows = [o for o in outcomes if o.get("signals")]
+    rows = [o for o in outcomes if o.get("signals") and _found(o)]
     if len({bool(o["answerable"]) for o in rows}) < 2:
         return None
     anchor, *others = RERANK_SIGNALS if score == "rerank" else DENSE_SIGNALS
@@ -234,6 +238,12 @@ def fit(
         false_abstain=round(false / positives, 4),
         declined_unanswerable=f"{declined}/{negatives}",
     )
+
+
+def _found(outcome: dict) -> bool:
+    """Unanswerable, or answerable with its answer among the candidates (rows without a
+    rank, as in hand-made rows, count as found)."""
+    return not outcome["answerable"] or outcome.get("rank_before", 0) is not None
 
 
 def _fit(rows: Sequence[dict], features: tuple[str, ...], strength: float, score: str):

@@ -370,7 +370,8 @@ def format_fitted(model, path) -> str:
         f"Abstention model ({model.score} scores, {model.model_id or 'any embedder'}): "
         f"{model.describe()}.",
         f"On {model.fitted_on or 'these items'}: declines {model.declined_unanswerable} "
-        f"unanswerable, wrongly declines {model.false_abstain:.1%} of answerable items.",
+        f"unanswerable, wrongly declines {model.false_abstain:.1%} of the answerable items "
+        "whose answer retrieval found (the others are left out of the fit).",
         f"Saved to {path}; the bot uses it from its next start (ABSTENTION_MODEL).",
     ])
 

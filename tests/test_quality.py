@@ -573,3 +573,23 @@ def test_the_fitted_cut_wrongly_declines_at_most_a_tenth_of_the_answerable_items
     assert all(model.declines(r["signals"]) for r in foreign)
     assert model.declined_unanswerable.startswith(str(sum(model.declines(r["signals"])
                                                           for r in near_misses + foreign)))
+
+
+def test_the_fit_leaves_out_answerable_items_whose_answer_retrieval_missed():
+    """Questions in a language the embedder cannot read score below everything, and their
+    answer is not among the candidates anyway: counted in the false-abstention budget they
+    would pull the cut below every near-miss. Left out, the cut is set on the answerable
+    items retrieval served."""
+    from knowledge.abstention import MAX_FALSE_ABSTAIN, fit
+
+    def row(answerable: bool, dense: float, rank: int | None = None) -> dict:
+        return {"answerable": answerable, "rank_before": rank,
+                "signals": {"dense_top": dense, "title_top": dense, "foreign_term": 0.0}}
+
+    served = [row(True, 0.60 + 0.01 * n, rank=1) for n in range(20)]
+    unread = [row(True, 0.20 + 0.02 * n, rank=None) for n in range(8)]  # answer never retrieved
+    near_misses = [row(False, 0.45 + 0.01 * n) for n in range(6)]
+    model = fit(served + unread + near_misses, score="dense")
+    assert model.declined_unanswerable == "6/6", model
+    assert sum(model.declines(r["signals"]) for r in served) <= MAX_FALSE_ABSTAIN * len(served)
+    assert model.false_abstain <= MAX_FALSE_ABSTAIN
