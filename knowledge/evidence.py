@@ -5,9 +5,9 @@ whose answer is one sentence of a long section ("you cannot manipulate the
 partitions ... once a partition key is set") loses to a short section on the same
 topic. At index time every sentence of a chunk is embedded too (`sentences`,
 stored packed beside the chunk: `pack` / `unpack`); at search time the candidates
-are ordered a second time by their best sentence's cosine and the two orders are
-merged by weighted reciprocal rank (`merge_orders`). Measured in
-docs/answer-quality.md ("Sentence evidence").
+are ordered by their best sentence's cosine plus a fading head start for the search
+order's first few (`merge_orders`). Measured in docs/answer-quality.md ("Sentence
+evidence").
 """
 
 from __future__ import annotations
@@ -101,23 +101,22 @@ def best_cosines(query: np.ndarray, packed: Sequence[str], dimension: int) -> li
     return out
 
 
-def merge_orders(best: Sequence[float | None], *, weight: float, k: float,
-                 steady: Sequence[bool] = ()) -> list[int]:
-    """Positions of the candidates (given in retrieval order) in their merged order.
+def merge_orders(best: Sequence[float | None], *, fallback: Sequence[float], weight: float,
+                 prior: float, prior_k: float, lift: Sequence[float] = ()) -> list[int]:
+    """Positions of the candidates (given in search order) in their merged order.
 
-    score = 1 / (k + retrieval rank) + weight / (k + sentence rank), ranks from 0. A
-    candidate without sentence vectors (an index filled in part) counts its retrieval
-    rank as its sentence rank: no evidence either way. A `steady` candidate takes the
-    better of its two ranks in the second term: sentence evidence may lift it, never hold
-    it back (a FAQ entry, whose heading is the question: its answer need not repeat the
-    question's words in any one sentence). Ties keep retrieval order.
+    score = weight x best sentence cosine + prior / (prior_k + position) + lift, positions
+    from 0: the search order's first few keep a head start that fades quickly, after which
+    the best sentence decides. A candidate without sentence vectors (an index filled in
+    part) scores with its `fallback` (its body cosine: its whole text as one sentence).
+    `lift` adds a per-candidate amount (a FAQ entry's heading matching the question).
+    Ties keep the search order.
     """
     if not best:
         return []
-    by_sentence = sorted((i for i, b in enumerate(best) if b is not None), key=lambda i: -best[i])
-    sentence_rank = {i: rank for rank, i in enumerate(by_sentence)}
-    for i in range(len(best)):
-        if i not in sentence_rank or (i < len(steady) and steady[i]):
-            sentence_rank[i] = min(sentence_rank.get(i, i), i)
-    scores = [1.0 / (k + i) + weight / (k + sentence_rank[i]) for i in range(len(best))]
+    scores = [
+        weight * (b if b is not None else fallback[i]) + prior / (prior_k + i)
+        + (lift[i] if i < len(lift) else 0.0)
+        for i, b in enumerate(best)
+    ]
     return sorted(range(len(best)), key=lambda i: (-scores[i], i))

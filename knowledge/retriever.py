@@ -48,11 +48,14 @@ EXACT_MATCHES = 2
 KEYWORD_SLOT_DEPTH = 3
 
 # Sentence evidence (knowledge.evidence): the hybrid candidates plus the dense side's
-# first SENTENCE_POOL_FACTOR x top_k are ordered by their best sentence too, and the two
-# orders merged by weighted reciprocal rank with this k (SENTENCE_WEIGHT beside the search
-# order's 1). Chosen on the dev set (docs/answer-quality.md).
+# first SENTENCE_POOL_FACTOR x top_k are ordered by SENTENCE_WEIGHT x their best sentence's
+# cosine + SEARCH_PRIOR / (SEARCH_PRIOR_K + position in the search order) + for a section
+# headed by a question, QUESTION_TITLE_WEIGHT x its heading's cosine. Chosen on the dev set
+# and the two tuning files together, none held out (docs/answer-quality.md).
 SENTENCE_POOL_FACTOR = 2
-SENTENCE_RRF_K = 10
+SEARCH_PRIOR = 0.45
+SEARCH_PRIOR_K = 3
+QUESTION_TITLE_WEIGHT = 0.2
 
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
@@ -271,9 +274,24 @@ class Retriever:
         best = evidence.best_cosines(vector, [packed.get(c.chunk.id, "") for c in pool], len(vector))
         for candidate, score in zip(pool, best):
             candidate.sentence_score = score
-        order = evidence.merge_orders(best, weight=self.settings.sentence_weight, k=SENTENCE_RRF_K,
-                                      steady=[headed_by_a_question(c.chunk) for c in pool])
+        order = evidence.merge_orders(
+            best, fallback=[c.dense_score or 0.0 for c in pool], weight=self.settings.sentence_weight,
+            prior=SEARCH_PRIOR, prior_k=SEARCH_PRIOR_K, lift=self._question_lift(pool, vector))
         return [pool[i] for i in order][:top_k]
+
+    def _question_lift(self, pool: list[Candidate], vector) -> list[float]:
+        """QUESTION_TITLE_WEIGHT x the heading's cosine for sections headed by a question (FAQ
+        entries: a user's question is most often a paraphrase of one), 0 for the others.
+        The dense side's extra hits carry no title cosine yet: it is read from the store."""
+        asked = [c for c in pool if headed_by_a_question(c.chunk)]
+        missing = [c.chunk.id for c in asked if c.title_score is None]
+        if missing:
+            scores = self.store.title_scores(missing, vector)
+            for candidate in asked:
+                if candidate.title_score is None:
+                    candidate.title_score = scores.get(candidate.chunk.id)
+        return [QUESTION_TITLE_WEIGHT * max(0.0, c.title_score or 0.0) if headed_by_a_question(c.chunk)
+                else 0.0 for c in pool]
 
     def _expanded(self, query: str, keywords: str) -> str:
         """The keyword query plus the docs' words for its topic, when expansion is on."""

@@ -498,6 +498,15 @@ class VectorStore:
         rows = self._call(self._client.get, self.name, ids=list(ids), output_fields=["id", SENTENCES_FIELD])
         return {row["id"]: row.get(SENTENCES_FIELD) or "" for row in rows}
 
+    def title_scores(self, ids: Sequence[str], vector) -> dict[str, float]:
+        """Chunk id -> cosine of `vector` and its section-title vector, as hybrid search gives
+        its hits; {} when the index has no title vectors."""
+        if not ids or not self.has_title_vector:
+            return {}
+        query = np.asarray(vector, dtype=np.float32).ravel()
+        rows = self._call(self._client.get, self.name, ids=list(ids), output_fields=["id", TITLE_FIELD])
+        return {row["id"]: _cosine(query, row.get(TITLE_FIELD)) for row in rows if row.get(TITLE_FIELD) is not None}
+
     # ---- searching ------------------------------------------------------------------
 
     def search_dense(self, vector, *, limit: int, source_names=None) -> list[Candidate]:

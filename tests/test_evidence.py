@@ -59,22 +59,23 @@ def test_sentences_split_on_punctuation_and_lines_and_merge_to_the_limit():
     assert evidence.sentences("", limit=5) == []
 
 
-def test_ranks_merge_with_the_search_order_first_on_ties():
-    # Retrieval order 0, 1, 2, 3; the best sentences are 1's and 3's; 2 has none (its own rank stands).
-    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.5, k=10) == [0, 1, 2, 3]
-    assert evidence.merge_orders([0.1, 0.9, 0.2, 0.5], weight=0.5, k=10) == [1, 0, 2, 3]
-    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=0.0, k=10) == [0, 1, 2, 3]
-    assert evidence.merge_orders([0.1, 0.9, None, 0.5], weight=2.0, k=1)[0] == 1
-    assert evidence.merge_orders([], weight=0.5, k=10) == []
-    # A steady candidate (a FAQ entry) may be lifted by its sentences, never held back.
-    assert evidence.merge_orders([0.1, 0.9, 0.8], weight=1.0, k=1) == [1, 0, 2]
-    assert evidence.merge_orders([0.1, 0.9, 0.8], weight=1.0, k=1, steady=[True, False, False]) == [0, 1, 2]
-    assert evidence.merge_orders([0.9, 0.1, 0.8], weight=2.0, k=1) == [0, 2, 1]
-    assert evidence.merge_orders([0.9, 0.1, 0.8], weight=2.0, k=1, steady=[False, True, False]) == [0, 1, 2]
-    assert evidence.merge_orders([0.1, 0.2, 0.9], weight=2.0, k=1, steady=[False, False, True])[0] == 2
-    # Without vectors (an index filled in part) a candidate's own rank stands for its sentence rank.
-    assert evidence.merge_orders([None, None, 0.9, 0.1], weight=1.0, k=1) == [0, 2, 1, 3]
-    assert evidence.merge_orders([None, None, None], weight=1.0, k=10) == [0, 1, 2]
+def test_the_best_sentence_decides_after_the_search_orders_fading_head_start():
+    def merge(best, *, prior=0.3, prior_k=3.0, weight=1.0, lift=(), fallback=None):
+        return evidence.merge_orders(best, fallback=fallback or [0.0] * len(best), weight=weight,
+                                     prior=prior, prior_k=prior_k, lift=lift)
+
+    # Head starts 0.1, 0.075, 0.06, 0.05: a clearly better sentence overtakes, a slightly better one not.
+    assert merge([0.50, 0.70, 0.52, 0.40]) == [1, 0, 2, 3]
+    assert merge([0.50, 0.52, 0.40, 0.30]) == [0, 1, 2, 3]
+    assert merge([0.50, 0.70, 0.52, 0.40], weight=0.0) == [0, 1, 2, 3]  # evidence off: search order
+    assert merge([]) == []
+    # Without sentence vectors (an index filled in part) the body cosine stands in.
+    assert merge([None, 0.6, 0.5], fallback=[0.9, 0.0, 0.0]) == [0, 1, 2]
+    assert merge([None, 0.6, 0.5], fallback=[0.1, 0.0, 0.0]) == [1, 2, 0]
+    # A FAQ entry whose heading matches the question is lifted.
+    assert merge([0.6, 0.6, 0.6], lift=[0.0, 0.0, 0.2]) == [2, 0, 1]
+    # Ties keep the search order.
+    assert merge([0.5, 0.5, 0.5], prior=0.0) == [0, 1, 2]
 
 
 # ---- through the indexer, Milvus Lite and the retriever --------------------------------------
@@ -187,3 +188,47 @@ def test_an_abstention_model_fitted_on_sentence_cosines_is_not_applied_without_t
     # signal would fall back to the body cosine, on another scale: the plain thresholds decide.
     assert retriever.abstention_for(RetrievalResult(candidates_top_k=[plain], reranked_top_n=[plain])) is None
     assert retriever.abstention_for(RetrievalResult(candidates_top_k=[weighed], reranked_top_n=[weighed])) is not None
+
+
+# A FAQ entry headed by (a paraphrase of) the question, whose answer repeats none of its words...
+FAQ_ENTRY = ("# Product FAQ\n\n## Can I drop partitions by hand once a partition key is set?\n\n"
+             "No. Milvus then manages them for you; manual management is disabled.\n")
+# ...against guide sections that use the question's words, one sentence of them verbatim.
+GUIDE_SECTIONS = {
+    "guide.md": "# Partitions\n\n## Drop partitions\n\nOnce the partition key is set, can I still drop "
+                "partitions by hand? Release them first, then drop them one by one.\n",
+    "keys2.md": "# Partition key\n\n## Set a partition key\n\nSet a partition key on a scalar field; "
+                "the partition key decides the partition of each entity.\n",
+}
+
+
+def test_a_faq_entry_whose_heading_is_the_question_is_lifted(tmp_path, milvus_lite_uri, monkeypatch):
+    import knowledge.retriever as retriever_module
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "faq.md").write_text(FAQ_ENTRY)
+    for name, text in {**GUIDE_SECTIONS, **dict(zip(map("filler{}.md".format, range(8)), FILLERS))}.items():
+        (folder / name).write_text(text)
+    embedder = HashingEmbedder(dimension=256)
+    settings = KnowledgeSettings(_env_file=None, knowledge_sources=f"docs={folder}::*.md",
+                                 data_dir=tmp_path / "data", milvus_uri=milvus_lite_uri,
+                                 retrieve_top_k=3, rerank_top_n=3, query_expansion=False,
+                                 title_weight=0.0)  # the heading's cosine comes from the store
+    store = VectorStore(uri=milvus_lite_uri, collection="faqlift", dimension=embedder.dimension,
+                        model_id=embedder.model_id)
+    question = "Once the partition key is set, can I still drop partitions by hand?"
+    try:
+        Indexer(settings=settings, embedder=embedder, store=store).refresh()
+        store.flush()
+        retriever = Retriever(embedder=embedder, store=store, settings=settings)
+
+        def first() -> str:
+            return retriever.retrieve(question, mode="hybrid", rerank=False).candidates_top_k[0].chunk.source
+
+        monkeypatch.setattr(retriever_module, "QUESTION_TITLE_WEIGHT", 0.0)
+        assert first() != "faq.md"  # precondition: the guide's words win without the lift
+        monkeypatch.undo()
+        assert first() == "faq.md"
+    finally:
+        store.close()
