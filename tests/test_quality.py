@@ -378,20 +378,21 @@ def test_hybrid_at_least_dense_on_english_and_unanswerable_declined(make_kb, cor
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # indexes 3,615 chunks and their sentences with MiniLM on CPU
-def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set, tmp_path):
+def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set, tmp_path, monkeypatch):
     """MiniLM over all of en/ (3,615 chunks), reranking off (docs/answer-quality.md):
     - hybrid (body vector + title vector + BM25 with expansion, sentence evidence) beats
       dense on the dev set's English items and on the independently written whole-tree
-      set (dev recall@10 0.95 -> 1.00, MRR@10 0.668 -> 0.905; whole-tree set 0.80 -> 0.83,
-      0.434 -> 0.553);
+      set (dev recall@10 0.95 -> 1.00, MRR@10 0.668 -> 0.922; whole-tree set 0.80 -> 0.83,
+      0.434 -> 0.584);
     - sentence evidence lifts the tickets set's support-style items (recall@10 0.83 ->
-      0.89, MRR@10 0.474 -> 0.620);
-    - the title vector lifts FAQ entries headed by the question (tickets set, FAQ items,
-      MRR@10 0.497 -> 0.580 without expansion);
-    - the abstention model `eval --fit-abstention` fits on the dev set plus the
-      unanswerable tuning questions declines 2 of the tickets set's 6 near-misses and 2 of
-      the whole-tree set's 4 unanswerable items, wrongly declining none of their English
-      answerable items (bounded at 10 % for bfloat16 noise)."""
+      0.89, MRR@10 0.474 -> 0.630) and FAQ-style items reach MRR@10 0.96 (target 0.85);
+    - section titles (the title vector in fusion and the FAQ heading lift) lift FAQ entries
+      headed by the question (tickets set, FAQ items, MRR@10 0.59 -> 0.96 without expansion);
+    - the abstention model `eval --fit-abstention` fits on the dev set plus the tuning
+      file declines 3 of the tickets set's 6 near-misses and 3 of the whole-tree set's 4
+      unanswerable items, wrongly declining 1 of their English answerable items each
+      (bounded at 10 %; bfloat16 noise)."""
+    import knowledge.retriever as retriever_module
     from knowledge.evaluation import fit_abstention
 
     # dtype auto: bfloat16 where the CPU has it (3x faster to index; same figures as float32).
@@ -412,10 +413,11 @@ def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set, tmp
     hybrid = evaluate(kb, tree, mode="hybrid", rerank=False)
     en = hybrid["by_lang"]["en"]
     assert en["recall@10"] >= dense["recall@10"] and en["mrr@10"] > dense["mrr@10"], (dense, en)
-    assert hybrid["abstain_correct"] >= 0.5 and en["false_abstain"] <= 0.10, hybrid["misses"]
+    assert hybrid["abstain_correct"] >= 0.7 and en["false_abstain"] <= 0.10, hybrid["misses"]
     tickets = evaluate(kb, load_items(TICKETS_SET), mode="hybrid", rerank=False)
-    assert tickets["by_kind"]["unanswerable"]["abstain_correct"] >= 0.3, tickets["misses"]
+    assert tickets["by_kind"]["unanswerable"]["abstain_correct"] >= 0.5, tickets["misses"]
     assert tickets["by_lang"]["en"]["false_abstain"] <= 0.10, tickets["misses"]
+    assert tickets["by_kind"]["faq"]["mrr@10"] >= 0.85, tickets["misses"]
 
     # Sentence evidence lifts the support tickets answered by one sentence of a long section.
     support = [item for item in load_items(TICKETS_SET) if item.kind == "support"]
@@ -430,8 +432,9 @@ def test_hybrid_beats_dense_over_the_whole_tree(make_kb, corpus_en, dev_set, tmp
     kb.settings.query_expansion = False
     with_title = evaluate(kb, faq, mode="hybrid", rerank=False)
     kb.settings.title_weight = 0.0
+    monkeypatch.setattr(retriever_module, "QUESTION_TITLE_WEIGHT", 0.0)
     without = evaluate(kb, faq, mode="hybrid", rerank=False)
-    assert with_title["mrr@10"] > without["mrr@10"], (without, with_title)
+    assert with_title["mrr@10"] > without["mrr@10"] + 0.1, (without, with_title)
 
 
 # ---- symptoms and goals in the docs' words -------------------------------------------
