@@ -132,6 +132,17 @@ def _head_revision() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+def test_the_migrations_build_exactly_the_tables(database):
+    """tables.py (what the queries use) and migrations/ (what a database gets) are one schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from bot.state.tables import metadata
+
+    with database.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata) == []
+
+
 def test_database_url_forms(tmp_path):
     assert database_url("", default_path=tmp_path / "f.sqlite").render_as_string() == f"sqlite:///{tmp_path}/f.sqlite"
     assert database_url("data/x.sqlite", default_path="u").database == "data/x.sqlite"

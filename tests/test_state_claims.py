@@ -166,3 +166,50 @@ def test_text_any_database_refuses_is_stored_readably(two_databases):
     clock.now += 2
     [taken] = a.take_lapsed()
     assert taken.text == "What is ? Milvus\ufffd Lite?"
+
+
+BODY = {"type": "event_callback", "event_id": "Ev9", "token": "legacy-secret", "team_id": "T1",
+        "event": {"type": "app_mention", "channel": "C1", "ts": "1.1", "user": "U1", "text": "<@UB> ça \ud800 va\x00?"}}
+
+
+def test_an_unhandled_event_is_taken_over_once_and_a_handled_one_never(two_databases):
+    clock = Clock()
+    a = Claims(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    b = Claims(database=two_databases[1], holder="B", lease_seconds=10, clock=clock)
+    c = Claims(database=two_databases[1], holder="C", lease_seconds=10, clock=clock)
+    assert a.first_delivery("Ev9", payload=BODY)  # kept before the ack
+    assert not b.first_delivery("Ev9", payload=BODY)  # Slack's retry, on another replica: dropped
+    assert a.first_delivery("EvPlain") and a.first_delivery("EvDone", payload={**BODY, "event_id": "EvDone"})
+    a.handled("EvDone")
+    clock.now += 9
+    assert b.take_lapsed_events(limit=5) == []  # A may still be handling it
+    clock.now += 2  # A died between the ack and handling Ev9
+    taken = _race(lambda: b.take_lapsed_events(limit=5), lambda: c.take_lapsed_events(limit=5))
+    [event] = taken[0] + taken[1]
+    winner = b if taken[0] else c
+    assert (event.key, event.attempts, event.payload["event_id"]) == ("event:Ev9", 2, "Ev9")
+    assert "token" not in event.payload  # the legacy credential is not kept
+    assert event.payload["event"]["text"] == "<@UB> ça ? va\x00?"  # both databases take it (JSON escapes NUL)
+    assert winner.state("event:Ev9") == ("seen", winner.holder, 2)
+    assert b.take_lapsed_events() == [] and c.take_lapsed_events() == []
+    winner.handled("Ev9")
+    clock.now += 100
+    assert a.take_lapsed_events(limit=5) == [] and b.take_lapsed_events(limit=5) == []
+    assert a.state("event:Ev9") == ("done", "", 2) and a.state("event:EvDone") == ("done", "", 1)
+    assert a.state("event:EvPlain") == ("seen", "", 0)  # plain dedupe rows are never dispatched again
+    assert a.purge(older_than=clock.now) == 3
+
+
+def test_an_event_that_kills_its_replicas_is_given_up_and_its_body_dropped(two_databases):
+    clock = Clock()
+    a = Claims(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    assert a.first_delivery("Ev9", payload=BODY)
+    for _ in range(2):
+        clock.now += 11
+        assert len(a.take_lapsed_events()) == 1
+    clock.now += 11
+    assert a.take_lapsed_events() == [] and a.state("event:Ev9")[0] == "abandoned"
+    from bot.state.tables import event_claims
+
+    with two_databases[1].begin() as connection:
+        assert connection.execute(event_claims.select().where(event_claims.c.key == "event:Ev9")).first().payload is None

@@ -11,7 +11,7 @@ means PostgreSQL through psycopg 3, which several replicas share.
 
 Modules: `database` (engine, URL mapping, migrations at start), `tables` (the schema as
 SQLAlchemy Core tables, what queries use), `records`, `claims` (durable event/question
-claims with leases), `limits` (per-person slots), `refresh_runs` (one refresh across
+claims with leases, and the event inbox), `limits` (per-person slots), `refresh_runs` (one refresh across
 replicas, one run per scheduled tick) and `migrations/` (Alembic, shipped in the package
 and run in code, from any working directory). Every query goes through
 `Database.begin()` (one transaction; StateError on failure); `Database.insert_ignore` is

@@ -9,10 +9,22 @@
   replica died to exactly one other replica.
 - `finish(key)`: answered (or refused): the text is dropped, the row kept for dedupe until
   `purge`.
+
+The inbox closes the gap between Slack's ack and `claim_question` (a replica dying there
+would lose the question: Slack does not retry an acknowledged event): `first_delivery(id,
+payload=body)` keeps the body of an event that can carry a question with its "event:<id>"
+row, leased to this holder, before Bolt acknowledges it; `handled(id)` drops it once a
+listener has dealt with the event (claimed its question, or found none); and
+`take_lapsed_events()` hands an unhandled one whose lease ran out to exactly one replica,
+which dispatches it again. Event leases are not renewed: a replay of a slow first run is
+harmless, `claim_question` still lets one of them answer. A body lives until it is handled,
+given up (its text dropped as a question's is) or purged with the event ids: minutes, far
+within what the records keep of private text (bot.services.PRIVATE_TEXT_SECONDS).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -42,21 +54,53 @@ class ClaimedQuestion:
     attempts: int = 0
 
 
+@dataclass(frozen=True)
+class LapsedEvent:
+    """An event kept in the inbox whose handling never finished: its body, to dispatch again."""
+
+    key: str
+    payload: dict
+    attempts: int
+
+
 def question_key(channel: str, message_ts: str) -> str:
     return f"msg:{channel}:{message_ts}"
+
+
+def event_key(event_id: str) -> str:
+    return f"event:{event_id}"
 
 
 class Claims(HolderState):
     """Claims held by one replica (`holder`); raises StateError when the database fails."""
 
-    def first_delivery(self, event_id: str) -> bool:
-        """True the first time any replica sees this event id (always True without an id)."""
+    def first_delivery(self, event_id: str, *, payload: dict | None = None) -> bool:
+        """True the first time any replica sees this event id (always True without an id).
+
+        With `payload` (the event's body) the first delivery is kept, leased to this holder,
+        until `handled(event_id)`.
+        """
         if not event_id:
             return True
+        now = self._clock()
+        row = {"key": event_key(event_id), "created_at": now, "state": SEEN}
+        if payload is not None:
+            # The legacy verification token is a credential; nothing else in the body needs it.
+            body = {name: value for name, value in payload.items() if name != "token"}
+            row.update(holder=self.holder, lease_until=now + self.lease_seconds, attempts=1,
+                       payload=storable(json.dumps(body, ensure_ascii=False)))
         with self.db.begin() as connection:
-            return self.db.insert_ignore(connection, event_claims, {
-                "key": f"event:{event_id}", "created_at": self._clock(), "state": SEEN,
-            })
+            return self.db.insert_ignore(connection, event_claims, row)
+
+    def handled(self, event_id: str) -> None:
+        """A listener dealt with the event: drop its body, keep the id for dedupe until `purge`."""
+        if not event_id:
+            return
+        with self.db.begin() as connection:
+            connection.execute(event_claims.update().where(
+                event_claims.c.key == event_key(event_id), event_claims.c.state == SEEN,
+                event_claims.c.payload.is_not(None),
+            ).values(state=DONE, payload=None, holder="", lease_until=0))
 
     def claim_question(
         self, *, channel: str, message_ts: str, thread_ts: str, user: str, team: str, text: str,
@@ -105,32 +149,42 @@ class Claims(HolderState):
 
     def take_lapsed(self, *, limit: int = 1) -> list[ClaimedQuestion]:
         """Take over up to `limit` questions whose replica stopped renewing; one replica wins each."""
+        rows = self._take(event_claims.c.state == WORKING, limit, [
+            event_claims.c.key, event_claims.c.channel, event_claims.c.message_ts, event_claims.c.thread_ts,
+            event_claims.c.user_id, event_claims.c.team, event_claims.c.text, event_claims.c.assistant,
+            event_claims.c.conversation, event_claims.c.placeholder_ts, event_claims.c.attempts,
+        ])
+        return [ClaimedQuestion(*row[:6], row[6] or "", bool(row[7]), *row[8:]) for row in rows]
+
+    def take_lapsed_events(self, *, limit: int = 1) -> list[LapsedEvent]:
+        """Take over up to `limit` kept events whose handling never finished; one replica wins each."""
+        rows = self._take(sa.and_(event_claims.c.state == SEEN, event_claims.c.payload.is_not(None)), limit,
+                          [event_claims.c.key, event_claims.c.payload, event_claims.c.attempts])
+        return [LapsedEvent(key, json.loads(payload), attempts) for key, payload, attempts in rows]
+
+    def _take(self, pending, limit: int, returning: list) -> list:
+        """UPDATE … WHERE `pending` and lease expired … RETURNING: this holder takes up to `limit` rows."""
         if limit < 1:
             return []
         now = self._clock()
-        lapsed = sa.and_(event_claims.c.state == WORKING, event_claims.c.lease_until < now)
+        lapsed = sa.and_(pending, event_claims.c.lease_until < now)
         with self.db.begin() as connection:
             # Given up: too many replicas died on it, or too old to be worth answering now.
             connection.execute(event_claims.update().where(
                 lapsed, sa.or_(event_claims.c.attempts >= MAX_ATTEMPTS,
                                event_claims.c.created_at < now - MAX_AGE_SECONDS),
-            ).values(state=ABANDONED, text=None, holder=""))
+            ).values(state=ABANDONED, text=None, payload=None, holder=""))
             candidates = sa.select(event_claims.c.key).where(lapsed).order_by(event_claims.c.created_at).limit(limit)
             if self.db.dialect == "postgresql":
                 candidates = candidates.with_for_update(skip_locked=True)
-            rows = connection.execute(
+            return connection.execute(
                 event_claims.update().where(event_claims.c.key.in_(candidates), lapsed).values(
                     holder=self.holder, lease_until=now + self.lease_seconds, attempts=event_claims.c.attempts + 1,
-                ).returning(
-                    event_claims.c.key, event_claims.c.channel, event_claims.c.message_ts, event_claims.c.thread_ts,
-                    event_claims.c.user_id, event_claims.c.team, event_claims.c.text, event_claims.c.assistant,
-                    event_claims.c.conversation, event_claims.c.placeholder_ts, event_claims.c.attempts,
-                )
+                ).returning(*returning)
             ).all()
-        return [ClaimedQuestion(*row[:6], row[6] or "", bool(row[7]), *row[8:]) for row in rows]
 
     def purge(self, *, older_than: float) -> int:
-        """Delete finished claims and seen event ids created before `older_than`."""
+        """Delete finished claims and seen event ids (kept bodies too) created before `older_than`."""
         with self.db.begin() as connection:
             return connection.execute(event_claims.delete().where(
                 event_claims.c.created_at < older_than, event_claims.c.state != WORKING,

@@ -60,7 +60,7 @@ event_claims = sa.Table(
     "event_claims", metadata,
     sa.Column("key", sa.Text, primary_key=True),  # "event:<event_id>" or "msg:<channel>:<ts>"
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("state", sa.Text, nullable=False),  # seen (an event id), working, done
+    sa.Column("state", sa.Text, nullable=False),  # seen (an event id), working, done, abandoned
     sa.Column("holder", sa.Text, nullable=False, server_default=""),  # the replica working on it
     sa.Column("lease_until", sa.Float, nullable=False, server_default="0"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -73,6 +73,7 @@ event_claims = sa.Table(
     sa.Column("assistant", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("text", sa.Text),  # the question, kept only until it is answered
     sa.Column("placeholder_ts", sa.Text, nullable=False, server_default=""),
+    sa.Column("payload", sa.Text),  # an event's JSON body, kept until a listener handled it (the inbox)
     sa.Index("event_claims_lease", "state", "lease_until"),
     sa.Index("event_claims_time", "created_at"),
 )
