@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,8 @@ class Services:
     learner: Learner | None = None  # bot.learning: saved answers (None when LEARN_FROM_THREADS is off)
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
+    # Set by bot.listeners.middleware: dispatches an event kept in the inbox through the Bolt app again.
+    redeliver: Callable[[dict], None] | None = None
 
     def ask(self, question: Question) -> bool:
         """Queue a question (once per Slack message, across replicas); False if it was a duplicate."""
@@ -102,11 +105,27 @@ class Services:
         self.metrics.queue_depth.inc()
         return True
 
+    def handled(self, event_id: str) -> None:
+        """A listener dealt with a kept event: it is not dispatched again."""
+        try:
+            self.claims.handled(event_id)
+        except StateError as error:  # a second dispatch finds the question claimed: no duplicate answer
+            log.warning("could not mark the event %s handled: %s", event_id, error)
+
     def take_over(self) -> int:
-        """Answer questions whose replica died after acknowledging them; how many were taken."""
+        """Handle events and answer questions whose replica died after acknowledging them; how many."""
         if self.stopping:
             return 0
         taken = 0
+        if self.redeliver is not None:
+            for lapsed in self.claims.take_lapsed_events(limit=self.settings.bot_workers):
+                taken += 1
+                log.info("handling %s whose replica stopped before it could (attempt %d)", lapsed.key,
+                         lapsed.attempts)
+                try:
+                    self.redeliver(lapsed.payload)  # its listener marks it handled
+                except Exception:  # noqa: BLE001 - its lease lapses and a later sweep tries again
+                    log.exception("could not dispatch %s again", lapsed.key)
         for claimed in self.claims.take_lapsed(limit=self.settings.bot_workers):
             taken += 1
             self._resume(claimed)

@@ -3,7 +3,8 @@
 - every `lease/3` seconds: renew the leases of what this replica works on (question claims,
   per-person slots, a running refresh), so no other replica takes them over;
 - every `sweep` seconds: take over questions whose replica stopped renewing (it died after
-  acknowledging them) and answer them here;
+  acknowledging them) and answer them here, and dispatch again the events kept in the inbox
+  whose replica died before handling them (Services.take_over);
 - every hour: purge old claims, limit slots, refresh runs and records (RECORDS_RETENTION_DAYS).
 
 A failing database is logged and retried at the next beat; it never stops the thread.

@@ -6,6 +6,7 @@ import logging
 
 from slack_bolt import App, Assistant, BoltContext, SetSuggestedPrompts
 
+from bot.listeners.middleware import handles_inbox
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
 
@@ -22,11 +23,12 @@ def register(app: App, services: Services) -> None:
             set_suggested_prompts(prompts=prompts, title="Ask me about the docs")
 
     @assistant.user_message
-    def on_user_message(payload: dict, context: BoltContext) -> None:
-        if not is_from_person(payload, services.settings):
+    @handles_inbox(services)
+    def on_user_message(event: dict, context: BoltContext) -> None:
+        if not is_from_person(event, services.settings):
             return
         services.ask(
-            question_from(payload, bot_user_id=context.bot_user_id or "", assistant=True, team=context.team_id or "")
+            question_from(event, bot_user_id=context.bot_user_id or "", assistant=True, team=context.team_id or "")
         )
 
     app.use(assistant)

@@ -10,6 +10,12 @@ from bot.settings import BotSettings
 _QUESTION_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
 
+def may_be_question(event: dict) -> bool:
+    """A message or @mention with a person's (or a bot's) text: kept in the inbox until handled."""
+    return event.get("type") in ("message", "app_mention") and (
+        event.get("subtype") in _QUESTION_SUBTYPES or event.get("subtype") == "bot_message")
+
+
 def is_from_person(event: dict, settings: BotSettings) -> bool:
     """False for edits, deletions and other subtypes, and for bots when they are ignored."""
     if event.get("subtype") not in _QUESTION_SUBTYPES and event.get("subtype") != "bot_message":

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from slack_bolt import App, BoltContext
 
+from bot.listeners.middleware import handles_inbox
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
 
 
 def register(app: App, services: Services) -> None:
     @app.event("app_mention")
+    @handles_inbox(services)
     def on_mention(event: dict, context: BoltContext) -> None:
         if not is_from_person(event, services.settings):
             return

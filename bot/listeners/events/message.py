@@ -7,6 +7,7 @@ import re
 
 from slack_bolt import App, BoltContext
 
+from bot.listeners.middleware import handles_inbox
 from bot.listeners.questions import is_from_person, question_from
 from bot.services import Services
 from bot.triage import looks_like_question
@@ -17,6 +18,7 @@ def register(app: App, services: Services) -> None:
     rules = services.rules
 
     @app.event("message")
+    @handles_inbox(services)
     def on_message(event: dict, context: BoltContext) -> None:
         if not is_from_person(event, settings):
             return
