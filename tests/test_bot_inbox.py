@@ -14,9 +14,10 @@ LEASE = 1.0  # seconds (the smallest CLAIM_LEASE_SECONDS)
 def test_an_event_whose_replica_died_before_claiming_it_is_answered_once_by_another(
         make_kb, fake_slack, start_bot, outcomes, tmp_path, monkeypatch):
     kb = make_kb(abstain_threshold=0.0)
-    shared = tmp_path / "shared.sqlite"  # two replicas, one state database
-    a = start_bot(kb, feedback_db=shared, claim_lease_seconds=LEASE)
-    b = start_bot(kb, feedback_db=shared, claim_lease_seconds=LEASE)
+    # Two replicas, one state database; a signing secret, so the apps verify requests as in HTTP mode.
+    settings = dict(feedback_db=tmp_path / "shared.sqlite", claim_lease_seconds=LEASE, slack_signing_secret="s3cret")
+    a = start_bot(kb, **settings)
+    b = start_bot(kb, **settings)
     fake_slack.wait_connected(count=2)
     conn_a, conn_b = fake_slack.connections()
     died = threading.Event()
