@@ -221,9 +221,10 @@ class Retriever:
         if mode == "dense":
             found = self.store.search_dense(vector, limit=limit, source_names=names)
         elif mode == "bm25":
+            # Not expanded: the heading words help beside the dense side, but alone they
+            # outweigh the question's own words (docs/answer-quality.md).
             found = self.store.search_bm25(
-                self._expanded(query, keyword_query(query)) or query,
-                limit=limit, source_names=names, vector=vector,
+                keyword_query(query) or query, limit=limit, source_names=names, vector=vector,
             )
         else:
             # A Chinese question without identifiers searches no keywords ("" here): over
