@@ -31,6 +31,12 @@ MIN_SENTENCE_CHARS = 20
 PACKED_BYTES = 65535
 
 
+def split_sentences(text: str) -> list[str]:
+    """The text's sentences and lines as they stand, link targets dropped, blank ones skipped
+    (the reranker's windows are runs of these too)."""
+    return [piece.strip() for piece in _BOUNDARY.split(strip_link_targets(text or "")) if piece.strip()]
+
+
 def sentences(text: str, *, limit: int) -> list[str]:
     """The sentences of `text` worth a vector, at most `limit` (neighbours merged to fit).
 
@@ -41,8 +47,8 @@ def sentences(text: str, *, limit: int) -> list[str]:
         return []
     parts: list[str] = []
     pending = ""
-    for piece in _BOUNDARY.split(strip_link_targets(text or "")):
-        piece = f"{pending} {piece.strip()}".strip() if pending else piece.strip()
+    for piece in split_sentences(text):
+        piece = f"{pending} {piece}" if pending else piece
         if len(piece) < MIN_SENTENCE_CHARS:
             pending = piece
             continue

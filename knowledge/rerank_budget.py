@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from knowledge.errors import ModelServerError
+from knowledge.evidence import split_sentences
 from knowledge.keywords import analyze, keyword_query
-from knowledge.types import Candidate, Chunk, strip_link_targets
+from knowledge.types import Candidate, Chunk
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ PROBE_EVERY = 8
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
 # Sentence ends (Latin and CJK) and line breaks: the units a window is made of.
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？；])\s+|\n+")
 
 
 def estimate_tokens(text: str) -> int:
@@ -136,7 +136,7 @@ def best_window(chunk: Chunk, terms: dict[str, float], max_tokens: int) -> str:
         return whole
     header = chunk.breadcrumb
     room = max(8, max_tokens - estimate_tokens(header))
-    units = [u for u in _SENTENCE_END.split(strip_link_targets(chunk.text)) if u.strip()]
+    units = split_sentences(chunk.text)
     sizes = [estimate_tokens(u) for u in units]
     analysed = [analyze(u).lower() for u in units]
     best_start, best_end, best_score = 0, 0, -1.0

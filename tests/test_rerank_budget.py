@@ -229,3 +229,14 @@ def test_calibration_never_stops_the_start():
     budget = BudgetedReranker(reranker=DownReranker(), budget_ms=1500)
     budget.calibrate()  # logs, does not raise
     assert budget.cost.ms_per_token is None
+
+
+def test_a_chinese_sections_window_is_the_sentence_that_matches():
+    """Chinese is written without spaces after 。！？: the window is still cut at sentences."""
+    filler = "集群中的每个节点都会定期向协调器报告自己的状态和负载情况。"
+    key = "如果要开启 mmap，请在配置文件中把 queryNode.mmap.mmapEnabled 设为 true。"
+    c = chunk(3, filler * 12 + key + filler * 12)
+    terms = query_terms("mmapEnabled 怎么开启？", [c.search_text])
+    window = best_window(c, terms, 60)
+    assert key in window
+    assert estimate_tokens(window) <= 60
