@@ -56,6 +56,10 @@ SENTENCE_POOL_FACTOR = 2
 SEARCH_PRIOR = 0.45
 SEARCH_PRIOR_K = 3
 QUESTION_TITLE_WEIGHT = 0.2
+# The search order's first few stay among the candidates whatever their sentences score: a
+# passage ranked high for a rare word the embedder cannot read (a product's own name) may
+# have no sentence the embedder finds close. Changes no eval figure (docs/answer-quality.md).
+SEARCH_KEPT = 3
 
 # Overlap between consecutive parts is at most this many characters worth searching.
 _MAX_OVERLAP_CHARS = 4000
@@ -278,7 +282,14 @@ class Retriever:
         order = evidence.merge_orders(
             best, fallback=[c.dense_score or 0.0 for c in pool], weight=self.settings.sentence_weight,
             prior=SEARCH_PRIOR, prior_k=SEARCH_PRIOR_K, lift=self._question_lift(pool, vector))
-        return [pool[i] for i in order][:top_k]
+        head = [pool[i] for i in order][:top_k]
+        shown = {c.chunk.id for c in head}
+        kept = [c for c in pool[:SEARCH_KEPT] if c.chunk.id not in shown]
+        if not kept:
+            return head
+        # Ahead of the last EXACT_MATCHES places, which the keyword side's hits may take next.
+        at = max(0, min(len(head), top_k - len(kept)) - EXACT_MATCHES)
+        return [*head[:at], *kept, *head[at:]][:top_k]
 
     def _question_lift(self, pool: list[Candidate], vector) -> list[float]:
         """QUESTION_TITLE_WEIGHT x the heading's cosine for sections headed by a question (FAQ
