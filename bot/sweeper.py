@@ -54,7 +54,7 @@ class Sweeper:
                     self._safely(renew, "renewing leases")
             if now >= next_sweep:
                 next_sweep = now + self._sweep_every
-                self._safely(self._take_over, "taking over lapsed questions")
+                self._safely(self._take_over, "taking over lapsed events and questions")
             if now >= next_purge:
                 next_purge = now + self._purge_every
                 self._safely(self._purge, "purging old records")
