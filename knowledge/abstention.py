@@ -102,6 +102,20 @@ def signals(
     }
 
 
+def missing_signals(result) -> set[str]:
+    """The score signals this result cannot measure (no title vectors, no sentence vectors,
+    no reranking): `signals` stands the best body cosine in for them, which is on another
+    scale, so a model needing one of them must not decide on this result."""
+    missing = set()
+    if not any(c.title_score is not None for c in result.candidates_top_k):
+        missing.add("title_top")
+    if not any(c.sentence_score is not None for c in result.candidates_top_k):
+        missing.add("sentence_top")
+    if not any(c.rerank_score is not None for c in result.reranked_top_n):
+        missing.add("rerank_top")
+    return missing
+
+
 def foreign_term(question: str, vocabulary: Vocabulary | None) -> float:
     """How clearly the question names something the docs never mention: for its words no
     indexed section uses, FOREIGN_ZIPF minus their general frequency (wordfreq's Zipf

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from knowledge import evidence
-from knowledge.abstention import AbstentionModel
+from knowledge.abstention import AbstentionModel, missing_signals
 from knowledge.abstention import signals as abstention_signals
 from knowledge.abstention import warm_up as abstention_warm_up
 from knowledge.errors import KnowledgeError
@@ -212,9 +212,8 @@ class Retriever:
         model_id = getattr(self.embedder, "model_id", "")
         if model.model_id and model_id and model.model_id != model_id:
             return None
-        if "sentence_top" in model.features and not any(
-                c.sentence_score is not None for c in result.candidates_top_k):
-            return None  # fitted on best-sentence cosines; this result has none (weighing off, old index)
+        if missing_signals(result) & set(model.features):
+            return None  # fitted on a signal this result lacks (weighing off, an older index)
         return model
 
     # Steps ---------------------------------------------------------------------

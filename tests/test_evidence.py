@@ -171,23 +171,33 @@ def test_without_sentence_vectors_the_index_serves_the_search_order(tmp_path, do
         store.close()
 
 
-def test_an_abstention_model_fitted_on_sentence_cosines_is_not_applied_without_them(tmp_path):
+def test_an_abstention_model_is_not_applied_to_a_result_lacking_one_of_its_signals(tmp_path):
     from knowledge.abstention import AbstentionModel
     from knowledge.retriever import RetrievalResult
     from knowledge.types import Candidate, Chunk
 
     settings = KnowledgeSettings(_env_file=None, data_dir=tmp_path / "data")
     retriever = Retriever(embedder=HashingEmbedder(), store=None, settings=settings)
-    retriever.abstention = AbstentionModel(
-        features=("dense_top", "sentence_top"), mean=(0.5, 0.5), scale=(0.1, 0.1), coef=(1.0, 1.0),
-        intercept=0.0, threshold=0.5, score="dense")
     chunk = Chunk(id="a", source="a.md", title="A", heading_path=("A",), anchor="", url="", text="A text.")
     plain = Candidate(chunk=chunk, dense_score=0.6)
     weighed = Candidate(chunk=chunk, dense_score=0.6, sentence_score=0.7)
-    # Without best-sentence cosines (weighing off, an index without sentence vectors) the
-    # signal would fall back to the body cosine, on another scale: the plain thresholds decide.
-    assert retriever.abstention_for(RetrievalResult(candidates_top_k=[plain], reranked_top_n=[plain])) is None
-    assert retriever.abstention_for(RetrievalResult(candidates_top_k=[weighed], reranked_top_n=[weighed])) is not None
+    titled = Candidate(chunk=chunk, dense_score=0.6, title_score=0.5)
+
+    def applies(features: tuple[str, ...], candidate: Candidate) -> bool:
+        retriever.abstention = AbstentionModel(
+            features=features, mean=(0.5,) * len(features), scale=(0.1,) * len(features),
+            coef=(1.0,) * len(features), intercept=0.0, threshold=0.5, score="dense")
+        result = RetrievalResult(candidates_top_k=[candidate], reranked_top_n=[candidate])
+        return retriever.abstention_for(result) is not None
+
+    # Without best-sentence cosines (weighing off, an index without sentence vectors) or title
+    # cosines (an index without title vectors) the signal would fall back to the body cosine,
+    # on another scale: the plain thresholds decide.
+    assert not applies(("dense_top", "sentence_top"), plain)
+    assert applies(("dense_top", "sentence_top"), weighed)
+    assert not applies(("dense_top", "title_top"), weighed)
+    assert applies(("dense_top", "title_top"), titled)
+    assert applies(("dense_top", "foreign_term"), plain)
 
 
 # A FAQ entry headed by (a paraphrase of) the question, whose answer repeats none of its words...
