@@ -6,7 +6,7 @@ partitions ... once a partition key is set") loses to a short section on the sam
 topic. At index time every sentence of a chunk is embedded too (`sentences`,
 stored packed beside the chunk: `pack` / `unpack`); at search time the candidates
 are ordered by their best sentence's cosine plus a fading head start for the search
-order's first few (`merge_orders`). Measured in docs/answer-quality.md ("Sentence
+order's first few (`scored_order`). Measured in docs/answer-quality.md ("Sentence
 evidence").
 """
 
@@ -107,9 +107,9 @@ def best_cosines(query: np.ndarray, packed: Sequence[str], dimension: int) -> li
     return out
 
 
-def merge_orders(best: Sequence[float | None], *, fallback: Sequence[float], weight: float,
+def scored_order(best: Sequence[float | None], *, fallback: Sequence[float], weight: float,
                  prior: float, prior_k: float, lift: Sequence[float] = ()) -> list[int]:
-    """Positions of the candidates (given in search order) in their merged order.
+    """Positions of the candidates (given in search order), best score first.
 
     score = weight x best sentence cosine + prior / (prior_k + position) + lift, positions
     from 0: the search order's first few keep a head start that fades quickly, after which

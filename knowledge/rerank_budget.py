@@ -58,7 +58,6 @@ SURE_KEYWORD_RATIO = 0.9
 PROBE_EVERY = 8
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
-# Sentence ends (Latin and CJK) and line breaks: the units a window is made of.
 
 
 def estimate_tokens(text: str) -> int:

@@ -251,7 +251,7 @@ class Retriever:
             if self._weighs_sentences():
                 found = self._weigh_sentences(dedupe(found)[:top_k], vector, names)
             if keywords:
-                # After the sentence merge: a passage only the keywords found (an exact
+                # After the sentence-evidence order: a passage only the keywords found (an exact
                 # identifier) has no reason to match by sentence, and must stay in.
                 found = self._keep_keyword_hits(found, query, keywords, limit, names)
         return dedupe(found)[:top_k]
@@ -265,8 +265,9 @@ class Retriever:
         """Re-order the candidates, and the dense side's next best, by their best sentence too.
 
         A section whose answer is one sentence among many scores low as a whole; its
-        best sentence does not. Merged by rank with the search order, not by score:
-        the cosines of one sentence and of a whole section are on different scales.
+        best sentence does not. Each is scored by its best sentence's cosine, a head start
+        fading with its place in the search order and, for a FAQ entry, its heading's
+        cosine (evidence.scored_order); the search order's first SEARCH_KEPT stay in.
         """
         top_k = self.settings.retrieve_top_k
         present = {c.chunk.id for c in found}
@@ -278,7 +279,7 @@ class Retriever:
         best = evidence.best_cosines(vector, [packed.get(c.chunk.id, "") for c in pool], len(vector))
         for candidate, score in zip(pool, best):
             candidate.sentence_score = score
-        order = evidence.merge_orders(
+        order = evidence.scored_order(
             best, fallback=[c.dense_score or 0.0 for c in pool], weight=self.settings.sentence_weight,
             prior=SEARCH_PRIOR, prior_k=SEARCH_PRIOR_K, lift=self._question_lift(pool, vector))
         head = [pool[i] for i in order][:top_k]
@@ -294,15 +295,15 @@ class Retriever:
         """QUESTION_TITLE_WEIGHT x the heading's cosine for sections headed by a question (FAQ
         entries: a user's question is most often a paraphrase of one), 0 for the others.
         The dense side's extra hits carry no title cosine yet: it is read from the store."""
-        asked = [c for c in pool if headed_by_a_question(c.chunk)]
-        missing = [c.chunk.id for c in asked if c.title_score is None]
+        asked = [headed_by_a_question(c.chunk) for c in pool]
+        missing = [c.chunk.id for c, question in zip(pool, asked) if question and c.title_score is None]
         if missing:
             scores = self.store.title_scores(missing, vector)
-            for candidate in asked:
-                if candidate.title_score is None:
-                    candidate.title_score = scores.get(candidate.chunk.id)
-        return [QUESTION_TITLE_WEIGHT * max(0.0, c.title_score or 0.0) if headed_by_a_question(c.chunk)
-                else 0.0 for c in pool]
+            for candidate in pool:
+                if candidate.chunk.id in scores and candidate.title_score is None:
+                    candidate.title_score = scores[candidate.chunk.id]
+        return [QUESTION_TITLE_WEIGHT * max(0.0, c.title_score or 0.0) if question else 0.0
+                for c, question in zip(pool, asked)]
 
     def _expanded(self, query: str, keywords: str) -> str:
         """The keyword query plus the docs' words for its topic, when expansion is on."""

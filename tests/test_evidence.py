@@ -61,7 +61,7 @@ def test_sentences_split_on_punctuation_and_lines_and_merge_to_the_limit():
 
 def test_the_best_sentence_decides_after_the_search_orders_fading_head_start():
     def merge(best, *, prior=0.3, prior_k=3.0, weight=1.0, lift=(), fallback=None):
-        return evidence.merge_orders(best, fallback=fallback or [0.0] * len(best), weight=weight,
+        return evidence.scored_order(best, fallback=fallback or [0.0] * len(best), weight=weight,
                                      prior=prior, prior_k=prior_k, lift=lift)
 
     # Head starts 0.1, 0.075, 0.06, 0.05: a clearly better sentence overtakes, a slightly better one not.

@@ -81,7 +81,7 @@ def identifier_store(milvus_lite_uri, hashing_embedder):
                             url_template="https://docs.example/{stem}#{anchor}")
     store = VectorStore(uri=milvus_lite_uri, collection="ids", dimension=hashing_embedder.dimension,
                         model_id=hashing_embedder.model_id)
-    # With sentence vectors, as the indexer writes them: the sentence merge must not push
+    # With sentence vectors, as the indexer writes them: the sentence-evidence order must not push
     # the keyword side's exact-identifier hits back out (knowledge.evidence).
     limit = evidence.max_sentences(hashing_embedder.dimension)
     sentences = [evidence.pack(hashing_embedder.embed_documents(evidence.sentences(c.text, limit=limit)))
