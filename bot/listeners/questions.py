@@ -6,19 +6,18 @@ from bot.history import clean_text
 from bot.responder import Question
 from bot.settings import BotSettings
 
-# Edits, deletions, joins... are not questions; these subtypes carry a person's text.
-_QUESTION_SUBTYPES = {None, "file_share", "thread_broadcast"}
+# Edits, deletions, joins... are not questions; these subtypes carry a person's (or a bot's) text.
+_QUESTION_SUBTYPES = {None, "file_share", "thread_broadcast", "bot_message"}
 
 
 def may_be_question(event: dict) -> bool:
     """A message or @mention with a person's (or a bot's) text: kept in the inbox until handled."""
-    return event.get("type") in ("message", "app_mention") and (
-        event.get("subtype") in _QUESTION_SUBTYPES or event.get("subtype") == "bot_message")
+    return event.get("type") in ("message", "app_mention") and event.get("subtype") in _QUESTION_SUBTYPES
 
 
 def is_from_person(event: dict, settings: BotSettings) -> bool:
     """False for edits, deletions and other subtypes, and for bots when they are ignored."""
-    if event.get("subtype") not in _QUESTION_SUBTYPES and event.get("subtype") != "bot_message":
+    if event.get("subtype") not in _QUESTION_SUBTYPES:
         return False
     if event.get("bot_id") or event.get("subtype") == "bot_message":
         return not settings.ignore_bot_messages
