@@ -494,7 +494,7 @@ def _bench_index(settings, sources: str, directory: Path, embedder):
         "milvus_collection": "bench",
     })
     store = VectorStore(uri=local.milvus_target, collection="bench", dimension=embedder.dimension,
-                        model_id=embedder.model_id)
+                        model_id=embedder.model_id, sentence_vectors=local.embeds_sentences)
     try:
         timed = _TimedEmbedder(embedder)
         embedder.embed_documents(["warm-up passage about Milvus", "another one"])  # first-call setup
@@ -953,7 +953,7 @@ def _remote_child(settings: KnowledgeSettings, sources: str, items: list[dict], 
                 "knowledge_sources": sources, "data_dir": Path(tmp), "milvus_uri": "", "milvus_collection": "bench",
             })
             store = VectorStore(uri=local.milvus_target, collection="bench", dimension=embedder.dimension,
-                                model_id=embedder.model_id)
+                                model_id=embedder.model_id, sentence_vectors=local.embeds_sentences)
             try:
                 index_started = time.perf_counter()
                 report = Indexer(settings=local, embedder=embedder, store=store).refresh(rebuild=True)

@@ -72,6 +72,7 @@ class Indexer:
             collection=self.settings.milvus_collection,
             dimension=self.embedder.dimension,
             model_id=self.embedder.model_id,
+            sentence_vectors=self.settings.embeds_sentences,
         )
 
     @property
@@ -266,7 +267,7 @@ class Indexer:
                 if store.holds_title_vectors(collection=collection):
                     titles = self._title_vectors(batch)
                 sentences = None
-                if self._embeds_sentences() and (collection or getattr(store, "has_sentence_vectors", False)):
+                if store.holds_sentence_vectors(collection=collection):
                     sentences = self._sentence_vectors(batch, dimension=store.dimension)
                 store.upsert(batch, vectors, title_vectors=titles, sentence_vectors=sentences,
                              collection=collection)
@@ -284,10 +285,6 @@ class Indexer:
         vectors = np.asarray(self.embedder.embed_documents(unique))
         row = {text: i for i, text in enumerate(unique)}
         return vectors[[row[text] for text in texts]]
-
-    def _embeds_sentences(self) -> bool:
-        # Only hybrid search reads them (knowledge.retriever): dense or BM25 alone would pay for nothing.
-        return self.settings.sentence_vectors and self.settings.retrieval_mode == "hybrid"
 
     def _sentence_vectors(self, chunks: Sequence[Chunk], *, dimension: int) -> list[str]:
         """Each chunk's sentences' vectors, packed for its row (knowledge.evidence)."""

@@ -101,6 +101,7 @@ class KnowledgeBase:
             collection=settings.milvus_collection,
             dimension=embedder.dimension,
             model_id=embedder.model_id,
+            sentence_vectors=settings.embeds_sentences,
         )
         indexer = Indexer(settings=settings, embedder=embedder, store=store)
         answerer = None

@@ -160,6 +160,12 @@ class KnowledgeSettings(BaseSettings):
     def reranking(self) -> bool:
         return bool(self.reranker_model)
 
+    @property
+    def embeds_sentences(self) -> bool:
+        """Whether the index should hold every sentence's vectors: only hybrid search reads them
+        (knowledge.retriever), so dense or BM25 alone would pay for nothing."""
+        return self.sentence_vectors and self.retrieval_mode == "hybrid"
+
     @field_validator("milvus_uri")
     @classmethod
     def _expand_lite_path(cls, value: str) -> str:

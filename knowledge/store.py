@@ -71,6 +71,9 @@ HEADING_SEPARATOR = "\n"  # headings never contain a newline
 MODEL_PROPERTY = "supportbot.model_id"
 DIMENSION_PROPERTY = "supportbot.dimension"
 ANALYZER_PROPERTY = "supportbot.analyzer"
+# Whether the collection was built with every sentence's vectors ("filled") or without
+# ("none"): the field exists either way, so its presence cannot say.
+SENTENCES_PROPERTY = "supportbot.sentences"
 TITLE_FIELD = "title_vector"  # the section's title and heading path, embedded apart
 # Every sentence's vector, packed (knowledge.evidence): Milvus 2.4 has no field for a
 # varying number of vectors, and these are only read back for a few candidates, never
@@ -109,8 +112,12 @@ class VectorStore:
         analyzer: str | dict = "standard",
         batch_size: int = 256,
         timeout: float = 30.0,
+        sentence_vectors: bool = True,
     ) -> None:
         self.uri = uri
+        # Whether this index should hold every sentence's vectors: collections it creates
+        # record it, and one built without them is rebuilt at the next refresh only then.
+        self.wants_sentence_vectors = sentence_vectors
         self.name = collection
         self.dimension = int(dimension)
         self.model_id = model_id
@@ -131,6 +138,7 @@ class VectorStore:
         self._server_title = True
         self.has_title_vector = False
         self.has_sentence_vectors = False
+        self._sentences_field = False
         self._open_serving()
 
     # ---- opening -----------------------------------------------------------------
@@ -198,15 +206,18 @@ class VectorStore:
             # BM25) until the next refresh rebuilds it with them.
             self.stale = f"The index {target} was built by an older version (no section-title vectors)."
             logger.warning("%s Searching without them until it is rebuilt.", self.stale)
-        elif not self.has_sentence_vectors and not self.mismatch:
-            self.stale = f"The index {target} was built by an older version (no sentence vectors)."
+        elif self.wants_sentence_vectors and not self.has_sentence_vectors and not self.mismatch:
+            self.stale = f"The index {target} was built without sentence vectors (SENTENCE_VECTORS)."
             logger.warning("%s Searching without them until it is rebuilt.", self.stale)
 
     def _read_fields(self, info: dict) -> None:
         """What the serving collection can do, from its description."""
         self.supports_hybrid = self._server_hybrid and _has_bm25(info)
         self.has_title_vector = _has_field(info, TITLE_FIELD)
-        self.has_sentence_vectors = _has_field(info, SENTENCES_FIELD)
+        self._sentences_field = _has_field(info, SENTENCES_FIELD)
+        # An index from before the property was filled when it had the field (the default then).
+        self.has_sentence_vectors = (self._sentences_field
+                                     and _collection_setting(info, SENTENCES_PROPERTY, "sentences") != "none")
 
     def physical_name(self) -> str | None:
         """The collection the serving name points at (itself when it is a plain collection)."""
@@ -272,7 +283,8 @@ class VectorStore:
             auto_id=False,
             enable_dynamic_field=False,
             description=json.dumps(
-                {"model_id": self.model_id, "dimension": self.dimension, "analyzer": ANALYZER_VERSION}
+                {"model_id": self.model_id, "dimension": self.dimension, "analyzer": ANALYZER_VERSION,
+                 "sentences": self._sentences_state}
             ),
         )
         add = schema.add_field
@@ -347,6 +359,7 @@ class VectorStore:
             MODEL_PROPERTY: self.model_id,
             DIMENSION_PROPERTY: str(self.dimension),
             ANALYZER_PROPERTY: ANALYZER_VERSION,
+            SENTENCES_PROPERTY: self._sentences_state,
         }
         schema = self._schema(with_bm25, with_title)
         self._client.create_collection(name, schema=schema, properties=properties)
@@ -415,7 +428,7 @@ class VectorStore:
         target = collection or self.name
         with_title = self.holds_title_vectors(collection=collection)
         # A staging collection was made by this version; the serving one may predate the field.
-        with_sentences = bool(collection) or self.has_sentence_vectors
+        with_sentences = bool(collection) or self._sentences_field
         packed = list(sentence_vectors) if sentence_vectors is not None else [""] * len(chunks)
         for start in range(0, len(chunks), self.batch_size):
             end = start + self.batch_size
@@ -425,6 +438,16 @@ class VectorStore:
                     chunks[start:end], vectors[start:end], titles[start:end], packed[start:end])
             ]
             self._call(self._client.upsert, target, rows)
+
+    @property
+    def _sentences_state(self) -> str:
+        return "filled" if self.wants_sentence_vectors else "none"
+
+    def holds_sentence_vectors(self, *, collection: str | None = None) -> bool:
+        """Whether rows written to `collection` (default: the serving one) get each sentence's
+        vectors: a new collection as this store was asked, the serving one as it was built (an
+        index built with them keeps them whole, whatever SENTENCE_VECTORS says now)."""
+        return self.wants_sentence_vectors if collection else self.has_sentence_vectors
 
     def holds_title_vectors(self, *, collection: str | None = None) -> bool:
         """Whether `collection` (default: the serving one) has the section-title vector."""

@@ -158,7 +158,7 @@ def test_without_sentence_vectors_the_index_serves_the_search_order(tmp_path, do
                                  retrieve_top_k=3, rerank_top_n=3, query_expansion=False,
                                  sentence_vectors=False)
     store = VectorStore(uri=milvus_lite_uri, collection="plain", dimension=embedder.dimension,
-                        model_id=embedder.model_id)
+                        model_id=embedder.model_id, sentence_vectors=settings.embeds_sentences)
     try:
         Indexer(settings=settings, embedder=embedder, store=store).refresh()
         store.flush()
@@ -167,6 +167,62 @@ def test_without_sentence_vectors_the_index_serves_the_search_order(tmp_path, do
             QUESTION, mode="hybrid", rerank=False).candidates_top_k
         assert "upkeep.md" not in [c.chunk.source for c in found]
         assert all(c.sentence_score is None for c in found)
+    finally:
+        store.close()
+
+
+def test_the_index_records_whether_it_holds_sentence_vectors(tmp_path, docs, milvus_lite_uri):
+    embedder = HashingEmbedder(dimension=256)
+    on = KnowledgeSettings(_env_file=None, knowledge_sources=f"docs={docs}::*.md",
+                           data_dir=tmp_path / "data", milvus_uri=milvus_lite_uri,
+                           retrieve_top_k=4, rerank_top_n=3, query_expansion=False)
+    off = on.model_copy(update={"sentence_vectors": False})
+    assert on.embeds_sentences and not off.embeds_sentences
+    assert not on.model_copy(update={"retrieval_mode": "dense"}).embeds_sentences
+
+    def opened(settings: KnowledgeSettings) -> VectorStore:
+        return VectorStore(uri=milvus_lite_uri, collection="toggled", dimension=embedder.dimension,
+                           model_id=embedder.model_id, sentence_vectors=settings.embeds_sentences)
+
+    def upkeep_sentences(store: VectorStore) -> int:
+        [upkeep] = [c for c in store.get(list(store.content_hashes())) if c.source == "upkeep.md"]
+        return len(evidence.unpack(store.sentence_vectors([upkeep.id]).get(upkeep.id, ""), embedder.dimension))
+
+    # Built without them, and still not wanted: the index serves as it is, no rebuild.
+    store = opened(off)
+    Indexer(settings=off, embedder=embedder, store=store).refresh()
+    store.close()
+    store = opened(off)
+    try:
+        assert not store.needs_rebuild and not store.has_sentence_vectors
+    finally:
+        store.close()
+
+    # Wanted now: the next refresh rebuilds it with them, and search weighs sentences.
+    store = opened(on)
+    try:
+        assert store.needs_rebuild and "SENTENCE_VECTORS" in store.rebuild_reason
+        assert Indexer(settings=on, embedder=embedder, store=store).refresh().rebuilt
+        assert store.has_sentence_vectors and not store.needs_rebuild
+        assert upkeep_sentences(store) == 8
+        found = Retriever(embedder=embedder, store=store, settings=on).retrieve(
+            QUESTION, mode="hybrid", rerank=False).candidates_top_k
+        assert all(c.sentence_score is not None for c in found)
+    finally:
+        store.close()
+
+    # Turned off again: no rebuild, and an edited section keeps its sentences filled, so that
+    # turning them back on finds the whole index filled rather than a mix.
+    (docs / "upkeep.md").write_text(LONG_SECTION + "A ninth sentence says nothing new at all.\n")
+    store = opened(off)
+    try:
+        assert not store.needs_rebuild and store.has_sentence_vectors
+        report = Indexer(settings=off, embedder=embedder, store=store).refresh()
+        assert not report.rebuilt and report.updated == 1
+        assert upkeep_sentences(store) == 9
+        found = Retriever(embedder=embedder, store=store, settings=off).retrieve(
+            QUESTION, mode="hybrid", rerank=False).candidates_top_k
+        assert all(c.sentence_score is None for c in found)  # kept, not used
     finally:
         store.close()
 
