@@ -130,6 +130,29 @@ def test_an_index_without_title_vectors_serves_as_before_until_rebuilt(
         store.close()
 
 
+class _StoreBeforeTheSentencesProperty(VectorStore):
+    """Creates collections the way the store did before it recorded whether sentences are filled."""
+
+    @property
+    def _sentences_state(self) -> str:
+        return ""
+
+
+def test_an_index_from_before_the_sentences_property_counts_as_filled(milvus_lite_uri, chunks, embedder):
+    old = _StoreBeforeTheSentencesProperty(uri=milvus_lite_uri, collection="docs", dimension=64,
+                                           model_id=embedder.model_id)
+    old.close()
+    for wanted in (True, False):
+        store = VectorStore(uri=milvus_lite_uri, collection="docs", dimension=64, model_id=embedder.model_id,
+                            sentence_vectors=wanted)
+        try:
+            # They were filled by default then: neither setting rebuilds it, and updates keep them.
+            assert store.has_sentence_vectors and not store.needs_rebuild
+            assert store.holds_sentence_vectors() and store.holds_sentence_vectors(collection="x") is wanted
+        finally:
+            store.close()
+
+
 def test_bm25_finds_exact_identifier_and_version(store):
     hits = store.search_bm25("common.security.authorizationEnabled", limit=3)
     assert hits[0].chunk.source == "faq/auth.md"
