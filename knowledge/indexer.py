@@ -138,6 +138,8 @@ class Indexer:
                               + "; ".join(read.failed.values()))
         store = self._store or self._store_factory()
         try:
+            # Another replica may have rebuilt it since this process read it: not twice.
+            store.follow_serving()
             if rebuild or store.needs_rebuild:
                 if store.needs_rebuild and not rebuild:
                     logger.warning("%s Rebuilding.", store.rebuild_reason)

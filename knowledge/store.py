@@ -90,6 +90,9 @@ OUTPUT_FIELDS = [
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 SEARCH_EF = 128
 QUERY_WINDOW = 16384  # Milvus caps offset + limit of one query
+# How often searches and writes check whether another process switched the serving name to
+# a new collection (a replica's rebuild): one cheap call, and the new fields are used soon.
+FOLLOW_SECONDS = 30.0
 
 
 class VectorStore:
@@ -139,6 +142,9 @@ class VectorStore:
         self.has_title_vector = False
         self.has_sentence_vectors = False
         self._sentences_field = False
+        self._serving = ""  # the collection behind the serving name when last read
+        self._followed_at = 0.0
+        self._follow_lock = threading.Lock()
         self._open_serving()
 
     # ---- opening -----------------------------------------------------------------
@@ -191,10 +197,16 @@ class VectorStore:
                 target = self.physical_name()
                 if target is None:
                     raise StoreError(f"Cannot create the Milvus alias {self.name}") from None
+        self._adopt(target)
+
+    def _adopt(self, target: str) -> None:
+        """Serve `target`: load it and read what it can do, whether it fits this model, and
+        whether the next refresh should rebuild it."""
         self._load(target)
         info = self._describe(target)
         self._read_fields(info)
         self.mismatch = self._mismatch(target, info)
+        self.stale = ""
         if self.supports_hybrid and _collection_analyzer(info) != ANALYZER_VERSION:
             # Its keywords were analysed another way: BM25 would match badly, so search
             # dense only until the next refresh rebuilds it.
@@ -209,6 +221,42 @@ class VectorStore:
         elif self.wants_sentence_vectors and not self.has_sentence_vectors and not self.mismatch:
             self.stale = f"The index {target} was built without sentence vectors (SENTENCE_VECTORS)."
             logger.warning("%s Searching without them until it is rebuilt.", self.stale)
+        self._serving = target
+        self._followed_at = time.monotonic()
+
+    def follow_serving(self) -> bool:
+        """Serve the collection the serving name points at now, when another process (a
+        replica's rebuild) has switched it since: what it can do, its fit and whether it is
+        stale are read again, so this process neither serves it without its new fields nor
+        rebuilds it once more. Returns whether it had moved. Raises StoreUnavailableError."""
+        with self._follow_lock:
+            self._followed_at = time.monotonic()
+            target = self._serving_target()
+            if target is None or target == self._serving:
+                return False
+            logger.info("The index %s now serves from %s (switched by another process).", self.name, target)
+            self._warned_fallback = False
+            self._adopt(target)
+            return True
+
+    def _follow_now_and_then(self) -> None:
+        """follow_serving at most every FOLLOW_SECONDS, from searches and writes."""
+        if time.monotonic() - self._followed_at < FOLLOW_SECONDS or self._follow_lock.locked():
+            return
+        try:
+            self.follow_serving()
+        except StoreError as error:  # the call that follows reports Milvus's state itself
+            logger.debug("checking the serving collection failed: %s", error)
+
+    def _serving_target(self) -> str | None:
+        if self._serving == self.name:
+            return self.physical_name()  # a plain collection from before aliases has no alias
+        try:
+            return self._call(self._client.describe_alias, self.name)["collection_name"]
+        except StoreUnavailableError:
+            raise
+        except StoreError:  # the alias is gone, or an older server lacks the call: list them
+            return self.physical_name()
 
     def _read_fields(self, info: dict) -> None:
         """What the serving collection can do, from its description."""
@@ -272,7 +320,9 @@ class VectorStore:
         return bool(self.rebuild_reason)
 
     def check(self) -> None:
-        """Raise DimensionMismatchError when the serving collection fits another model."""
+        """Raise DimensionMismatchError when the serving collection fits another model
+        (after following a switch by another process, see follow_serving)."""
+        self._follow_now_and_then()
         if self.mismatch:
             raise DimensionMismatchError(self.mismatch)
 
@@ -393,8 +443,7 @@ class VectorStore:
             self._call(self._client.alter_alias, staging, self.name)
             # Switch first, then drop: Milvus Lite drops an alias along with its collection.
             self._call(self._client.drop_collection, old)
-        self._read_fields(self._describe(staging))
-        self.mismatch = self.stale = ""
+        self._adopt(staging)
 
     # ---- writing ------------------------------------------------------------------
 

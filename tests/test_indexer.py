@@ -214,6 +214,23 @@ def test_new_embedding_model_forces_rebuild(indexer, store, settings):
     assert bigger_store.search_dense(bigger.embed_query("memory"), limit=1)
 
 
+def test_a_model_change_rebuilt_by_one_replica_is_not_rebuilt_by_another(indexer, store, settings):
+    indexer.refresh()
+    bigger = HashingEmbedder(dimension=32, model_id="test/hashing-32")
+    # Two replicas started with the new model: both find the index built for the old one.
+    first, second = open_store(settings, bigger), open_store(settings, bigger)
+    try:
+        assert first.needs_rebuild and second.needs_rebuild
+        assert Indexer(settings=settings, embedder=bigger, store=first).refresh().rebuilt
+        # The second one's next refresh sees the rebuild and only updates (nothing changed).
+        report = Indexer(settings=settings, embedder=bigger, store=second).refresh()
+        assert not report.rebuilt and (report.added, report.updated, report.deleted) == (0, 0, 0)
+        assert second.search_dense(bigger.embed_query("memory"), limit=1)
+    finally:
+        first.close()
+        second.close()
+
+
 def test_concurrent_refreshes_are_refused(indexer, embedder, settings, store):
     embedder.delay = 0.2
     errors: list[BaseException] = []

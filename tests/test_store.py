@@ -153,6 +153,38 @@ def test_an_index_from_before_the_sentences_property_counts_as_filled(milvus_lit
             store.close()
 
 
+def test_a_replica_follows_the_rebuild_another_one_made(milvus_lite_uri, chunks, embedder, monkeypatch):
+    import knowledge.store as store_module
+
+    old = _StoreWithoutTitleVectors(uri=milvus_lite_uri, collection="docs", dimension=64, model_id=embedder.model_id)
+    old.upsert(chunks, embedder.embed_documents([c.search_text for c in chunks]))
+    old.flush()
+    old.close()
+    a = VectorStore(uri=milvus_lite_uri, collection="docs", dimension=64, model_id=embedder.model_id)
+    b = VectorStore(uri=milvus_lite_uri, collection="docs", dimension=64, model_id=embedder.model_id)
+    try:
+        assert a.needs_rebuild and b.needs_rebuild and not b.has_title_vector
+        staging = a.create_staging()
+        a.upsert(chunks, embedder.embed_documents([c.search_text for c in chunks]),
+                 title_vectors=embedder.embed_documents([c.breadcrumb for c in chunks]), collection=staging)
+        a.switch_to(staging)
+        assert not a.needs_rebuild
+        vector = embedder.embed_query("etcd metadata")
+        # Within FOLLOW_SECONDS b serves the new collection as it read the old one...
+        hits = b.search_hybrid(vector, "etcd", limit=2, title_weight=0.5)
+        assert hits and all(h.title_score is None for h in hits) and b.needs_rebuild
+        # ...then a search notices the switch, and b neither serves without the new fields
+        # nor rebuilds the index once more.
+        monkeypatch.setattr(store_module, "FOLLOW_SECONDS", 0.0)
+        hits = b.search_hybrid(vector, "etcd", limit=2, title_weight=0.5)
+        assert hits and all(h.title_score is not None for h in hits)
+        assert not b.needs_rebuild and b.has_title_vector
+        assert not b.follow_serving()  # nothing moved since
+    finally:
+        a.close()
+        b.close()
+
+
 def test_bm25_finds_exact_identifier_and_version(store):
     hits = store.search_bm25("common.security.authorizationEnabled", limit=3)
     assert hits[0].chunk.source == "faq/auth.md"
