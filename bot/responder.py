@@ -36,6 +36,8 @@ UNAVAILABLE_TEXT = (
     "The docs index is unavailable right now, so I can't look this up. "
     "Please try again in a few minutes. (error id: `{error_id}`)"
 )
+# Slack's answers to a post that no retry or later post in the conversation can change.
+CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Progress:
 
     placeholder_ts: str = ""  # the message that becomes the answer ("" until posted)
     status_set: bool = False
+    refused: str = ""  # Slack's CANNOT_POST code for the placeholder: no answer could be posted either
 
 
 class Responder:
@@ -123,7 +126,9 @@ class Responder:
             except (SlackClientError, OSError) as error:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
                 log.info("assistant.threads.setStatus failed (%s); posting a placeholder", slack_error_code(error))
-        progress.placeholder_ts = self._post(question, {"text": escape(self._settings.placeholder_text)})
+        progress.placeholder_ts, code = self._try_post(question, {"text": escape(self._settings.placeholder_text)})
+        if code in CANNOT_POST:
+            progress.refused = code  # removed from the channel (or it is gone) after Slack sent the event
         return progress
 
     def refuse(self, question: Question, text: str) -> None:
@@ -222,14 +227,19 @@ class Responder:
 
     # -- Slack calls -------------------------------------------------------
     def _post(self, question: Question, message: dict) -> str:
+        return self._try_post(question, message)[0]
+
+    def _try_post(self, question: Question, message: dict) -> tuple[str, str]:
+        """(the message's ts, "") or ("", Slack's error code); failures are logged, never raised."""
         try:
             response = self._client.chat_postMessage(
                 channel=question.channel, thread_ts=question.thread_ts, **message
             )
-            return response.get("ts", "")
+            return response.get("ts", ""), ""
         except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
-            log.warning("chat.postMessage failed: %s", slack_error_code(error))
-            return ""
+            code = slack_error_code(error)
+            log.warning("chat.postMessage failed: %s", code)
+            return "", code
 
     def _deliver(self, question: Question, progress: Progress, messages: list[dict]) -> str:
         """Replace the placeholder with the first message, post the rest; the first ts."""

@@ -83,6 +83,13 @@ class Services:
             return True
         try:
             progress = self.responder.start(question)
+            if progress.refused:
+                # Slack will not take a post there: answering would cost a model call nobody sees.
+                self.limiter.release(user_key)
+                self.metrics.record_error(f"slack_{progress.refused}")
+                log_outcome(question, "undeliverable", log_questions=log_questions)
+                self._finish(key)
+                return True
             submitted = self.pool.submit(self._answer, question, progress, user_key, key)
             if submitted is not None and key:
                 # After queueing, so the question keeps its place; a replica taking over reuses it.
@@ -146,6 +153,10 @@ class Services:
             # The placeholder the first replica posted becomes the answer (no second one in the thread).
             progress = Progress(placeholder_ts=claimed.placeholder_ts) if claimed.placeholder_ts \
                 else self.responder.start(question)
+            if progress.refused:
+                log_outcome(question, "undeliverable", log_questions=self.settings.log_questions)
+                self._finish(claimed.key)
+                return
             submitted = self.pool.submit(self._answer, question, progress, None, claimed.key)
             if submitted is not None:
                 self._remember_placeholder(claimed.key, progress)
