@@ -32,3 +32,25 @@ def test_a_channel_the_bot_cannot_post_in_costs_nothing(code, make_kb, fake_open
     assert bot.services.records.totals()["answers"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
+
+def test_requests_no_listener_wants_are_acknowledged(fake_slack, start_bot, outcomes):
+    """Slack re-sends what is not acknowledged, and shows the person an error on a button it
+    thinks failed: events the bot does not use, and buttons or shortcuts it no longer has."""
+    start_bot(_NeverAsked())
+    sent = [
+        fake_slack.send_event({"type": "reaction_removed", "user": "U1", "reaction": "eyes",
+                               "item": {"type": "message", "channel": "C1", "ts": fake_slack.next_ts()}}),
+        fake_slack.send_event({"type": "channel_left", "channel": "C1", "actor_id": "U1"}),
+        fake_slack.send_action(fake_slack.action_payload("a_button_from_an_older_version", "x", channel="C1")),
+        fake_slack.send_envelope("interactive", {**fake_slack.shortcut_payload(
+            "an_old_shortcut", {"ts": fake_slack.next_ts(), "text": "hi"}, channel="C1", user="U1"),
+            "type": "shortcut"}),
+    ]
+    for envelope in sent:
+        fake_slack.wait_ack(envelope, timeout=5)
+    assert not outcomes.records and not fake_slack.calls("chat.postMessage")
+
+
+class _NeverAsked:
+    def ask(self, question, **kwargs):
+        raise AssertionError("nothing here is a question")

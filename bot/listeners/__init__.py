@@ -6,7 +6,7 @@ import logging
 
 from slack_bolt import App
 
-from bot.listeners import assistant, middleware
+from bot.listeners import assistant, middleware, unhandled
 from bot.listeners.actions import feedback, handoff, learned, share
 from bot.listeners.commands import register as register_commands
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
@@ -38,6 +38,7 @@ def register(app: App, services: Services) -> None:
     save_answer.register(app, services)
     learned.register(app, services)
     register_commands(app, services)
+    unhandled.register(app)  # last: acknowledges what no listener above took
     _check_channel_sources(services)
 
 
