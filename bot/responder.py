@@ -243,7 +243,7 @@ class Responder:
 
     def _deliver(self, question: Question, progress: Progress, messages: list[dict]) -> str:
         """Replace the placeholder with the first message, post the rest; the first ts."""
-        first_ts = ""
+        first_ts, stale = "", False
         for index, message in enumerate(messages):
             if index == 0 and progress.placeholder_ts:
                 try:
@@ -251,11 +251,24 @@ class Responder:
                     first_ts = progress.placeholder_ts
                     continue
                 except SlackApiError as error:
-                    # The placeholder was deleted (or cannot be edited): post the answer anew.
-                    log.info("chat.update of the placeholder failed (%s); posting instead", slack_error_code(error))
+                    # The placeholder was deleted, cannot be edited, or Slack kept throttling: post anew.
+                    code = slack_error_code(error)
+                    log.info("chat.update of the placeholder failed (%s); posting instead", code)
+                    stale = code != "message_not_found"
             response = self._client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, **message)
             first_ts = first_ts or response.get("ts", "")
+            if stale:
+                self._delete_placeholder(question, progress)
+                stale = False
         return first_ts
+
+    def _delete_placeholder(self, question: Question, progress: Progress) -> None:
+        """Remove a placeholder the answer was posted beside (it would say "Looking…" for good)."""
+        try:
+            self._client.chat_delete(channel=question.channel, ts=progress.placeholder_ts)
+            progress.placeholder_ts = ""
+        except (SlackClientError, OSError) as error:
+            log.info("could not delete the placeholder: %s", slack_error_code(error))
 
 
 class _Stream:

@@ -54,3 +54,15 @@ def test_requests_no_listener_wants_are_acknowledged(fake_slack, start_bot, outc
 class _NeverAsked:
     def ask(self, question, **kwargs):
         raise AssertionError("nothing here is a question")
+
+
+def test_a_placeholder_slack_will_not_update_is_not_left_behind(make_kb, fake_slack, start_bot, outcomes):
+    start_bot(make_kb(abstain_threshold=0.0, api_key=""))  # retrieval-only: no streamed updates, the final one only
+    # Every try of the final chat.update is throttled (the client's own two retries included).
+    fake_slack.fail_next("chat.update", status=429, retry_after=1, times=3)
+    mention = fake_slack.mention(QUESTION, channel="CX2")
+    fake_slack.send_event(mention)
+    assert [r.outcome for r in outcomes.wait(1, timeout=60)] == ["retrieval_only"]
+    replies = bot_replies(fake_slack, "CX2", mention["ts"])
+    assert len(replies) == 1, [r["text"][:40] for r in replies]  # the answer, not "Looking through the docs…" too
+    assert final_answers(fake_slack, "CX2", mention["ts"]) == replies
