@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import uuid
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App, BoltContext, Respond
 
 from bot.blocks import answer_messages
 from bot.channels import ChannelRules
@@ -31,9 +31,10 @@ def register(app: App, services: Services) -> None:
     rules = services.rules
 
     @app.command(COMMAND)
-    def on_ask(ack: Ack, command: dict, respond: Respond) -> None:
-        # Slack escapes &, < and > in command text like in messages: read it as the person wrote it.
-        text = clean_text(command.get("text") or "")
+    def on_ask(ack: Ack, command: dict, respond: Respond, context: BoltContext) -> None:
+        # Slack escapes &, < and > in command text like in messages: read it as the person wrote it,
+        # without the bot's own mention ("/ask @docsbot" alone asks nothing).
+        text = clean_text(command.get("text") or "", bot_user_id=context.bot_user_id or "")
         if not text:
             ack(text=USAGE, response_type="ephemeral")
             return

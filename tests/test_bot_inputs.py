@@ -1,0 +1,28 @@
+"""What people type, as Slack delivers it, through the fake Slack into the real answer path:
+the question the model reads is the person's words without Slack's markup, and input with
+no question in it gets a short usage reply instead of an answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.listeners.commands.ask import USAGE
+from tests.bot_helpers import outcomes, start_bot  # noqa: F401  (fixtures)
+from tests.fixtures.slack_fake import BOT_USER_ID
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_ask_command_with_only_the_bots_mention_is_usage_and_a_mention_is_not_the_question(
+        make_kb, fake_openai, fake_slack, start_bot):
+    start_bot(make_kb(abstain_threshold=0.0))
+    for text in (f"<@{BOT_USER_ID}>", f"  <@{BOT_USER_ID}|docsbot>  "):
+        envelope = fake_slack.send_command(fake_slack.command_payload("/ask", text, channel="CI1"))
+        assert fake_slack.wait_ack(envelope)["payload"]["text"] == USAGE, text
+    asked = len(fake_openai.requests)
+    fake_slack.send_command(fake_slack.command_payload("/ask", f"<@{BOT_USER_ID}> what is a partition?", channel="CI1"))
+    fake_slack.wait_for("response_url", where=lambda c: c.params.get("blocks"))
+    assert len(fake_openai.requests) == asked + 1
+    question = fake_openai.requests[-1]["messages"][-1]["content"]
+    assert "what is a partition?" in question and BOT_USER_ID not in question
+
