@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.slack_text import plain_text
 
 from knowledge.types import Turn
 
@@ -24,12 +25,8 @@ def clean_text(text: str, *, bot_user_id: str = "") -> str:
         return ""
     if bot_user_id:
         text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text)
-    # <https://x|label> -> label (https://x); <@U1> -> @U1; <#C1|name> -> #name
-    text = re.sub(r"<(https?://[^|>]+)\|([^>]+)>", r"\2 (\1)", text)
-    text = re.sub(r"<(https?://[^>]+)>", r"\1", text)
-    text = re.sub(r"<#[A-Z0-9]+\|([^>]+)>", r"#\1", text)
-    text = re.sub(r"<([@!][^|>]+)(\|[^>]*)?>", r"\1", text)
-    return re.sub(r"[ \t]{2,}", " ", html.unescape(text)).strip()
+    # <https://x|label> -> label (https://x); <@U1> -> @U1; <#C1|> -> #C1; <!here> -> @here; dates, groups...
+    return re.sub(r"[ \t]{2,}", " ", plain_text(text)).strip()
 
 
 def thread_history(

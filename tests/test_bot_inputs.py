@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.history import clean_text
 from bot.listeners.commands.ask import USAGE
 from tests.bot_helpers import outcomes, start_bot  # noqa: F401  (fixtures)
 from tests.fixtures.slack_fake import BOT_USER_ID
@@ -26,3 +27,14 @@ def test_ask_command_with_only_the_bots_mention_is_usage_and_a_mention_is_not_th
     question = fake_openai.requests[-1]["messages"][-1]["content"]
     assert "what is a partition?" in question and BOT_USER_ID not in question
 
+
+@pytest.mark.parametrize("text, expected", [
+    # Slack sends a channel mention with an empty label (or none): the id, not the raw markup.
+    ("is <#C0123|> the right place? see <#C0456|general>, <#C0789>", "is #C0123 the right place? see #general, #C0789"),
+    ("mail <mailto:ops@example.com|ops@example.com> about it?", "mail ops@example.com (mailto:ops@example.com) about it?"),
+    ("<!here> <!subteam^S1|@ops> since <!date^1392734382^{date}|Feb 18>?", "@here @ops since Feb 18?"),
+    ("<@U123|bob> and <@U456> say `a &lt; b` &amp; *this*?", "@bob and @U456 say `a < b` & this?"),
+    (f"<@{BOT_USER_ID}>   what   is <https://x.io/a?b=1&amp;c=2|the link>?", "what is the link (https://x.io/a?b=1&c=2)?"),
+])
+def test_the_question_is_the_persons_words_without_slack_markup(text, expected):
+    assert clean_text(text, bot_user_id=BOT_USER_ID) == expected
