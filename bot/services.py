@@ -17,6 +17,7 @@ from bot.state import Database, Records, StateError
 from bot.state.claims import Claims, ClaimedQuestion
 from bot.responder import Progress, Question, Responder
 from bot.settings import BotSettings
+from bot.triage import is_small_talk
 from bot.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day unless LOG_QUESTIONS
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
+SMALL_TALK_TEXT = "👋 I answer questions from the docs, with their sources: ask me one in your own words."
 
 
 @dataclass
@@ -66,8 +68,13 @@ class Services:
         if key is None:
             log.debug("duplicate message %s/%s ignored", question.channel, question.message_ts)
             return False
-        self.metrics.questions.inc()
         log_questions = self.settings.log_questions
+        if is_small_talk(question.text):
+            self._small_talk(question)
+            log_outcome(question, "small_talk", log_questions=log_questions)
+            self._finish(key)
+            return True
+        self.metrics.questions.inc()
         if self.stopping:
             self.responder.refuse(question, SHUTTING_DOWN_TEXT)
             log_outcome(question, "shutting_down", log_questions=log_questions)
@@ -111,6 +118,14 @@ class Services:
             return True
         self.metrics.queue_depth.inc()
         return True
+
+    def _small_talk(self, question: Question) -> None:
+        """"hi" gets how to ask; "thanks!" under an answer needs no reply (as in channel threads)."""
+        if question.in_thread and self.records.answered_thread(question.channel, question.thread_ts):
+            return
+        prompts = self.settings.suggested_prompts
+        example = f" For example: “{prompts[0]}”" if prompts else ""
+        self.responder.refuse(question, SMALL_TALK_TEXT + example)
 
     def handled(self, event_id: str) -> None:
         """A listener dealt with a kept event: it is not dispatched again."""

@@ -18,6 +18,7 @@ MIN_LETTERS = 3  # "ok?" is not worth a retrieval
 _MARKUP = re.compile(r"<[@#!][^>]*>|<https?://[^>]*>|https?://\S+|:[a-z0-9_+'-]+:", re.IGNORECASE)
 # Pictographs, dingbats, symbols and the joiners/selectors emoji sequences use.
 _EMOJI = re.compile("[\u2190-\u2bff\u2600-\u27bf\U0001f000-\U0001faff\ufe0f\u200d]")
+_EMOJI_CODE = re.compile(r":[a-z0-9_+'-]+:", re.IGNORECASE)
 _LETTER = re.compile(r"[^\W\d_]")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
@@ -69,6 +70,18 @@ def is_chitchat(text: str) -> bool:
     words = _words(text)
     if len(_LETTER.findall(words)) < MIN_LETTERS and len(_CJK.findall(words)) < 2:
         return True
+    return bool(_CHITCHAT.match(words) or _ZH_CHITCHAT.match(words))
+
+
+def is_small_talk(text: str) -> bool:
+    """True for greetings, thanks and acknowledgements, or emoji alone: nothing to look
+    up even when said to the bot. Unlike is_chitchat, a short question ("GC?") is not small talk, and
+    empty text is not either (the knowledge layer asks for a question)."""
+    words = _words(text)
+    if not text.strip() or "?" in words or "？" in words:
+        return False
+    if not re.search(r"\w", words):  # 👍 or :pray: alone; control characters or a bare link are not
+        return bool(_EMOJI.search(text) or _EMOJI_CODE.search(text))
     return bool(_CHITCHAT.match(words) or _ZH_CHITCHAT.match(words))
 
 

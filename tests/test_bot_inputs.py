@@ -8,7 +8,8 @@ import pytest
 
 from bot.history import clean_text
 from bot.listeners.commands.ask import USAGE
-from tests.bot_helpers import outcomes, start_bot  # noqa: F401  (fixtures)
+from bot.services import SMALL_TALK_TEXT
+from tests.bot_helpers import bot_replies, outcomes, start_bot  # noqa: F401  (fixtures)
 from tests.fixtures.slack_fake import BOT_USER_ID
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,3 +39,30 @@ def test_ask_command_with_only_the_bots_mention_is_usage_and_a_mention_is_not_th
 ])
 def test_the_question_is_the_persons_words_without_slack_markup(text, expected):
     assert clean_text(text, bot_user_id=BOT_USER_ID) == expected
+
+
+def test_greetings_and_thanks_to_the_bot_are_not_looked_up(make_kb, fake_openai, fake_slack, start_bot, outcomes):
+    bot = start_bot(make_kb(abstain_threshold=0.0))
+    asked = len(fake_openai.requests)
+    # A first "hi" in a DM or a mention: one short line on how to ask, no retrieval, no model call.
+    hello = fake_slack.message_event("hi there!", channel="DI1", channel_type="im")
+    fake_slack.send_event(hello)
+    mention = fake_slack.mention("good morning :wave:", channel="CI2")
+    fake_slack.send_event(mention)
+    assert sorted(r.outcome for r in outcomes.wait(2)) == ["small_talk", "small_talk"]
+    for channel, event in (("DI1", hello), ("CI2", mention)):
+        [reply] = bot_replies(fake_slack, channel, event["ts"])
+        assert reply["text"].startswith(SMALL_TALK_TEXT) and not reply.get("blocks"), reply["text"]
+    assert len(fake_openai.requests) == asked
+
+    # A real question in the DM is answered; "thanks 🙏" under the answer, like in a channel, needs no reply.
+    question = fake_slack.message_event("GC?", channel="DI3", channel_type="im")  # short, but a question
+    fake_slack.send_event(question)
+    assert outcomes.wait(3)[-1].outcome == "answered"
+    assert bot.services.pool.wait_idle(10)
+    fake_slack.send_event(fake_slack.message_event("thanks 🙏", channel="DI3", channel_type="im",
+                                                   thread_ts=question["ts"]))
+    assert outcomes.wait(4)[-1].outcome == "small_talk"
+    assert len(bot_replies(fake_slack, "DI3", question["ts"])) == 1  # the answer only
+    assert len(fake_openai.requests) == asked + 1
+    assert bot.services.records.totals()["answers"] == 1  # small talk is not counted as a question

@@ -1,5 +1,6 @@
-"""Messages: every DM is a question; in channels, follow-ups in threads the bot answered,
-and every new question in AUTO_ANSWER_CHANNELS. Threads handed to a human are left to people."""
+"""Messages: every DM is a question (greetings and thanks are small talk: Services.ask); in
+channels, follow-ups in threads the bot answered, and every new question in AUTO_ANSWER_CHANNELS.
+Threads handed to a human are left to people."""
 
 from __future__ import annotations
 
