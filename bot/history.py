@@ -9,7 +9,6 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.slack_text import plain_text
-
 from knowledge.types import Turn
 
 log = logging.getLogger(__name__)
