@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.access import SourceAccess
 from bot.blocks import answer_messages, progress_message
@@ -30,6 +31,7 @@ from knowledge.types import Answer, SourceFilter
 
 log = logging.getLogger(__name__)
 
+ANSWER_RATE_LIMIT_RETRIES = 5  # a throttled answer post waits out this many Retry-Afters (the event thread: 2)
 BUSY_TEXT = "I'm busy with other questions right now — please try again in a minute."
 ASSISTANT_STATUS = "is looking through the docs…"
 UNAVAILABLE_TEXT = (
@@ -92,6 +94,13 @@ class Responder:
         # (and can outlast its read timeout). The final answer uses the retrying client.
         self._stream_client = WebClient(
             token=client.token, base_url=client.base_url, timeout=client.timeout, retry_handlers=[]
+        )
+        # The answer is what the person waits for: on a worker it may wait out more throttling than
+        # the event thread's calls, instead of ending in an apology that would be throttled too.
+        self._answer_client = WebClient(
+            token=client.token, base_url=client.base_url, timeout=client.timeout,
+            retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2),
+                            RateLimitErrorRetryHandler(max_retry_count=ANSWER_RATE_LIMIT_RETRIES)],
         )
         self._records = records
         self._settings = settings
@@ -247,7 +256,7 @@ class Responder:
         for index, message in enumerate(messages):
             if index == 0 and progress.placeholder_ts:
                 try:
-                    self._client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+                    self._answer_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
                     first_ts = progress.placeholder_ts
                     continue
                 except SlackApiError as error:
@@ -255,7 +264,7 @@ class Responder:
                     code = slack_error_code(error)
                     log.info("chat.update of the placeholder failed (%s); posting instead", code)
                     stale = code != "message_not_found"
-            response = self._client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, **message)
+            response = self._answer_client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, **message)
             first_ts = first_ts or response.get("ts", "")
             if stale:
                 self._delete_placeholder(question, progress)

@@ -58,11 +58,24 @@ class _NeverAsked:
 
 def test_a_placeholder_slack_will_not_update_is_not_left_behind(make_kb, fake_slack, start_bot, outcomes):
     start_bot(make_kb(abstain_threshold=0.0, api_key=""))  # retrieval-only: no streamed updates, the final one only
-    # Every try of the final chat.update is throttled (the client's own two retries included).
-    fake_slack.fail_next("chat.update", status=429, retry_after=1, times=3)
+    # Slack will not let the bot edit its placeholder (as when it keeps throttling every retry).
+    fake_slack.fail_next("chat.update", status=200, error="cant_update_message", retry_after=None)
     mention = fake_slack.mention(QUESTION, channel="CX2")
     fake_slack.send_event(mention)
     assert [r.outcome for r in outcomes.wait(1, timeout=60)] == ["retrieval_only"]
     replies = bot_replies(fake_slack, "CX2", mention["ts"])
     assert len(replies) == 1, [r["text"][:40] for r in replies]  # the answer, not "Looking through the docs…" too
     assert final_answers(fake_slack, "CX2", mention["ts"]) == replies
+
+
+def test_an_answer_waits_out_slacks_throttling_rather_than_being_lost(make_kb, fake_slack, start_bot, outcomes):
+    start_bot(make_kb(abstain_threshold=0.0, api_key=""))  # retrieval-only: the final post is the only one
+    thread_ts = fake_slack.next_ts()
+    question = fake_slack.message_event(QUESTION, channel="DX3", channel_type="im", thread_ts=thread_ts)
+    # The assistant pane shows a status, so the answer is a new post: Slack throttles it three times running.
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=1, times=3)
+    fake_slack.send_event(question)
+    assert [r.outcome for r in outcomes.wait(1, timeout=60)] == ["retrieval_only"]
+    replies = bot_replies(fake_slack, "DX3", thread_ts)
+    assert [r["text"][:40] for r in replies] == [r["text"][:40] for r in final_answers(fake_slack, "DX3", thread_ts)]
+    assert len(replies) == 1 and "went wrong" not in replies[0]["text"]
