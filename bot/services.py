@@ -119,9 +119,19 @@ class Services:
         self.metrics.queue_depth.inc()
         return True
 
+    def in_thread(self, channel: str, thread_ts: str) -> bool:
+        """Whether the bot answered, or is answering, in this thread: its follow-ups need no mention."""
+        try:
+            # Before the records: an answer is recorded before its claim is finished, so none slips between.
+            if self.claims.answering_in_thread(channel, thread_ts):
+                return True
+        except StateError as error:
+            log.warning("cannot read the question claims of %s/%s: %s", channel, thread_ts, error)
+        return self.records.answered_thread(channel, thread_ts)
+
     def _small_talk(self, question: Question) -> None:
         """"hi" gets how to ask; "thanks!" under an answer needs no reply (as in channel threads)."""
-        if question.in_thread and self.records.answered_thread(question.channel, question.thread_ts):
+        if question.in_thread and self.in_thread(question.channel, question.thread_ts):
             return
         prompts = self.settings.suggested_prompts
         example = f" For example: “{prompts[0]}”" if prompts else ""

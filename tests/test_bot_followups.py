@@ -1,0 +1,27 @@
+"""Follow-ups in the bot's threads, through the fake Slack and a real KnowledgeBase: a reply
+needs no mention once the bot has taken the thread, even before its first answer is out."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bot_helpers import final_answers, outcomes, start_bot  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(120)
+
+QUESTION = "How does Milvus store data?"
+
+
+def test_a_follow_up_sent_while_the_first_answer_is_written_is_answered(make_kb, fake_openai, fake_slack, start_bot,
+                                                                        outcomes):
+    start_bot(make_kb(abstain_threshold=0.0))
+    fake_openai.hang(2.0)  # the first answer takes a while: its placeholder is all the thread shows yet
+    asked = len(fake_openai.requests)
+    mention = fake_slack.mention(QUESTION, channel="CX4")
+    fake_slack.send_event(mention)
+    fake_slack.wait_for("chat.postMessage", where=lambda c: c.params.get("thread_ts") == mention["ts"])
+    fake_openai.wait_for_requests(asked + 1)
+    # No mention: the bot is already answering in this thread.
+    fake_slack.send_event(fake_slack.message_event("also, does it run on ARM?", channel="CX4", thread_ts=mention["ts"]))
+    assert sorted(r.outcome for r in outcomes.wait(2, timeout=60)) == ["answered", "answered"]
+    assert len(final_answers(fake_slack, "CX4", mention["ts"])) == 2
