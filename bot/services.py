@@ -119,11 +119,11 @@ class Services:
         self.metrics.queue_depth.inc()
         return True
 
-    def in_thread(self, channel: str, thread_ts: str) -> bool:
-        """Whether the bot answered, or is answering, in this thread: its follow-ups need no mention."""
+    def in_thread(self, channel: str, thread_ts: str, *, besides: str = "") -> bool:
+        """Whether the bot answered, is answering, or lately replied in this thread (for another
+        message than `besides`): follow-ups need no mention (also after "busy" or "ask me a question")."""
         try:
-            # Before the records: an answer is recorded before its claim is finished, so none slips between.
-            if self.claims.answering_in_thread(channel, thread_ts):
+            if self.claims.took_thread(channel, thread_ts, besides=besides):
                 return True
         except StateError as error:
             log.warning("cannot read the question claims of %s/%s: %s", channel, thread_ts, error)
@@ -131,7 +131,7 @@ class Services:
 
     def _small_talk(self, question: Question) -> None:
         """"hi" gets how to ask; "thanks!" under an answer needs no reply (as in channel threads)."""
-        if question.in_thread and self.in_thread(question.channel, question.thread_ts):
+        if question.in_thread and self.in_thread(question.channel, question.thread_ts, besides=question.message_ts):
             return
         prompts = self.settings.suggested_prompts
         example = f" For example: “{prompts[0]}”" if prompts else ""

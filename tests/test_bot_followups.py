@@ -25,3 +25,15 @@ def test_a_follow_up_sent_while_the_first_answer_is_written_is_answered(make_kb,
     fake_slack.send_event(fake_slack.message_event("also, does it run on ARM?", channel="CX4", thread_ts=mention["ts"]))
     assert sorted(r.outcome for r in outcomes.wait(2, timeout=60)) == ["answered", "answered"]
     assert len(final_answers(fake_slack, "CX4", mention["ts"])) == 2
+
+
+def test_a_reply_to_the_bots_request_for_a_question_is_answered(make_kb, fake_openai, fake_slack, start_bot, outcomes):
+    start_bot(make_kb(abstain_threshold=0.0))
+    # "hi" gets a line on how to ask; the question that follows in the thread needs no mention.
+    hello = fake_slack.mention("hi!", channel="CX5")
+    fake_slack.send_event(hello)
+    assert outcomes.wait(1)[-1].outcome == "small_talk"
+    fake_slack.send_event(fake_slack.message_event("how do I create a collection?", channel="CX5",
+                                                   thread_ts=hello["ts"]))
+    assert outcomes.wait(2)[-1].outcome == "answered"
+    assert len(final_answers(fake_slack, "CX5", hello["ts"])) == 1

@@ -66,3 +66,11 @@ def test_greetings_and_thanks_to_the_bot_are_not_looked_up(make_kb, fake_openai,
     assert len(bot_replies(fake_slack, "DI3", question["ts"])) == 1  # the answer only
     assert len(fake_openai.requests) == asked + 1
     assert bot.services.records.totals()["answers"] == 1  # small talk is not counted as a question
+
+    # "@docsbot hello" in a thread the bot is not in yet is a first hello there: it gets the line.
+    topic = fake_slack.message_event("Deploy notes for today", channel="CI4")
+    hello_in_thread = fake_slack.mention("hello", channel="CI4", thread_ts=topic["ts"])
+    fake_slack.send_event(hello_in_thread)
+    assert outcomes.wait(5)[-1].outcome == "small_talk"
+    [reply] = bot_replies(fake_slack, "CI4", topic["ts"])
+    assert reply["text"].startswith(SMALL_TALK_TEXT)

@@ -79,4 +79,3 @@ def test_an_answer_waits_out_slacks_throttling_rather_than_being_lost(make_kb, f
     replies = bot_replies(fake_slack, "DX3", thread_ts)
     assert [r["text"][:40] for r in replies] == [r["text"][:40] for r in final_answers(fake_slack, "DX3", thread_ts)]
     assert len(replies) == 1 and "went wrong" not in replies[0]["text"]
-

@@ -118,15 +118,16 @@ class Claims(HolderState):
             })
         return key if won else None
 
-    def answering_in_thread(self, channel: str, thread_ts: str) -> bool:
-        """Whether a question in this thread is being answered now (on any replica): its answer is
-        not recorded yet, but the bot has taken the thread."""
+    def took_thread(self, channel: str, thread_ts: str, *, besides: str = "") -> bool:
+        """Whether the bot took a question in this thread lately (on any replica), other than the
+        message `besides`: it is answering it now (no answer recorded yet), or replied without an
+        answer ("busy", how to ask) within the time claims are kept (`purge`)."""
         if not channel or not thread_ts:
             return False
         with self.db.begin() as connection:
             return connection.execute(sa.select(sa.literal(1)).select_from(event_claims).where(
                 event_claims.c.channel == channel, event_claims.c.thread_ts == thread_ts,
-                event_claims.c.state == WORKING,
+                event_claims.c.message_ts != besides,
             ).limit(1)).first() is not None
 
     def set_placeholder(self, key: str, placeholder_ts: str) -> None:

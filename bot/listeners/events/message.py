@@ -48,7 +48,7 @@ def register(app: App, services: Services) -> None:
             return  # another bot in the thread: following it up could loop between bots
         if _addresses_someone_else(text, bot_user_id) or not looks_like_question(text):
             return  # "thanks!", remarks and messages to colleagues need no answer (nor a model call)
-        if services.in_thread(event["channel"], thread_ts):  # answered, or still answering, there
+        if services.in_thread(event["channel"], thread_ts):  # answered, answering or lately replied there
             services.ask(question_from(event, bot_user_id=bot_user_id, team=context.team_id or ""))
 
 
