@@ -5,7 +5,7 @@
 Outcomes: answered, abstained, retrieval_only (the Answer's status), refused_rate,
 refused_busy (per-person limits), busy (the worker pool was full), shutting_down,
 small_talk (a greeting or thanks: bot.triage.is_small_talk; not looked up),
-invalid (a KnowledgeError about the question), undeliverable (Slack refused the
+invalid (a KnowledgeError about the question, or files without words), undeliverable (Slack refused the
 placeholder: not in the channel, or it is gone or archived), unavailable (the docs index could
 not be reached), failed (another KnowledgeError), error (a bug; see error_id).
 The question text is logged only when LOG_QUESTIONS is on, else its length and hash.

@@ -54,6 +54,7 @@ class Question:
     assistant: bool = False  # the assistant pane: status line instead of a placeholder
     team: str = ""
     conversation: str = ""  # channel, private, im, mpim, assistant (private ones are never quoted to admins)
+    files: bool = False  # the message carried files (the bot reads only its words)
     received_at: float = field(default_factory=time.monotonic)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # ties its log lines together
 

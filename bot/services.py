@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day unless LOG_QUESTIONS
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
+FILES_ONLY_TEXT = "I can only read words, not attachments: please type your question."
 SMALL_TALK_TEXT = "👋 I answer questions from the docs, with their sources: ask me one in your own words."
 
 
@@ -72,6 +73,11 @@ class Services:
         if is_small_talk(question.text):
             self._small_talk(question)
             log_outcome(question, "small_talk", log_questions=log_questions)
+            self._finish(key)
+            return True
+        if question.files and not question.text:
+            self.responder.refuse(question, FILES_ONLY_TEXT)  # rather than "the message is empty"
+            log_outcome(question, "invalid", log_questions=log_questions)
             self._finish(key)
             return True
         self.metrics.questions.inc()

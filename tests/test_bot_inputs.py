@@ -8,7 +8,7 @@ import pytest
 
 from bot.history import clean_text
 from bot.listeners.commands.ask import USAGE
-from bot.services import SMALL_TALK_TEXT
+from bot.services import FILES_ONLY_TEXT, SMALL_TALK_TEXT
 from tests.bot_helpers import bot_replies, outcomes, start_bot  # noqa: F401  (fixtures)
 from tests.fixtures.slack_fake import BOT_USER_ID
 
@@ -74,3 +74,18 @@ def test_greetings_and_thanks_to_the_bot_are_not_looked_up(make_kb, fake_openai,
     assert outcomes.wait(5)[-1].outcome == "small_talk"
     [reply] = bot_replies(fake_slack, "CI4", topic["ts"])
     assert reply["text"].startswith(SMALL_TALK_TEXT)
+
+
+def test_a_file_without_words_is_told_to_ask_in_words(make_kb, fake_openai, fake_slack, start_bot, outcomes):
+    start_bot(make_kb(abstain_threshold=0.0))
+    screenshot = [{"id": "F1", "name": "error.png", "mimetype": "image/png"}]
+    dm = fake_slack.message_event("", channel="DI5", channel_type="im", subtype="file_share", files=screenshot)
+    fake_slack.send_event(dm)
+    assert outcomes.wait(1)[-1].outcome == "invalid"
+    [reply] = bot_replies(fake_slack, "DI5", dm["ts"])
+    assert reply["text"] == FILES_ONLY_TEXT  # not "the message is empty": it had a file
+    # A file with a question is answered from the words.
+    with_words = fake_slack.message_event("why does this fail?", channel="DI5", channel_type="im",
+                                          subtype="file_share", files=screenshot)
+    fake_slack.send_event(with_words)
+    assert outcomes.wait(2)[-1].outcome == "answered"

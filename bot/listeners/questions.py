@@ -51,4 +51,5 @@ def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, tea
         assistant=assistant,
         team=team or event.get("team", ""),
         conversation=conversation_kind(event, assistant=assistant),
+        files=bool(event.get("files")),
     )
