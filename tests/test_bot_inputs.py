@@ -15,10 +15,10 @@ from tests.fixtures.slack_fake import BOT_USER_ID
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_ask_command_with_only_the_bots_mention_is_usage_and_a_mention_is_not_the_question(
+def test_ask_command_with_only_the_bots_mention_or_a_hello_is_usage_and_a_mention_is_not_the_question(
         make_kb, fake_openai, fake_slack, start_bot):
     start_bot(make_kb(abstain_threshold=0.0))
-    for text in (f"<@{BOT_USER_ID}>", f"  <@{BOT_USER_ID}|docsbot>  "):
+    for text in (f"<@{BOT_USER_ID}>", f"  <@{BOT_USER_ID}|docsbot>  ", "hello!"):
         envelope = fake_slack.send_command(fake_slack.command_payload("/ask", text, channel="CI1"))
         assert fake_slack.wait_ack(envelope)["payload"]["text"] == USAGE, text
     asked = len(fake_openai.requests)

@@ -18,6 +18,7 @@ from bot.mrkdwn import escape
 from bot.responder import BUSY_TEXT
 from bot.history import clean_text
 from bot.services import SHUTTING_DOWN_TEXT, Services
+from bot.triage import is_small_talk
 from knowledge.errors import KnowledgeError
 from knowledge.types import Answer, Citation
 
@@ -35,7 +36,7 @@ def register(app: App, services: Services) -> None:
         # Slack escapes &, < and > in command text like in messages: read it as the person wrote it,
         # without the bot's own mention ("/ask @docsbot" alone asks nothing).
         text = clean_text(command.get("text") or "", bot_user_id=context.bot_user_id or "")
-        if not text:
+        if not text or is_small_talk(text):  # "/ask hi" to try it out: how to ask
             ack(text=USAGE, response_type="ephemeral")
             return
         if services.stopping:
