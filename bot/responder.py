@@ -70,6 +70,7 @@ class Progress:
     placeholder_ts: str = ""  # the message that becomes the answer ("" until posted)
     status_set: bool = False
     refused: str = ""  # Slack's CANNOT_POST code for the placeholder: no answer could be posted either
+    not_before: float = 0.0  # time.monotonic() until which Slack asked (429) for no posts here
 
 
 class Responder:
@@ -95,6 +96,13 @@ class Responder:
         # (and can outlast its read timeout). The final answer uses the retrying client.
         self._stream_client = WebClient(
             token=client.token, base_url=client.base_url, timeout=client.timeout, retry_handlers=[]
+        )
+        # What the event thread posts (placeholder, assistant status, refusals, "busy") never waits out
+        # a 429 either: sleeping on Bolt's few listener threads leaves commands and button clicks
+        # unacknowledged. The worker waits instead (Progress.not_before) before the answer's first post.
+        self._event_client = WebClient(
+            token=client.token, base_url=client.base_url, timeout=client.timeout,
+            retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2)],
         )
         # The answer is what the person waits for: on a worker it may wait out more throttling than
         # the event thread's calls, instead of ending in an apology that would be throttled too.
@@ -128,7 +136,7 @@ class Responder:
         progress = Progress()
         if question.assistant:
             try:
-                self._client.assistant_threads_setStatus(
+                self._event_client.assistant_threads_setStatus(
                     channel_id=question.channel, thread_ts=question.thread_ts, status=ASSISTANT_STATUS
                 )
                 progress.status_set = True
@@ -136,9 +144,17 @@ class Responder:
             except (SlackClientError, OSError) as error:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
                 log.info("assistant.threads.setStatus failed (%s); posting a placeholder", slack_error_code(error))
-        progress.placeholder_ts, code = self._try_post(question, {"text": escape(self._settings.placeholder_text)})
-        if code in CANNOT_POST:
-            progress.refused = code  # removed from the channel (or it is gone) after Slack sent the event
+        try:
+            progress.placeholder_ts = self._event_client.chat_postMessage(
+                channel=question.channel, thread_ts=question.thread_ts, text=escape(self._settings.placeholder_text),
+            ).get("ts", "")
+        except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
+            code = slack_error_code(error)
+            log.warning("chat.postMessage of the placeholder failed: %s", code)
+            if code in CANNOT_POST:
+                progress.refused = code  # removed from the channel (or it is gone) after Slack sent the event
+            elif (wait := retry_after(error)) is not None:
+                progress.not_before = time.monotonic() + wait  # no placeholder: the answer comes after it
         return progress
 
     def refuse(self, question: Question, text: str) -> None:
@@ -146,9 +162,14 @@ class Responder:
         self._post(question, {"text": escape(text)})
 
     def busy(self, question: Question, progress: Progress) -> None:
-        """Tell the person the pool is full (instead of silence); Slack failures are logged."""
+        """Tell the person the pool is full (instead of silence); Slack failures (a 429 too: this
+        runs on the event thread) are logged."""
         try:
-            self._deliver(question, progress, [{"text": BUSY_TEXT}])
+            if progress.placeholder_ts:
+                self._event_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, text=BUSY_TEXT)
+            else:
+                self._event_client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts,
+                                                    text=BUSY_TEXT)
         except (SlackClientError, OSError) as error:
             log.warning("could not post the busy reply: %s", slack_error_code(error))
 
@@ -237,22 +258,21 @@ class Responder:
 
     # -- Slack calls -------------------------------------------------------
     def _post(self, question: Question, message: dict) -> str:
-        return self._try_post(question, message)[0]
-
-    def _try_post(self, question: Question, message: dict) -> tuple[str, str]:
-        """(the message's ts, "") or ("", Slack's error code); failures are logged, never raised."""
+        """Post in the question's thread from the event thread: the ts, or "" (logged) when Slack fails."""
         try:
-            response = self._client.chat_postMessage(
+            response = self._event_client.chat_postMessage(
                 channel=question.channel, thread_ts=question.thread_ts, **message
             )
-            return response.get("ts", ""), ""
+            return response.get("ts", "")
         except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
-            code = slack_error_code(error)
-            log.warning("chat.postMessage failed: %s", code)
-            return "", code
+            log.warning("chat.postMessage failed: %s", slack_error_code(error))
+            return ""
 
     def _deliver(self, question: Question, progress: Progress, messages: list[dict]) -> str:
         """Replace the placeholder with the first message, post the rest; the first ts."""
+        wait = progress.not_before - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # Slack's Retry-After for the placeholder (on a worker)
         first_ts, stale = "", False
         for index, message in enumerate(messages):
             if index == 0 and progress.placeholder_ts:
@@ -289,7 +309,7 @@ class _Stream:
         self._question = question
         self._progress = progress
         self._parts: list[str] = []  # joined only when an update goes out: += on an attribute copies every time
-        self._last = 0.0
+        self._last = progress.not_before  # no update before Slack's Retry-After for the placeholder
         self._interval = responder._settings.stream_update_interval
         self._lock = threading.Lock()
 
@@ -316,10 +336,21 @@ class _Stream:
         except (SlackClientError, OSError) as error:
             # Streaming is a courtesy: a rate-limited update is skipped, the final post still happens.
             log.info("streaming update skipped: %s", slack_error_code(error))
-            response = getattr(error, "response", None)
-            if response is not None and response.status_code == 429:
-                retry_after = float(response.headers.get("retry-after", response.headers.get("Retry-After", 1)) or 1)
-                self._last = time.monotonic() + retry_after  # no more updates until Slack allows them
+            wait = retry_after(error)
+            if wait is not None:
+                self._last = time.monotonic() + wait  # no more updates until Slack allows them
+
+
+def retry_after(error: Exception) -> float | None:
+    """The seconds a 429 asks to wait (its Retry-After, else 1), or None for other errors."""
+    response = getattr(error, "response", None)
+    if response is None or response.status_code != 429:
+        return None
+    headers = {name.lower(): value for name, value in (response.headers or {}).items()}
+    try:
+        return float(headers.get("retry-after") or 1)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def slack_error_code(error: Exception) -> str:

@@ -65,16 +65,16 @@ def test_unreachable_slack_is_a_one_line_setup_error(tmp_path):
 def test_slack_unreachable_at_intake_keeps_no_one_locked_out(make_kb, fake_slack, start_bot, outcomes):
     bot = start_bot(make_kb(abstain_threshold=0.0), user_max_concurrent=1)
     responder = bot.services.responder
-    working = responder._client, responder._answer_client
+    working = responder._client, responder._event_client, responder._answer_client
     from slack_sdk import WebClient
 
-    # Both of the responder's clients: the event thread's and the one answers are posted with.
-    responder._client = responder._answer_client = WebClient(
+    # All of the responder's clients: the shared one, the placeholder's and the one answers are posted with.
+    responder._client = responder._event_client = responder._answer_client = WebClient(
         token="xoxb-test", base_url="http://127.0.0.1:9/api/", timeout=2)
     first = fake_slack.mention(QUESTION, channel="CR4")
     fake_slack.send_event(first)
     assert [r.outcome for r in outcomes.wait(1)][-1] in {"error", "failed"}
-    responder._client, responder._answer_client = working
+    responder._client, responder._event_client, responder._answer_client = working
     second = fake_slack.mention(QUESTION, channel="CR4")
     fake_slack.send_event(second)
     assert outcomes.wait(2)[-1].outcome == "answered"  # the person's slot was given back

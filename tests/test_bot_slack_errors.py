@@ -79,3 +79,26 @@ def test_an_answer_waits_out_slacks_throttling_rather_than_being_lost(make_kb, f
     replies = bot_replies(fake_slack, "DX3", thread_ts)
     assert [r["text"][:40] for r in replies] == [r["text"][:40] for r in final_answers(fake_slack, "DX3", thread_ts)]
     assert len(replies) == 1 and "went wrong" not in replies[0]["text"]
+
+
+def test_commands_and_buttons_are_acknowledged_while_slack_throttles_placeholders(make_kb, fake_slack, start_bot,
+                                                                                  outcomes):
+    from bot.blocks import FEEDBACK_UP
+    from bot.listeners.commands.ask import USAGE
+
+    start_bot(make_kb(abstain_threshold=0.0, api_key=""))
+    # A burst of questions while Slack throttles chat.postMessage (Retry-After: 2 s, three times each).
+    fake_slack.fail_next("chat.postMessage", status=429, retry_after=2, times=30)
+    mentions = [fake_slack.mention(f"{QUESTION} ({n})", channel=f"CT{n}") for n in range(10)]
+    for mention in mentions:
+        fake_slack.send_event(mention)
+    fake_slack.wait_for("chat.postMessage", 5)
+    # Slack shows the person an error when a command or a click is not acknowledged within 3 s.
+    for envelope in (fake_slack.send_command(fake_slack.command_payload("/ask", "", channel="CT0")),
+                     fake_slack.send_action(fake_slack.action_payload(FEEDBACK_UP, "unknown", channel="CT0"))):
+        acked = fake_slack.wait_ack(envelope, timeout=10)
+        assert fake_slack.ack_times[envelope] - fake_slack.sent_times[envelope] < 2.0
+    assert acked is not None and USAGE  # the usage line rode on the command's ack
+    assert len(outcomes.wait(10, timeout=90)) == 10
+    for n, mention in enumerate(mentions):
+        assert len(final_answers(fake_slack, f"CT{n}", mention["ts"])) == 1, n
