@@ -76,6 +76,7 @@ event_claims = sa.Table(
     sa.Column("payload", sa.Text),  # an event's JSON body, kept until a listener handled it (the inbox)
     sa.Index("event_claims_lease", "state", "lease_until"),
     sa.Index("event_claims_time", "created_at"),
+    sa.Index("event_claims_thread", "channel", "thread_ts"),  # Claims.took_thread, per thread reply
 )
 
 user_slots = sa.Table(
