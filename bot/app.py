@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from slack_bolt import App
@@ -31,6 +32,11 @@ from knowledge.errors import KnowledgeError
 
 log = logging.getLogger(__name__)
 
+# Bolt's listener threads (its default is 5). Listeners only queue work, but some wait on Slack
+# (a Home tab's views.publish waits out a 429): with few threads a handful of those leave every
+# command and button click unacknowledged. Idle threads cost next to nothing.
+LISTENER_THREADS = 32
+
 
 class SlackSetupError(KnowledgeError):
     """Slack is not configured, or rejected the bot token."""
@@ -42,6 +48,7 @@ class SupportBot:
 
     app: App
     services: Services
+    listener_threads: ThreadPoolExecutor | None = None
 
     @property
     def client(self) -> WebClient:
@@ -49,6 +56,9 @@ class SupportBot:
 
     def close(self) -> None:
         self.services.close()
+        if self.listener_threads is not None:
+            # A listener still waiting on Slack finishes by itself; nothing new starts.
+            self.listener_threads.shutdown(wait=False, cancel_futures=True)
 
 
 def web_client(settings: BotSettings) -> WebClient:
@@ -85,6 +95,7 @@ def build_app(
         reason = getattr(error, "reason", None) or error
         raise SlackSetupError(f"cannot reach Slack at {settings.slack_api_url}: {reason}") from error
     signing_secret = settings.slack_signing_secret.get_secret_value()
+    listener_threads = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="slack-listener")
     app = App(
         client=client,
         signing_secret=signing_secret or None,
@@ -95,6 +106,7 @@ def build_app(
         process_before_response=False,
         ignoring_self_events_enabled=True,
         logger=logging.getLogger("slack_bolt"),
+        listener_executor=listener_threads,
     )
     owns_database = database is None
     holder = replica_id()
@@ -138,4 +150,4 @@ def build_app(
         )
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))
-    return SupportBot(app=app, services=services)
+    return SupportBot(app=app, services=services, listener_threads=listener_threads)

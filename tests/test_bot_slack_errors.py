@@ -102,3 +102,19 @@ def test_commands_and_buttons_are_acknowledged_while_slack_throttles_placeholder
     assert len(outcomes.wait(10, timeout=90)) == 10
     for n, mention in enumerate(mentions):
         assert len(final_answers(fake_slack, f"CT{n}", mention["ts"])) == 1, n
+
+
+def test_commands_are_acknowledged_while_slack_throttles_home_tabs(make_kb, fake_slack, start_bot):
+    from bot.listeners.commands.ask import USAGE
+
+    start_bot(make_kb(abstain_threshold=0.0, api_key=""))
+    # Many people open the bot's Home tab while Slack throttles views.publish: each listener waits
+    # out the Retry-After on one of Bolt's listener threads.
+    fake_slack.fail_next("views.publish", status=429, retry_after=3, times=40)
+    for n in range(8):
+        fake_slack.send_event({"type": "app_home_opened", "user": f"UH{n}", "channel": f"DH{n}", "tab": "home"})
+    fake_slack.wait_for("views.publish", 8)
+    envelope = fake_slack.send_command(fake_slack.command_payload("/ask", "", channel="CT0"))
+    acked = fake_slack.wait_ack(envelope, timeout=10)
+    assert fake_slack.ack_times[envelope] - fake_slack.sent_times[envelope] < 2.0
+    assert acked is not None and USAGE
