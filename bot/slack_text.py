@@ -26,6 +26,8 @@ _SUBTEAM = re.compile(r"<!subteam\^([A-Z0-9]+)(?:\|([^>]*))?>")
 _SPECIAL = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
 _DATE = re.compile(r"<!date\^\d+\^[^|>]*\|([^>]*)>")
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
+# Slack's other links (a phone number it auto-linked, slack://...): their label is the words.
+_OTHER_LINK = re.compile(r"<[a-z][a-z0-9+.-]*:[^|>]*\|([^>]*)>|<([a-z][a-z0-9+.-]*:[^|>]+)>", re.IGNORECASE)
 # *bold*, _italic_, ~strike~ between word boundaries (snake_case and 2*3 stay as they are).
 _EMPHASIS = [re.compile(rf"(?<![\w{m}]){m}(?=\S)([^{m}\n]+?)(?<=\S){m}(?![\w{m}])") for m in (r"\*", "_", "~")]
 
@@ -52,6 +54,7 @@ def _prose(text: str, user_name: Callable[[str], str]) -> str:
     text = _DATE.sub(r"\1", text)
     text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) and m.group(2) != m.group(1)
                      else m.group(1), text)
+    text = _OTHER_LINK.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), text)
     for pattern in _EMPHASIS:
         text = pattern.sub(r"\1", text)
     return html.unescape(text)

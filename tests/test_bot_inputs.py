@@ -33,6 +33,7 @@ def test_ask_command_with_only_the_bots_mention_or_a_hello_is_usage_and_a_mentio
     # Slack sends a channel mention with an empty label (or none): the id, not the raw markup.
     ("is <#C0123|> the right place? see <#C0456|general>, <#C0789>", "is #C0123 the right place? see #general, #C0789"),
     ("mail <mailto:ops@example.com|ops@example.com> about it?", "mail ops@example.com (mailto:ops@example.com) about it?"),
+    ("call <tel:+15551234|+1 555 1234> or open <slack://channel?id=C1>?", "call +1 555 1234 or open slack://channel?id=C1?"),
     ("<!here> <!subteam^S1|@ops> since <!date^1392734382^{date}|Feb 18>?", "@here @ops since Feb 18?"),
     ("<@U123|bob> and <@U456> say `a &lt; b` &amp; *this*?", "@bob and @U456 say `a < b` & this?"),
     (f"<@{BOT_USER_ID}>   what   is <https://x.io/a?b=1&amp;c=2|the link>?", "what is the link (https://x.io/a?b=1&c=2)?"),
