@@ -94,23 +94,15 @@ class Responder:
         self._client = client
         # Streaming updates never wait out a 429: a retry would stall the model's stream
         # (and can outlast its read timeout). The final answer uses the retrying client.
-        self._stream_client = WebClient(
-            token=client.token, base_url=client.base_url, timeout=client.timeout, retry_handlers=[]
-        )
+        self._stream_client = _same_slack(client)
         # What the event thread posts (placeholder, assistant status, refusals, "busy") never waits out
         # a 429 either: sleeping on Bolt's few listener threads leaves commands and button clicks
         # unacknowledged. The worker waits instead (Progress.not_before) before the answer's first post.
-        self._event_client = WebClient(
-            token=client.token, base_url=client.base_url, timeout=client.timeout,
-            retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2)],
-        )
+        self._event_client = _same_slack(client, ConnectionErrorRetryHandler(max_retry_count=2))
         # The answer is what the person waits for: on a worker it may wait out more throttling than
         # the event thread's calls, instead of ending in an apology that would be throttled too.
-        self._answer_client = WebClient(
-            token=client.token, base_url=client.base_url, timeout=client.timeout,
-            retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2),
-                            RateLimitErrorRetryHandler(max_retry_count=ANSWER_RATE_LIMIT_RETRIES)],
-        )
+        self._answer_client = _same_slack(client, ConnectionErrorRetryHandler(max_retry_count=2),
+                                          RateLimitErrorRetryHandler(max_retry_count=ANSWER_RATE_LIMIT_RETRIES))
         self._records = records
         self._settings = settings
         self._rules = rules  # CHANNEL_SOURCES: what each channel may see
@@ -339,6 +331,12 @@ class _Stream:
             wait = retry_after(error)
             if wait is not None:
                 self._last = time.monotonic() + wait  # no more updates until Slack allows them
+
+
+def _same_slack(client: WebClient, *retry_handlers) -> WebClient:
+    """A client for the same workspace and API as `client`, retrying only as `retry_handlers` say."""
+    return WebClient(token=client.token, base_url=client.base_url, timeout=client.timeout,
+                     retry_handlers=list(retry_handlers))
 
 
 def retry_after(error: Exception) -> float | None:
