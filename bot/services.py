@@ -69,40 +69,29 @@ class Services:
         if key is None:
             log.debug("duplicate message %s/%s ignored", question.channel, question.message_ts)
             return False
-        log_questions = self.settings.log_questions
         if is_small_talk(question.text):
             self._small_talk(question)
-            log_outcome(question, "small_talk", log_questions=log_questions)
-            self._finish(key)
-            return True
+            return self._ended(question, key, "small_talk")
         if question.files and not question.text:
             self.responder.refuse(question, FILES_ONLY_TEXT)  # rather than "the message is empty"
-            log_outcome(question, "invalid", log_questions=log_questions)
-            self._finish(key)
-            return True
+            return self._ended(question, key, "invalid")
         self.metrics.questions.inc()
         if self.stopping:
             self.responder.refuse(question, SHUTTING_DOWN_TEXT)
-            log_outcome(question, "shutting_down", log_questions=log_questions)
-            self._finish(key)
-            return True
+            return self._ended(question, key, "shutting_down")
         user_key = f"{question.team}:{question.user}"
         decision = self.limiter.try_acquire(user_key)
         if not decision.allowed:
             self.metrics.record_error(f"user_{decision.reason}")
             self.responder.refuse(question, decision.message)
-            log_outcome(question, f"refused_{decision.reason}", log_questions=log_questions)
-            self._finish(key)
-            return True
+            return self._ended(question, key, f"refused_{decision.reason}")
         try:
             progress = self.responder.start(question)
             if progress.refused:
                 # Slack will not take a post there: answering would cost a model call nobody sees.
                 self.limiter.release(user_key)
                 self.metrics.record_error(f"slack_{progress.refused}")
-                log_outcome(question, "undeliverable", log_questions=log_questions)
-                self._finish(key)
-                return True
+                return self._ended(question, key, "undeliverable")
             submitted = self.pool.submit(self._answer, question, progress, user_key, key)
             if submitted is not None and key:
                 # After queueing, so the question keeps its place; a replica taking over reuses it.
@@ -112,16 +101,12 @@ class Services:
             self.limiter.release(user_key)
             self.metrics.record_error("intake")
             log.exception("could not queue the question %s/%s", question.channel, question.message_ts)
-            log_outcome(question, "error", log_questions=log_questions)
-            self._finish(key)
-            return True
+            return self._ended(question, key, "error")
         if submitted is None:
             self.limiter.release(user_key)
             self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)
-            log_outcome(question, "busy", log_questions=log_questions)
-            self._finish(key)
-            return True
+            return self._ended(question, key, "busy")
         self.metrics.queue_depth.inc()
         return True
 
@@ -185,8 +170,7 @@ class Services:
             progress = Progress(placeholder_ts=claimed.placeholder_ts) if claimed.placeholder_ts \
                 else self.responder.start(question)
             if progress.refused:
-                log_outcome(question, "undeliverable", log_questions=self.settings.log_questions)
-                self._finish(claimed.key)
+                self._ended(question, claimed.key, "undeliverable")
                 return
             submitted = self.pool.submit(self._answer, question, progress, None, claimed.key)
             if submitted is not None:
@@ -216,6 +200,12 @@ class Services:
             self.claims.set_placeholder(key, progress.placeholder_ts)
         except Exception as error:  # noqa: BLE001 - only a take-over would post a second placeholder
             log.warning("could not record the placeholder of %s: %s", key, error)
+
+    def _ended(self, question: Question, key: str, outcome: str) -> bool:
+        """The question ends here with `outcome` (no answer to come): logged, its claim finished."""
+        log_outcome(question, outcome, log_questions=self.settings.log_questions)
+        self._finish(key)
+        return True
 
     def _finish(self, key: str) -> None:
         if not key:
