@@ -101,7 +101,7 @@ class Metrics:
         self.errors.labels(kind=kind).inc()
 
     def record_refresh(self, result: str, *, chunks: int | None = None) -> None:
-        """Count one refresh ("ok", "failed", "busy"); `chunks` updates index_chunks."""
+        """Count one refresh ("ok", "failed", "busy", "queued"); `chunks` updates index_chunks."""
         self.refreshes.labels(result=result).inc()
         if chunks is not None:
             self.index_chunks.set(chunks)

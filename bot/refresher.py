@@ -2,8 +2,10 @@
 
 A Milvus Lite file can be open in one process only, so the refresh runs in the
 serving process. One refresh at a time: the schedule and `/reindex` share one
-claim here (a friendly "already running since ..." instead of an exception),
-and the indexer's own thread + file lock still guards against the CLI.
+claim here, and the indexer's own thread + file lock still guards against the CLI.
+A request that finds a refresh running is queued to start when it ends (one
+queued run per process: later requests join it); a scheduled tick that finds
+one running is skipped.
 
 With `runs` (bot.state.refresh_runs.RefreshRuns) the claim and the run history
 live in the state database: across replicas at most one refresh runs, each
@@ -57,6 +59,10 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _INTERVAL_ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)
 TICK_TOLERANCE = 30.0  # seconds a replica's scheduler may fire late and still name the same tick
+# A queued request looks for a free claim this often (another replica's run ends
+# unseen here; this process's own run wakes it at once) and gives up after this long.
+QUEUE_POLL_SECONDS = 2.0
+QUEUE_WAIT_SECONDS = 6 * 3600.0
 
 
 class ScheduleError(KnowledgeError):
@@ -157,10 +163,28 @@ class RunRecord:
 
 
 @dataclass
+class _Refusal:
+    """Why no run may start now; `busy` when another refresh holds the claim (worth waiting for)."""
+
+    message: str
+    busy: bool = False
+
+
+@dataclass
+class _Queued:
+    """A request waiting for the running refresh to end; later requests join it."""
+
+    by: str
+    rebuild: bool
+    notifies: list[Notify]
+
+
+@dataclass
 class _State:
     running: RunRecord | None = None
     thread: threading.Thread | None = None
     last: RunRecord | None = None
+    queued: _Queued | None = None
     closed: bool = False
 
 
@@ -195,6 +219,7 @@ class Refresher:
         self._scheduler: BackgroundScheduler | None = None
         self._lock = threading.Lock()
         self._state = _State()
+        self._freed = threading.Event()  # set when this process's run ends or it shuts down
 
     # ---- schedule --------------------------------------------------------------------
 
@@ -241,8 +266,8 @@ class Refresher:
                 log.info("scheduled refresh of this tick runs on another replica")
                 return
         record = self._claim(by=SCHEDULE_BY, rebuild=False)
-        if isinstance(record, str):
-            log.info("scheduled refresh skipped: %s", record)
+        if isinstance(record, _Refusal):
+            log.info("scheduled refresh skipped: %s", record.message)
             self._record_metric("busy")
             return
         self._run(record, notify=None)
@@ -263,48 +288,108 @@ class Refresher:
         """Start a refresh in a background thread; returns at once with what happened.
 
         `notify` receives "still running" notes and the final summary (or a
-        one-line failure). Never raises for a busy refresher: it says since when.
+        one-line failure). Never raises: when a refresh is running (here or on
+        another replica) the request is queued to start when it ends, and the
+        answer says since when it runs.
         """
-        record = self._claim(by=by or "someone", rebuild=rebuild)
-        if isinstance(record, str):
-            self._record_metric("busy")
-            return record
+        by = by or "someone"
+        record = self._claim(by=by, rebuild=rebuild)
+        if isinstance(record, _Refusal):
+            if not record.busy:
+                self._record_metric("busy")
+                return record.message
+            return self._queue(by=by, rebuild=rebuild, notify=notify, busy=record.message)
         thread = threading.Thread(
             target=self._run, args=(record,), kwargs={"notify": notify}, name="index-refresh", daemon=True
         )
         with self._lock:
             self._state.thread = thread
         thread.start()
-        kind = "full rebuild" if rebuild else "incremental refresh"
-        return f"Refresh started ({kind}). I'll post the summary here when it's done."
+        return f"Refresh started ({_kind(rebuild)}). I'll post the summary here when it's done."
 
     def run_now(self, *, rebuild: bool = False, by: str = "") -> RunRecord | str:
         """Refresh in the calling thread; the finished RunRecord, or why none ran."""
         record = self._claim(by=by or "someone", rebuild=rebuild)
-        if isinstance(record, str):
+        if isinstance(record, _Refusal):
             self._record_metric("busy")
-            return record
+            return record.message
         return self._run(record, notify=None)
 
-    def _claim(self, *, by: str, rebuild: bool) -> RunRecord | str:
-        """A new running RunRecord, or the friendly reason none may start."""
+    def _claim(self, *, by: str, rebuild: bool) -> RunRecord | _Refusal:
+        with self._lock:
+            return self._claim_locked(by=by, rebuild=rebuild)
+
+    def _claim_locked(self, *, by: str, rebuild: bool) -> RunRecord | _Refusal:
+        """A new running RunRecord, or the friendly reason none may start (self._lock held)."""
+        if self._state.closed:
+            return _Refusal(SHUTTING_DOWN)
+        running = self._state.running
+        if running is not None:
+            return _Refusal(busy_message(running.started_at, running.by), busy=True)
+        record = RunRecord(by=by, rebuild=rebuild, started_at=self.clock())
+        if self.runs is not None:
+            try:
+                started = self.runs.start(by=by, rebuild=rebuild)
+            except Exception as error:  # noqa: BLE001 - no shared claim, no run (another replica may hold it)
+                return _Refusal(f"Cannot start a refresh: the state database is unavailable "
+                                f"({_shown(one_line(error))}).")
+            if not isinstance(started, int):
+                return _Refusal(busy_message(started.started_at, started.by), busy=True)
+            record.run_id = started
+        self._state.running = record
+        return record
+
+    # ---- queued requests ---------------------------------------------------------------
+
+    def _queue(self, *, by: str, rebuild: bool, notify: Notify | None, busy: str) -> str:
+        """Queue a request behind the running refresh (or join the one already queued)."""
         with self._lock:
             if self._state.closed:
-                return "The bot is shutting down; try again in a minute."
-            running = self._state.running
-            if running is not None:
-                return busy_message(running.started_at, running.by)
-            record = RunRecord(by=by, rebuild=rebuild, started_at=self.clock())
-            if self.runs is not None:
-                try:
-                    started = self.runs.start(by=by, rebuild=rebuild)
-                except Exception as error:  # noqa: BLE001 - no shared claim, no run (another replica may hold it)
-                    return f"Cannot start a refresh: the state database is unavailable ({_shown(one_line(error))})."
-                if not isinstance(started, int):
-                    return busy_message(started.started_at, started.by)
-                record.run_id = started
-            self._state.running = record
-            return record
+                return SHUTTING_DOWN
+            queued = self._state.queued
+            if queued is not None:
+                queued.rebuild = queued.rebuild or rebuild  # one run that does what each asked
+                if notify is not None:
+                    queued.notifies.append(notify)
+                self._record_metric("queued")
+                return (f"{busy} A {_kind(queued.rebuild)} requested by {queued.by} is queued to follow it; "
+                        "yours joins that one. I'll post the summary here.")
+            queued = self._state.queued = _Queued(by=by, rebuild=rebuild, notifies=[notify] if notify else [])
+        self._record_metric("queued")
+        threading.Thread(target=self._run_when_free, args=(queued,), name="index-refresh-queued",
+                         daemon=True).start()
+        log.info("index refresh by %s queued behind the running one", by)
+        return f"{busy} Your {_kind(rebuild)} starts as soon as it ends; I'll post the summary here."
+
+    def _run_when_free(self, queued: _Queued) -> None:
+        deadline = time.monotonic() + QUEUE_WAIT_SECONDS
+        while True:
+            with self._lock:
+                outcome = self._claim_locked(by=queued.by, rebuild=queued.rebuild)
+                done = not isinstance(outcome, _Refusal) or not outcome.busy or time.monotonic() > deadline
+                if done:
+                    self._state.queued = None  # later requests start or queue anew
+                    if isinstance(outcome, RunRecord):
+                        self._state.thread = threading.current_thread()
+                notifies = list(queued.notifies)
+            if done:
+                break
+            self._freed.wait(QUEUE_POLL_SECONDS)
+            self._freed.clear()
+
+        def notify_all(text: str) -> None:
+            for notify in notifies:
+                _safe_notify(notify, text)
+
+        if isinstance(outcome, RunRecord):
+            log.info("queued index refresh by %s starts", queued.by)
+            self._run(outcome, notify=notify_all)
+            return
+        message = outcome.message
+        if outcome.busy:
+            message = f"{outcome.message} I gave up waiting for it; please ask again later."
+        log.info("queued index refresh by %s did not run: %s", queued.by, message)
+        notify_all(message)
 
     def _run(self, record: RunRecord, *, notify: Notify | None) -> RunRecord:
         done = threading.Event()
@@ -355,6 +440,7 @@ class Refresher:
                 self._state.thread = None
                 if not record.skipped:
                     self._state.last = record
+            self._freed.set()  # a queued request may start now
         if notify is not None:
             _safe_notify(notify, message)
         return record
@@ -385,7 +471,7 @@ class Refresher:
     def status(self) -> dict:
         """Last run (time, counts or error), the running one, the next scheduled run, the index."""
         with self._lock:
-            running, last = self._state.running, self._state.last
+            running, last, queued = self._state.running, self._state.last, self._state.queued
         if self.runs is not None:
             try:  # what any replica runs or ran, not only this one
                 shared_running, shared_last = self.runs.running(), self.runs.last()
@@ -405,6 +491,8 @@ class Refresher:
             "running_since": running.started_at if running else None,
             "running_by": running.by if running else "",
             "running_rebuild": running.rebuild if running else False,
+            "queued_by": queued.by if queued else "",  # a request waiting for the running one (this replica)
+            "queued_rebuild": queued.rebuild if queued else False,
             "last_run": last.to_dict() if last else None,
             "chunks": None,
             "collection": "",
@@ -437,6 +525,7 @@ class Refresher:
             self._state.closed = True
             thread = self._state.thread
             scheduler, self._scheduler = self._scheduler, None
+        self._freed.set()  # a queued request hears that it will not run
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         if thread is not None and timeout > 0:
@@ -444,6 +533,13 @@ class Refresher:
 
 
 # ---- texts ------------------------------------------------------------------------------
+
+SHUTTING_DOWN = "The bot is shutting down; try again in a minute."
+
+
+def _kind(rebuild: bool) -> str:
+    return "full rebuild" if rebuild else "incremental refresh"
+
 
 def busy_message(started_at: float, by: str) -> str:
     """"A refresh is already running since 14:03 UTC (started by …)."."""
@@ -487,6 +583,9 @@ def format_status(status: dict) -> str:
         lines.append(
             f"• Running: a {kind} since {_clock_text(status['running_since'])} (started by {status['running_by']})"
         )
+    if status.get("queued_by"):
+        kind = "rebuild" if status.get("queued_rebuild") else "refresh"
+        lines.append(f"• Queued: a {kind} requested by {status['queued_by']}, to start when the running one ends")
     if status.get("embedding_model"):
         lines.append(f"• Embedding model: `{_escape(status['embedding_model'])}`")
     last = status.get("last_run")

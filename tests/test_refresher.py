@@ -202,40 +202,93 @@ def test_a_scheduled_run_is_skipped_while_a_request_runs(make_kb, metrics, refre
 
 # ---- single flight on request ---------------------------------------------------------
 
-def test_two_requests_at_once_one_runs_the_other_is_told_since_when(make_kb, metrics, refreshers) -> None:
+def test_requests_while_one_runs_are_told_since_when_and_run_once_after_it(make_kb, metrics, refreshers) -> None:
     started_at = datetime.fromisoformat("2026-11-25T14:03:00+00:00").timestamp()
     gate = threading.Event()
     kb = Observed(make_kb(), gate=gate)
     refresher = refreshers(kb=kb, schedule="never", metrics=metrics, clock=lambda: started_at)
-    inbox = Inbox()
+    inboxes = {f"U{i}": Inbox() for i in range(6)}
     barrier = threading.Barrier(6)
-    answers: list[str] = []
+    answers: dict[str, str] = {}
 
     def ask(user: str) -> None:
         barrier.wait()
-        answers.append(refresher.request(False, inbox, by=f"<@{user}>"))
+        answers[user] = refresher.request(user == "U5", inboxes[user], by=f"<@{user}>")
 
-    threads = [threading.Thread(target=ask, args=(f"U{i}",)) for i in range(6)]
+    threads = [threading.Thread(target=ask, args=(user,)) for user in inboxes]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    started = [a for a in answers if a.startswith("Refresh started")]
-    busy = [a for a in answers if a.startswith("A refresh is already running since")]
-    assert len(started) == 1 and len(busy) == 5
+    [first] = [user for user, answer in answers.items() if answer.startswith("Refresh started")]
+    queued = [user for user in answers if user != first]
     since = datetime.fromtimestamp(started_at).astimezone().strftime("%H:%M")
-    assert all(f"since {since} " in a and "(started by <@U" in a for a in busy)
-    assert refresher.run_now() == busy[0]  # the scheduler's path hears the same
+    for user in queued:
+        assert answers[user].startswith(f"A refresh is already running since {since} ")
+        assert f"(started by <@{first}>)" in answers[user] and "I'll post the summary here" in answers[user]
+    assert refresher.run_now() == busy_message(started_at, f"<@{first}>")  # the scheduler's path is not queued
     status = refresher.status()
-    assert status["running"] and status["running_since"] == started_at
-    assert "Running: a refresh since" in refresher.format_status()
+    assert status["running"] and status["running_since"] == started_at and status["queued_by"]
+    text = refresher.format_status()
+    assert "Running: a " in text and "Queued: a " in text and "to start when the running one ends" in text
 
     gate.set()
-    inbox.wait_for("Index refreshed in")
-    assert kb.calls == 1
-    assert counter(metrics, "busy") == 6 and counter(metrics, "ok") == 1
+    assert inboxes[first].wait_for("Index ")
+    # The five that waited share one run after it: a full rebuild when one of them asked for one.
+    for user in queued:
+        assert inboxes[user].wait_for("Index rebuilt in" if first != "U5" else "Index refreshed in")
     wait_until(lambda: not refresher.status()["running"])
-    assert refresher.request(False, inbox).startswith("Refresh started")  # free again
+    assert kb.calls == 2 and not refresher.status()["queued_by"]
+    assert counter(metrics, "busy") == 1 and counter(metrics, "queued") == 5 and counter(metrics, "ok") == 2
+    assert refresher.request(False, Inbox()).startswith("Refresh started")  # free again
+
+
+def test_a_queued_request_hears_when_the_bot_shuts_down_instead(make_kb, refreshers) -> None:
+    gate = threading.Event()
+    kb = Observed(make_kb(), gate=gate)
+    refresher = refreshers(kb=kb, schedule="never")
+    first, second = Inbox(), Inbox()
+    refresher.request(False, first, by="<@U1>")
+    assert kb.entered.wait(10)
+    assert "starts as soon as it ends" in refresher.request(True, second, by="<@U2>")
+    refresher.shutdown()
+    assert "shutting down" in second.wait_for("The bot is shutting down")
+    gate.set()
+    first.wait_for("Index refreshed in")
+    assert kb.calls == 1
+
+
+def test_a_request_queued_on_one_replica_runs_when_the_other_replicas_run_ends(
+    make_kb, refreshers, tmp_path, monkeypatch
+) -> None:
+    from bot import refresher as module
+    from bot.state import Database, database_url
+    from bot.state.refresh_runs import RefreshRuns
+
+    monkeypatch.setattr(module, "QUEUE_POLL_SECONDS", 0.05)  # the other replica's end is seen by polling
+    url = database_url(f"sqlite:///{tmp_path / 'state.sqlite'}", default_path="unused")
+    databases = [Database(url=url), Database(url=url)]
+    try:
+        gate = threading.Event()
+        kb = Observed(make_kb(), gate=gate)
+        a, b = (refreshers(kb=kb, schedule="never", runs=RefreshRuns(database=db, holder=holder))
+                for db, holder in zip(databases, ("A", "B")))
+        inbox_a, inbox_b = Inbox(), Inbox()
+        assert a.request(False, inbox_a, by="<@U1>").startswith("Refresh started")
+        assert kb.entered.wait(10)
+        answer = b.request(True, inbox_b, by="<@U2>")
+        assert answer.startswith("A refresh is already running since ") and "(started by <@U1>)" in answer
+        time.sleep(0.3)
+        assert kb.calls == 1  # B waits while A's run holds the shared claim
+        gate.set()
+        inbox_a.wait_for("Index refreshed in")
+        inbox_b.wait_for("Index rebuilt in")
+        assert kb.calls == 2 and kb.max_active == 1
+        last = RefreshRuns(database=databases[0], holder="test").last()
+        assert (last.by, last.rebuild, last.state) == ("<@U2>", True, "ok")
+    finally:
+        for db in databases:
+            db.close()
 
 
 def test_busy_message_names_who_started_it() -> None:

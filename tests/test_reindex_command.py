@@ -129,15 +129,19 @@ def test_full_rebuild_and_status(slack, start_bot, make_kb) -> None:
     assert f"by <@{ADMIN}>. Index rebuilt in" in status
 
 
-def test_a_second_reindex_while_one_runs_is_told_since_when(slack, start_bot, make_kb) -> None:
+def test_a_second_reindex_while_one_runs_is_told_since_when_and_runs_after_it(slack, start_bot, make_kb) -> None:
     kb = make_kb()
     start_bot(kb, admin_user_ids=f"{ADMIN},UOTHER")
     command(slack, "full")
     command(slack, "", user="UOTHER")
-    texts = [r["text"] for r in replies(slack, 3)]
+    texts = [r["text"] for r in replies(slack, 4)]
     assert sum(t.startswith("Refresh started") for t in texts) == 1
     busy = [t for t in texts if t.startswith("A refresh is already running since")]
-    assert len(busy) == 1 and re.search(r"\(started by <@(UADMIN|UOTHER)>\)\.$", busy[0])
+    assert len(busy) == 1 and re.search(r"\(started by <@(UADMIN|UOTHER)>\)\. Your (full rebuild|incremental "
+                                        r"refresh) starts as soon as it ends; I'll post the summary here\.$", busy[0])
+    # Both ran, one after the other: each admin hears the summary of their own.
+    assert sum(t.startswith("Index rebuilt in") for t in texts) == 1
+    assert sum(t.startswith("Index refreshed in") for t in texts) == 1
 
 
 def test_non_admin_is_refused_politely_and_nothing_runs(slack, start_bot, make_kb) -> None:

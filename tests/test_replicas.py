@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,11 @@ class Replica:
                     found.append(record)
         return found
 
+    def refresh_lines(self) -> str:
+        """What this replica logged about index refreshes, for a failure message."""
+        return "".join(f"{self.name}: {line[:300]}\n" for line in self.log.read_text().splitlines()
+                       if "refresh" in line)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -71,13 +77,13 @@ def _record_id(message: dict) -> str:
     raise AssertionError(f"no feedback button in {message}")
 
 
-def _wait(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
+def _wait(condition, what: str | Callable[[], str], timeout: float = 60.0, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(interval)
 
 
@@ -163,10 +169,13 @@ def test_two_replicas_share_one_state(tmp_path, postgres_url, milvus_server, fak
         assert all("by the schedule" in call.params["text"] for call in statuses)
 
         # 3b. A full rebuild on A switches the alias; B serves the new collection without a restart.
+        #     A scheduled refresh may be running on either replica then: the rebuild is queued behind it.
         fake_slack.send_command(fake_slack.command_payload("/reindex", "full", channel=CHANNEL, user="UADMIN"),
                                 connection=conn_a)
-        rebuilt = _wait(lambda: (lambda run: run if run and run.rebuild else None)(runs.last()), "the rebuild",
-                        timeout=120)
+        fake_slack.wait_for("response_url", where=lambda c: "Refresh started (full rebuild)" in c.params.get("text", "")
+                            or "Your full rebuild starts as soon as it ends" in c.params.get("text", ""))
+        rebuilt = _wait(lambda: (lambda run: run if run and run.rebuild else None)(runs.last()),
+                        lambda: "the rebuild; refreshes logged:\n" + a.refresh_lines() + b.refresh_lines(), timeout=120)
         assert rebuilt.state == "ok" and rebuilt.report["rebuilt"], rebuilt
         after = fake_slack.mention("How does Milvus store data after the rebuild?", channel=CHANNEL)
         fake_slack.send_event(after, connection=conn_b)
