@@ -284,18 +284,19 @@ class Refresher:
 
     # ---- on request ------------------------------------------------------------------
 
-    def request(self, rebuild: bool = False, notify: Notify | None = None, *, by: str = "") -> str:
+    def request(self, rebuild: bool = False, notify: Notify | None = None, *, by: str = "",
+                queue: bool = True) -> str:
         """Start a refresh in a background thread; returns at once with what happened.
 
         `notify` receives "still running" notes and the final summary (or a
         one-line failure). Never raises: when a refresh is running (here or on
-        another replica) the request is queued to start when it ends, and the
-        answer says since when it runs.
+        another replica) the request is queued to start when it ends (unless
+        `queue` is False), and the answer says since when it runs.
         """
         by = by or "someone"
         record = self._claim(by=by, rebuild=rebuild)
         if isinstance(record, _Refusal):
-            if not record.busy:
+            if not record.busy or not queue:
                 self._record_metric("busy")
                 return record.message
             return self._queue(by=by, rebuild=rebuild, notify=notify, busy=record.message)

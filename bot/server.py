@@ -116,8 +116,10 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         refresher.start()
         sweeper.start()
         if kb.status().get("serves_until_rebuilt"):
-            # Keywords analysed by an older version: answer (dense only) while it rebuilds.
-            log.info(refresher.request(rebuild=True, by="start-up"))
+            # Keywords analysed by an older version: answer (dense only) while it rebuilds. Not
+            # queued behind a running refresh: that is most likely the same rebuild by a replica
+            # starting beside this one (followed here), and a queued one would rebuild twice.
+            log.info(refresher.request(rebuild=True, by="start-up", queue=False))
         if mode != "socket":
             # Bound and listening before /readyz can say ready, so a ready bot never refuses an event.
             server = http_server(bot, settings)

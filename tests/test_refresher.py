@@ -243,6 +243,23 @@ def test_requests_while_one_runs_are_told_since_when_and_run_once_after_it(make_
     assert refresher.request(False, Inbox()).startswith("Refresh started")  # free again
 
 
+def test_a_request_that_must_not_queue_is_told_since_when_and_dropped(make_kb, metrics, refreshers) -> None:
+    """The start-up rebuild of a stale index: a refresh running then is most likely the same
+    rebuild by a replica starting beside this one."""
+    gate = threading.Event()
+    kb = Observed(make_kb(), gate=gate)
+    refresher = refreshers(kb=kb, schedule="never", metrics=metrics)
+    refresher.request(True, Inbox(), by="<@U1>")
+    assert kb.entered.wait(10)
+    answer = refresher.request(rebuild=True, by="start-up", queue=False)
+    assert answer.startswith("A refresh is already running since ") and answer.endswith("(started by <@U1>).")
+    assert not refresher.status()["queued_by"] and counter(metrics, "busy") == 1
+    gate.set()
+    wait_until(lambda: not refresher.status()["running"])
+    time.sleep(0.2)
+    assert kb.calls == 1
+
+
 def test_a_queued_request_hears_when_the_bot_shuts_down_instead(make_kb, refreshers) -> None:
     gate = threading.Event()
     kb = Observed(make_kb(), gate=gate)
