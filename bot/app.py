@@ -142,6 +142,7 @@ def build_app(
         metrics=metrics,
         rules=rules,
         access=access,
+        bot_name=identity.get("user", ""),
     )
     if settings.learn_from_threads:
         services.learner = responder.learner = Learner(

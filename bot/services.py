@@ -49,6 +49,7 @@ class Services:
     learner: Learner | None = None  # bot.learning: saved answers (None when LEARN_FROM_THREADS is off)
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
+    bot_name: str = ""  # the bot's handle (auth.test "user"): "/ask @docsbot …" typed as plain text
     # Set by bot.listeners.middleware: dispatches an event kept in the inbox through the Bolt app again.
     redeliver: Callable[[dict], None] | None = None
 

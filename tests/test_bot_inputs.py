@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(120)
 def test_ask_command_with_only_the_bots_mention_or_a_hello_is_usage_and_a_mention_is_not_the_question(
         make_kb, fake_openai, fake_slack, start_bot):
     start_bot(make_kb(abstain_threshold=0.0))
-    for text in (f"<@{BOT_USER_ID}>", f"  <@{BOT_USER_ID}|docsbot>  ", "hello!"):
+    # Slack sends "@docsbot" as typed when the command does not escape users (auth.test's "user").
+    for text in (f"<@{BOT_USER_ID}>", f"  <@{BOT_USER_ID}|docsbot>  ", "hello!", "@docsbot", "@DocsBot:"):
         envelope = fake_slack.send_command(fake_slack.command_payload("/ask", text, channel="CI1"))
         assert fake_slack.wait_ack(envelope)["payload"]["text"] == USAGE, text
     asked = len(fake_openai.requests)
@@ -27,6 +28,10 @@ def test_ask_command_with_only_the_bots_mention_or_a_hello_is_usage_and_a_mentio
     assert len(fake_openai.requests) == asked + 1
     question = fake_openai.requests[-1]["messages"][-1]["content"]
     assert "what is a partition?" in question and BOT_USER_ID not in question
+    fake_slack.send_command(fake_slack.command_payload("/ask", "@docsbot how do I drop a partition?", channel="CI1"))
+    fake_slack.wait_for("response_url", count=2, where=lambda c: c.params.get("blocks"))
+    question = fake_openai.requests[-1]["messages"][-1]["content"]
+    assert "how do I drop a partition?" in question and "@docsbot" not in question
 
 
 @pytest.mark.parametrize("text, expected", [

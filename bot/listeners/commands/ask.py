@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import uuid
 
 from slack_bolt import Ack, App, BoltContext, Respond
@@ -35,7 +36,8 @@ def register(app: App, services: Services) -> None:
     def on_ask(ack: Ack, command: dict, respond: Respond, context: BoltContext) -> None:
         # Slack escapes &, < and > in command text like in messages: read it as the person wrote it,
         # without the bot's own mention ("/ask @docsbot" alone asks nothing).
-        text = clean_text(command.get("text") or "", bot_user_id=context.bot_user_id or "")
+        text = _without_handle(clean_text(command.get("text") or "", bot_user_id=context.bot_user_id or ""),
+                               services.bot_name)
         if not text or is_small_talk(text):  # "/ask hi" to try it out: how to ask
             ack(text=USAGE, response_type="ephemeral")
             return
@@ -63,6 +65,13 @@ def register(app: App, services: Services) -> None:
             services.limiter.release(user_key)
             services.metrics.record_error("pool_full")
             _reply(respond, [{"text": BUSY_TEXT}])
+
+
+def _without_handle(text: str, handle: str) -> str:
+    """Without a leading "@docsbot": a command whose text Slack does not escape sends the mention as typed."""
+    if not handle:
+        return text
+    return re.sub(rf"^@{re.escape(handle)}(?![\w.-])[\s,:]*", "", text, flags=re.IGNORECASE).strip()
 
 
 def _conversation(command: dict) -> str:
