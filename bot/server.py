@@ -1,11 +1,14 @@
 """Run the bot: Socket Mode when SLACK_APP_TOKEN is set, else the HTTP Events API.
 
-HTTP mode serves Bolt's WSGI adapter with waitress (a production WSGI server);
-Bolt verifies each request's signature and timestamp (401 otherwise).
+HTTP mode serves Bolt's WSGI adapter with waitress (a production WSGI server).
+Before Bolt sees a request, its size is capped (413) and its signature and
+timestamp are checked (401), so junk from anyone who can reach the URL is never
+parsed, stored or logged whole; a signed request Bolt cannot read gets a 400.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import threading
@@ -13,6 +16,7 @@ import time
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import SignatureVerifier
 from waitress.server import create_server
 
 from bot.app import SlackSetupError, SupportBot, build_app
@@ -26,6 +30,9 @@ from bot.sweeper import Sweeper
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+# Slack's requests are a few KB (a message holds at most 40,000 characters, a modal's state
+# some more): 1 MiB leaves room and refuses floods before they are read.
+MAX_BODY_BYTES = 1 << 20
 RUNS_KEPT_SECONDS = 90 * 86400.0  # refresh run history shown by /reindex status
 
 _SETUP_HELP = (
@@ -53,26 +60,59 @@ def socket_mode_handler(bot: SupportBot, settings: BotSettings) -> SocketModeHan
     return SocketModeHandler(bot.app, app_token=settings.slack_app_token.get_secret_value(), web_client=bot.client)
 
 
-def wsgi_app(bot: SupportBot):
+def wsgi_app(bot: SupportBot, *, signing_secret: str):
     """A WSGI application serving POST /slack/events (and 404 elsewhere)."""
     handler = SlackRequestHandler(bot.app)
+    verifier = SignatureVerifier(signing_secret)
 
     def application(environ, start_response):
+        def reply(status: str, text: str):
+            start_response(status, [("Content-Type", "text/plain")])
+            return [text.encode()]
+
         if environ.get("PATH_INFO") != EVENTS_PATH:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found"]
-        return handler(environ, start_response)
+            return reply("404 Not Found", "not found")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            log.warning("refused a Slack request of %s bytes (at most %d)", environ.get("CONTENT_LENGTH"),
+                        MAX_BODY_BYTES)
+            return reply("413 Payload Too Large", "request too large")
+        body = environ["wsgi.input"].read(length) if length else b""
+        if not _signed(verifier, body, environ):
+            # One short line: the body is whatever anyone sent, never logged.
+            log.info("refused a Slack request without a valid signature (%d bytes)", len(body))
+            return reply("401 Unauthorized", "invalid request")
+        environ["wsgi.input"] = io.BytesIO(body)
+        try:
+            return handler(environ, start_response)
+        except Exception as error:  # noqa: BLE001 - a signed body Bolt cannot read: Slack gets a 400, the log one line
+            log.warning("could not read a signed Slack request (%d bytes): %s: %s", len(body),
+                        type(error).__name__, str(error)[:200])
+            return reply("400 Bad Request", "malformed request")
 
     return application
+
+
+def _signed(verifier: SignatureVerifier, body: bytes, environ: dict) -> bool:
+    """Slack's signature of this body, made within the last 5 minutes (a bad timestamp is no signature)."""
+    try:
+        return verifier.is_valid(body=body, timestamp=environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"),
+                                 signature=environ.get("HTTP_X_SLACK_SIGNATURE"))
+    except (TypeError, ValueError):
+        return False
 
 
 def http_server(bot: SupportBot, settings: BotSettings, *, host: str | None = None, port: int | None = None):
     """A waitress server (not yet running: .run() blocks, .close() stops; .effective_port)."""
     return create_server(
-        wsgi_app(bot),
+        wsgi_app(bot, signing_secret=settings.slack_signing_secret.get_secret_value()),
         host=host or settings.host,
         port=settings.port if port is None else port,
         threads=settings.http_threads,
+        max_request_body_size=MAX_BODY_BYTES,  # waitress answers 413 itself for a chunked one
         ident="supportbot",
     )
 

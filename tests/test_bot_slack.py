@@ -4,7 +4,10 @@ KnowledgeBase (tiny models, Milvus Lite, fake OpenAI)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -294,6 +297,49 @@ def test_http_mode_signatures(make_kb, fake_slack, start_bot):
     assert len(_final(fake_slack, "C7")) == 1
     assert fake_slack.calls("auth.test")[0].headers["authorization"] == f"Bearer {fake_slack.bot_token}"
 
+
+
+def test_http_mode_refuses_junk_in_a_line_and_never_answers_500(make_kb, fake_slack, start_bot, caplog):
+    """Anyone who can reach the URL may send anything: unsigned junk gets a 401 unread, an oversized
+    body a 413 unread, a signed body Bolt cannot read a 400; none logs a traceback or the body."""
+    running = start_bot(make_kb(), mode="http")
+    caplog.set_level(logging.INFO)
+
+    def unsigned(body: bytes, content_type: str = "application/json", **headers) -> int:
+        request = urllib.request.Request(running.url, data=body, method="POST",
+                                         headers={"Content-Type": content_type, **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    marker = b"JUNK-MARKER-" * 10
+    for body, content_type, headers in [
+        (b'{"type": ' + marker, "application/json", {}),
+        (b"payload=%7Bnot" + marker, "application/x-www-form-urlencoded", {}),
+        (b"\xff\xfe" + marker, "application/json", {}),
+        (b"[1, 2, 3]", "application/json", {"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=00"}),
+    ]:
+        assert unsigned(body, content_type, **headers) == 401, body
+    huge = b'{"type": "event_callback", "event": {"text": "' + b"x" * (2 << 20) + b'"}}'
+    try:
+        refused = fake_slack.post_signed(running.url, huge, "application/json")[0]
+    except urllib.error.URLError:  # waitress answers 413 and closes while the client is still sending
+        refused = 413
+    assert refused == 413
+    for body, content_type in [
+        (b'{"type": ' + marker, "application/json"),
+        (b"payload=%7Bnot" + marker, "application/x-www-form-urlencoded"),
+        (b"[1, 2, 3]", "application/json"),
+    ]:
+        assert fake_slack.post_signed(running.url, body, content_type)[0] == 400, body
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "JUNK-MARKER" not in logged and "xxxxxxxxxx" not in logged
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # Still serving.
+    assert fake_slack.send_event(fake_slack.mention(QUESTION, channel="C8"), via="http", url=running.url) == 200
+    _final(fake_slack, "C8")
 
 
 class _Slow:
