@@ -124,9 +124,11 @@ def _button(action_id: str, text: str, record_id: str, *, primary: bool = False)
     return button
 
 
-def feedback_block(record_id: str, *, share: bool = False) -> dict:
-    """👍/👎 and "Ask a human" (and "Share in channel" when private); values are the answer record id."""
+def feedback_block(record_id: str, *, share: bool = False, ask_human: bool = True) -> dict:
+    """👍/👎 and "Ask a human" (unless `ask_human` is False: an abstention offers it above), and
+    "Share in channel" when private; values are the answer record id."""
     shared = [_button(SHARE_ANSWER, "Share in channel", record_id, primary=True)] if share else []
+    handoff = [_button(ASK_HUMAN, "🙋 Ask a human", record_id)] if ask_human else []
     return {
         "type": "actions",
         "block_id": "feedback",
@@ -143,7 +145,7 @@ def feedback_block(record_id: str, *, share: bool = False) -> dict:
                 "text": {"type": "plain_text", "text": "👎 Not helpful", "emoji": True},
                 "value": record_id,
             },
-            _button(ASK_HUMAN, "🙋 Ask a human", record_id),
+            *handoff,
         ],
     }
 
@@ -169,9 +171,10 @@ def answer_messages(answer: Answer, *, record_id: str | None = None, private: bo
             {"type": "context", "elements": [text_object(escape(answer.note)[:SECTION_LIMIT])]}
         )
     if record_id:
-        if answer.status == "abstained":
+        offered = answer.status == "abstained"
+        if offered:
             footer.append(handoff_offer(record_id))
-        footer.append(feedback_block(record_id, share=private))
+        footer.append(feedback_block(record_id, share=private, ask_human=not offered))
     return _messages(blocks, footer)
 
 

@@ -27,7 +27,7 @@ _WIDE_MARKER = re.compile(r"[【［]\s*(\d+(?:\s*[,，\-–]\s*\d+)*)\s*[】］]
 TEXTS = {
     "en": {
         "abstain": "The documentation doesn't seem to cover this, so I won't guess.",
-        "abstain_read": "The closest sections you may want to read:",
+        "abstain_read": "The closest sections are under Sources, in case they help.",
         "retrieval_only": "Here are the most relevant passages from the documentation:",
         "no_key": "No OpenAI API key is configured (OPENAI_API_KEY): these are the most "
         "relevant passages, not a written answer.",
@@ -37,7 +37,7 @@ TEXTS = {
     },
     "zh": {
         "abstain": "文档中似乎没有涉及这个问题，我不做猜测。",
-        "abstain_read": "以下是最接近的章节，您可以参考：",
+        "abstain_read": "最接近的章节列在 Sources 中，供您参考。",
         "retrieval_only": "以下是文档中最相关的段落：",
         "no_key": "未配置 OpenAI API 密钥（OPENAI_API_KEY）：以下是最相关的段落，而不是生成的回答。",
         "model_failed": "语言模型调用失败（{error}，已重试）：以下是最相关的段落，而不是生成的回答。",
@@ -479,13 +479,12 @@ def _texts(language: str) -> dict[str, str]:
 
 
 def abstention_text(passages: Sequence[Candidate], language: str) -> str:
-    """Say the docs don't seem to cover it, then list the closest sections with links."""
+    """Say the docs don't seem to cover it, and point to the closest sections: they are the
+    answer's citations, which every front end lists under Sources (not a second time here)."""
     texts = _texts(language)
     if not passages:
         return texts["abstain"]
-    lines = [texts["abstain"], "", texts["abstain_read"]]
-    lines += [f"[{n}] {c.chunk.breadcrumb} — {c.chunk.url}" for n, c in enumerate(passages, 1)]
-    return "\n".join(lines)
+    return f"{texts['abstain']}\n\n{texts['abstain_read']}"
 
 
 def retrieval_only_text(passages: Sequence[Candidate], language: str) -> str:

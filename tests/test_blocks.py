@@ -1,6 +1,9 @@
 """Block Kit answers: sources numbered like the markers, Slack's size limits, balanced code fences."""
 
+import json
+
 from bot.blocks import (
+    ASK_HUMAN,
     BLOCK_LIMIT,
     FEEDBACK_DOWN,
     FEEDBACK_UP,
@@ -87,3 +90,17 @@ def test_single_huge_line_is_cut_without_breaking_entities():
 def test_progress_message():
     assert progress_message("", placeholder="Looking…")["text"] == "Looking…"
     assert progress_message("Partial **bo", placeholder="x")["text"].endswith(" …")
+
+
+def test_an_abstention_lists_its_closest_sections_once_and_offers_one_hand_off(make_kb):
+    kb = make_kb(abstain_threshold=1.0, abstain_dense_threshold=1.0)  # always abstain
+    answer = kb.ask("Can Milvus make coffee?")
+    assert answer.status == "abstained" and answer.citations
+    assert "http" not in answer.text  # the sections are the citations, listed under Sources
+    [message] = answer_messages(answer, record_id="rec1")
+    shown = json.dumps(message["blocks"])
+    assert all(shown.count(citation.url) == 1 for citation in answer.citations)
+    buttons = [element for block in message["blocks"]
+               for element in [*(block.get("elements") or []), *([block["accessory"]] if "accessory" in block else [])]]
+    assert [b["action_id"] for b in buttons].count(ASK_HUMAN) == 1
+    assert {FEEDBACK_UP, FEEDBACK_DOWN} <= {b["action_id"] for b in buttons}

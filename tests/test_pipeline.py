@@ -87,9 +87,11 @@ def test_abstention_makes_no_model_call(make_kb, fake_openai):
     assert answer.status == "abstained"
     assert fake_openai.requests == []
     assert answer.text.startswith("The documentation doesn't seem to cover this")
-    assert "you may want to read" in answer.text
-    for candidate in answer.passages:
-        assert candidate.chunk.url in answer.text and candidate.chunk.breadcrumb in answer.text
+    assert "The closest sections are under Sources" in answer.text
+    # They are the citations (every front end lists those), not repeated in the text.
+    assert [(c.url, c.breadcrumb) for c in answer.citations] == [
+        (p.chunk.url, p.chunk.breadcrumb) for p in answer.passages]
+    assert not any(p.chunk.url in answer.text for p in answer.passages)
 
 
 def test_abstention_threshold_is_on_the_best_rerank_score(make_kb, fake_openai):
@@ -156,7 +158,7 @@ def test_chinese_abstention_text(make_kb, fake_openai):
     answer = kb.ask("Milvus 支持 Windows 吗？")
     assert answer.status == "abstained" and answer.language == "zh"
     assert answer.text.startswith("文档中似乎没有涉及这个问题")
-    assert "以下是最接近的章节" in answer.text
+    assert "最接近的章节列在 Sources 中" in answer.text and answer.citations
     assert fake_openai.requests == []
 
 
