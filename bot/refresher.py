@@ -353,8 +353,8 @@ class Refresher:
                 if notify is not None:
                     queued.notifies.append(notify)
                 self._record_metric("queued")
-                return (f"{busy} A {_kind(queued.rebuild)} requested by {queued.by} is queued to follow it; "
-                        "yours joins that one. I'll post the summary here.")
+                return (f"{busy} A request by {queued.by} is already queued to follow it; yours joins it, "
+                        f"as one {_kind(queued.rebuild)}. I'll post the summary here.")
             queued = self._state.queued = _Queued(by=by, rebuild=rebuild, notifies=[notify] if notify else [])
         self._record_metric("queued")
         threading.Thread(target=self._run_when_free, args=(queued,), name="index-refresh-queued",

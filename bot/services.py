@@ -70,8 +70,8 @@ class Services:
         if key is None:
             log.debug("duplicate message %s/%s ignored", question.channel, question.message_ts)
             return False
-        if is_small_talk(question.text):
-            self._small_talk(question)
+        if is_small_talk(question.text) or not (question.text.strip() or question.files):
+            self._small_talk(question)  # a bare mention too: how to ask, not "the message is empty"
             return self._ended(question, key, "small_talk")
         if question.files and not question.text:
             self.responder.refuse(question, FILES_ONLY_TEXT)  # rather than "the message is empty"

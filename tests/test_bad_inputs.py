@@ -16,8 +16,8 @@ pytestmark = pytest.mark.timeout(150)
 INJECTION = "<!channel> <!here> <!everyone> <@U123> <#C999> <!subteam^S1> <https://evil.example|click> hi"
 CASES = [
     # name, question text (after the mention), outcomes accepted, text the reply starts with
-    ("empty", "", {"invalid"}, "Please ask a question"),
-    ("only spaces and newlines", "   \n\t  ", {"invalid"}, "Please ask a question"),
+    ("empty", "", {"small_talk"}, "👋 I answer questions from the docs"),  # a bare mention: how to ask
+    ("only spaces and newlines", "   \n\t  ", {"small_talk"}, "👋 I answer questions from the docs"),
     ("only control characters", "\x00\x01\x1b\x7f", {"invalid"}, "Please ask a question"),
     ("100k characters", "How do I index? " * 6250, {"invalid"}, "The question is too long (99999 characters"),
     ("control characters", "What is\x00 Milvus\x07 \x1b[31mLite\x1b[0m?\x7f\x9b", {"answered"}, ""),

@@ -81,6 +81,14 @@ def test_greetings_and_thanks_to_the_bot_are_not_looked_up(make_kb, fake_openai,
     [reply] = bot_replies(fake_slack, "CI4", topic["ts"])
     assert reply["text"].startswith(SMALL_TALK_TEXT)
 
+    # A bare "@docsbot": the same line on how to ask, no placeholder, not "the message is empty".
+    bare = fake_slack.mention("", channel="CI6")
+    fake_slack.send_event(bare)
+    assert outcomes.wait(6)[-1].outcome == "small_talk"
+    [reply] = bot_replies(fake_slack, "CI6", bare["ts"])
+    assert reply["text"].startswith(SMALL_TALK_TEXT)
+    assert len(fake_openai.requests) == asked + 1
+
 
 def test_a_file_without_words_is_told_to_ask_in_words(make_kb, fake_openai, fake_slack, start_bot, outcomes):
     start_bot(make_kb(abstain_threshold=0.0))

@@ -228,11 +228,12 @@ def test_busy_failures_and_long_answers(make_kb, fake_openai, fake_slack, start_
     assert running.records.recent_answers(1)[0].status == "retrieval_only"
 
     _wait_idle(running)
-    # An empty question: the knowledge layer's message, as-is.
+    # A bare mention: one line on how to ask, no placeholder, no lookup.
     empty = fake_slack.mention("", channel="C4")
     fake_slack.send_event(empty)
-    [reply] = fake_slack.wait_for("chat.update", where=lambda c: c.params.get("channel") == "C4")
-    assert reply.params["text"].startswith("Please ask a question")
+    [reply] = fake_slack.wait_for("chat.postMessage", where=lambda c: c.params.get("channel") == "C4")
+    assert reply.params["text"].startswith("👋 I answer questions from the docs")
+    assert not [c for c in fake_slack.calls("chat.update") if c.params.get("channel") == "C4"]
 
     _wait_idle(running)
     # A very long answer: split within Slack's limits, sources and buttons at the end.
