@@ -426,6 +426,9 @@ def _marker_parts(inside: str) -> list[tuple[str, list[int]]]:
     ]
 
 
+_DROPPED = "\x00"  # where a marker naming no listed passage was (a NUL of the model's own goes too)
+
+
 def normalise_markers(text: str, count: int) -> str:
     """[n] markers only, each naming one of the `count` passages.
 
@@ -437,9 +440,11 @@ def normalise_markers(text: str, count: int) -> str:
     def keep_valid(match: re.Match) -> str:
         parts = [part for part, bounds in _marker_parts(match.group(1))
                  if all(1 <= n <= count for n in bounds)]
-        return f"[{', '.join(parts)}]" if parts else ""
+        return f"[{', '.join(parts)}]" if parts else _DROPPED
 
-    return _MARKER.sub(keep_valid, text)
+    # A dropped marker takes the space before it along ("See [7] and" -> "See and", "works [9]." -> "works.").
+    text = _MARKER.sub(keep_valid, text)
+    return re.sub(rf"[ \t]+{_DROPPED}(?=[ \t.,;:!?)。，]|$)|{_DROPPED}", "", text, flags=re.MULTILINE)
 
 
 def used_citations(text: str, passages: Sequence[Candidate]) -> list[Citation]:
