@@ -1,12 +1,14 @@
 """Block Kit messages for an answer: text sections, numbered sources, 👍/👎 buttons.
 
 Slack limits: 3,000 characters per section text, 50 blocks per message. Long
-answers are split at paragraph, then line boundaries; a code fence cut by a
-split is closed and reopened so each part renders on its own.
+answers are split at paragraph, then line boundaries, never between a heading and
+its text; a code fence cut by a split is closed and reopened so each part renders
+on its own.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from bot.mrkdwn import escape, safe_url, text_object, to_mrkdwn
@@ -23,6 +25,7 @@ SHARE_ANSWER = "share_answer"  # bot.listeners.actions.share: a private /ask ans
 ABSTAINED_OFFER = "I couldn't find this in the docs. Want a person from the team to take a look?"
 _FENCE = "```"
 _REOPEN_RESERVE = 2 * (len(_FENCE) + 1)  # room for "```\n" at the start and "\n```" at the end
+_HEADING = re.compile(r"\*[^*\n]+\*")  # a Markdown heading as bot.mrkdwn renders it: a bold line of its own
 
 
 def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
@@ -31,8 +34,24 @@ def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
         return []
     if limit <= _REOPEN_RESERVE + 1:
         raise ValueError(f"limit must be more than {_REOPEN_RESERVE + 1} characters")
-    raw = _pack(text.split("\n\n"), "\n\n", limit - _REOPEN_RESERVE)
+    raw = _pack(_headed_paragraphs(text.split("\n\n")), "\n\n", limit - _REOPEN_RESERVE)
     return _balance_fences(raw)
+
+
+def _headed_paragraphs(paragraphs: Sequence[str]) -> list[str]:
+    """The paragraphs, each heading joined to what follows it (a part never ends on a heading)."""
+    pieces: list[str] = []
+    carried = ""
+    for paragraph in paragraphs:
+        joined = f"{carried}\n\n{paragraph}" if carried else paragraph
+        if _HEADING.fullmatch(paragraph.strip()):
+            carried = joined
+            continue
+        pieces.append(joined)
+        carried = ""
+    if carried:
+        pieces.append(carried)
+    return pieces
 
 
 def _pack(pieces: Sequence[str], joiner: str, limit: int) -> list[str]:

@@ -80,6 +80,19 @@ def test_code_fence_is_closed_and_reopened_across_a_split():
     assert parts[-1].endswith("After.")
 
 
+def test_a_split_never_leaves_a_heading_at_the_end_of_a_part():
+    steps = [f"*Step {i}*\n\n" + f"Do thing {i}. " * 60 for i in range(1, 9)]  # ~800 characters each
+    text = "\n\n".join(steps)
+    parts = split_text(text, 1000)
+    assert len(parts) == 8
+    for i, part in enumerate(parts, start=1):
+        assert part.startswith(f"*Step {i}*\n\nDo thing {i}.") and not part.rstrip().endswith("*")
+    assert "\n\n".join(parts) == text
+    # Headings in a row stay together with the text they introduce.
+    assert split_text("*A*\n\n*B*\n\nbody", 1000) == ["*A*\n\n*B*\n\nbody"]
+    assert split_text("text\n\n*Last*", 1000) == ["text\n\n*Last*"]
+
+
 def test_single_huge_line_is_cut_without_breaking_entities():
     text = "&amp;" * 2000
     parts = split_text(text, 3000)
