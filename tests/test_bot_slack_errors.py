@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from tests.bot_helpers import bot_replies, final_answers, outcomes, start_bot  # noqa: F401  (fixtures)
+from tests.fixtures.slack_fake import TEAM_ID
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,9 +46,16 @@ def test_requests_no_listener_wants_are_acknowledged(fake_slack, start_bot, outc
         fake_slack.send_envelope("interactive", {**fake_slack.shortcut_payload(
             "an_old_shortcut", {"ts": fake_slack.next_ts(), "text": "hi"}, channel="C1", user="U1"),
             "type": "shortcut"}),
+        fake_slack.send_envelope("interactive", {"type": "view_closed", "team": {"id": TEAM_ID}, "user": {"id": "U1"},
+                                                 "view": {"id": "V1", "callback_id": "an_old_modal"}, "is_cleared": False}),
     ]
     for envelope in sent:
         fake_slack.wait_ack(envelope, timeout=5)
+    # An external select's options the bot does not serve: an empty list, not an error in the menu.
+    suggestion = fake_slack.send_envelope("interactive", {
+        "type": "block_suggestion", "team": {"id": TEAM_ID}, "user": {"id": "U1"}, "action_id": "an_old_select",
+        "block_id": "b1", "value": "mil", "container": {"type": "view", "view_id": "V1"}})
+    assert fake_slack.wait_ack(suggestion, timeout=5).get("payload") == {"options": []}
     assert not outcomes.records and not fake_slack.calls("chat.postMessage")
 
 

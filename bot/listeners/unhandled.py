@@ -1,4 +1,4 @@
-"""Acknowledge what no other listener took: events the bot does not use, and buttons,
+"""Acknowledge what no other listener took: events the bot does not use, and buttons, selects,
 shortcuts or modals it no longer has (an older message's). Bolt answers those 404 and, in
 Socket Mode, never acknowledges them: Slack then re-sends them and shows people an error."""
 
@@ -35,3 +35,13 @@ def register(app: App) -> None:
     def on_other_view(ack: Ack, view: dict) -> None:
         ack()
         log.info("view %r has no listener", view.get("callback_id"))
+
+    @app.view_closed(_ANY)
+    def on_view_closed(ack: Ack, view: dict) -> None:
+        ack()  # a modal closed without submitting: nothing to do
+        log.debug("view %r closed", view.get("callback_id"))
+
+    @app.options(_ANY)
+    def on_other_options(ack: Ack, payload: dict) -> None:
+        ack(options=[])  # an external select the bot does not serve: no options rather than an error
+        log.info("options for %r have no listener", payload.get("action_id"))
