@@ -17,7 +17,7 @@ from bot.state import Database, Records, StateError
 from bot.state.claims import Claims, ClaimedQuestion
 from bot.responder import Progress, Question, Responder
 from bot.settings import BotSettings
-from bot.triage import is_small_talk
+from bot.triage import is_small_talk, is_thanks
 from bot.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
 FILES_ONLY_TEXT = "I can only read words, not attachments: please type your question."
 SMALL_TALK_TEXT = "👋 I answer questions from the docs, with their sources: ask me one in your own words."
+THANKS_TEXT = "You're welcome! Ask me anything else about the docs."
 
 
 @dataclass
@@ -122,8 +123,12 @@ class Services:
         return self.records.answered_thread(channel, thread_ts)
 
     def _small_talk(self, question: Question) -> None:
-        """"hi" gets how to ask; "thanks!" under an answer needs no reply (as in channel threads)."""
+        """"hi" gets how to ask; "thanks!" under an answer needs no reply (as in channel threads),
+        elsewhere a "you're welcome"."""
         if question.in_thread and self.in_thread(question.channel, question.thread_ts, besides=question.message_ts):
+            return
+        if is_thanks(question.text):  # "thanks!" in a DM after an answer: not how to ask
+            self.responder.refuse(question, THANKS_TEXT)
             return
         prompts = self.settings.suggested_prompts
         example = f" For example: “{prompts[0]}”" if prompts else ""

@@ -85,6 +85,18 @@ def is_small_talk(text: str) -> bool:
     return bool(_CHITCHAT.match(words) or _ZH_CHITCHAT.match(words))
 
 
+_THANKS = re.compile(
+    r"^(?:thanks?|thx|ty|tysm|cheers|much appreciated|appreciate|great|awesome|perfect|nice|cool|got it|"
+    r"makes sense|(?:that |it )?(?:works|worked|helps|helped)|谢谢|多谢|感谢|辛苦)",
+    re.IGNORECASE,
+)
+
+
+def is_thanks(text: str) -> bool:
+    """True for small talk that thanks or acknowledges ("thanks!", "perfect, works now"), not a greeting."""
+    return is_small_talk(text) and bool(_THANKS.match(_words(text)))
+
+
 def looks_like_question(text: str) -> bool:
     """True when `text` reads as a question or a request for help (see the module docstring)."""
     if is_chitchat(text):

@@ -14,7 +14,7 @@ from bot.handoff import NO_CONTACTS, handoff_message
 from bot.home import index_text
 from bot.records import Records
 from bot.settings import BotSettings
-from bot.triage import is_chitchat, looks_like_question
+from bot.triage import is_chitchat, is_thanks, looks_like_question
 from knowledge.types import Answer, Citation
 
 QUESTIONS = [
@@ -75,6 +75,14 @@ def test_questions_are_recognised(text):
 @pytest.mark.parametrize("text", NOT_QUESTIONS)
 def test_chitchat_statements_emoji_and_links_are_not_questions(text):
     assert not looks_like_question(text)
+
+
+@pytest.mark.parametrize("text, thanks", [
+    ("thanks!", True), ("Thank you so much 🙏", True), ("perfect, works now", True), ("谢谢！", True),
+    ("hi there", False), ("good morning :wave:", False), ("thanks, how do I back up?", False), ("", False),
+])
+def test_thanks_are_told_apart_from_greetings(text, thanks):
+    assert is_thanks(text) is thanks
 
 
 def test_channel_settings_parse():

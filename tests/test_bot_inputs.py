@@ -8,7 +8,7 @@ import pytest
 
 from bot.history import clean_text
 from bot.listeners.commands.ask import USAGE
-from bot.services import FILES_ONLY_TEXT, SMALL_TALK_TEXT
+from bot.services import FILES_ONLY_TEXT, SMALL_TALK_TEXT, THANKS_TEXT
 from tests.bot_helpers import bot_replies, outcomes, start_bot  # noqa: F401  (fixtures)
 from tests.fixtures.slack_fake import BOT_USER_ID
 
@@ -81,10 +81,17 @@ def test_greetings_and_thanks_to_the_bot_are_not_looked_up(make_kb, fake_openai,
     [reply] = bot_replies(fake_slack, "CI4", topic["ts"])
     assert reply["text"].startswith(SMALL_TALK_TEXT)
 
+    # "thanks!" as a new DM message after an answer: a "you're welcome", not how to ask.
+    thanks = fake_slack.message_event("thanks, that worked!", channel="DI3", channel_type="im")
+    fake_slack.send_event(thanks)
+    assert outcomes.wait(6)[-1].outcome == "small_talk"
+    [reply] = bot_replies(fake_slack, "DI3", thanks["ts"])
+    assert reply["text"] == THANKS_TEXT
+
     # A bare "@docsbot": the same line on how to ask, no placeholder, not "the message is empty".
     bare = fake_slack.mention("", channel="CI6")
     fake_slack.send_event(bare)
-    assert outcomes.wait(6)[-1].outcome == "small_talk"
+    assert outcomes.wait(7)[-1].outcome == "small_talk"
     [reply] = bot_replies(fake_slack, "CI6", bare["ts"])
     assert reply["text"].startswith(SMALL_TALK_TEXT)
     assert len(fake_openai.requests) == asked + 1
