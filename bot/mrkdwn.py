@@ -75,11 +75,27 @@ def to_mrkdwn(
     """
     if not markdown or not markdown.strip():
         return ""
-    tokens = _parser().parse(markdown)
     allowed = None if allowed_urls is None else frozenset(u.strip() for u in allowed_urls)
+    if allowed is not None:
+        markdown = _slack_links_as_markdown(markdown)
+    tokens = _parser().parse(markdown)
     renderer = _BlockRenderer(allowed)
     renderer.bare = _BARE_DOMAIN if auto_linked else _BARE_URL
     return renderer.render(tokens).strip("\n")
+
+
+# Slack's own link syntax, <https://x|label>, which models trained on Slack threads write; and code.
+_SLACK_LINK = re.compile(r"<(https?://[^\s|<>]+)\|([^<>\n]+)>")
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
+
+
+def _slack_links_as_markdown(markdown: str) -> str:
+    """<url|label> outside code as [label](url), so it is held to the allow-list like any link
+    (a URL that is not cited shows its label only) instead of showing "url|label" as text."""
+    parts = _CODE.split(markdown)
+    for index in range(0, len(parts), 2):  # the even parts are outside code
+        parts[index] = _SLACK_LINK.sub(lambda m: f"[{m.group(2)}]({m.group(1)})", parts[index])
+    return "".join(parts)
 
 
 def _allowed(url: str, allowed: frozenset[str] | None) -> bool:

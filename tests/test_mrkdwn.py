@@ -40,6 +40,14 @@ def test_autolink_cannot_smuggle_a_label():
     assert to_mrkdwn("<https://evil.example|docs.milvus.io>") == "<https://evil.example%7Cdocs.milvus.io>"
 
 
+def test_a_slack_link_written_by_the_model_is_held_to_the_cited_urls_like_a_markdown_link():
+    cited = ["https://docs.example/a"]
+    assert to_mrkdwn("See <https://evil.example|click> now.", allowed_urls=cited) == "See click now."
+    assert to_mrkdwn("Read <https://docs.example/a|the guide>.", allowed_urls=cited) == (
+        "Read <https://docs.example/a|the guide>.")  # a cited one is a link
+    assert to_mrkdwn("`<https://evil.example|x>`", allowed_urls=cited) == "`&lt;https://evil.example|x&gt;`"
+
+
 def test_link_url_cannot_break_out_of_the_link():
     out = to_mrkdwn("[label](https://a.example/x?q=1|<!channel>)")
     assert out.startswith("<https://a.example/x?q=1%7C")
