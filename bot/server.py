@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+from urllib.parse import parse_qs
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -82,6 +83,8 @@ def wsgi_app(bot: SupportBot, *, signing_secret: str):
             return reply("413 Payload Too Large", "request too large")
         body = environ["wsgi.input"].read(length) if length else b""
         if not _signed(verifier, body, environ):
+            if parse_qs(body.decode("utf-8", "replace")).get("ssl_check") == ["1"]:
+                return reply("200 OK", "")  # Slack's certificate check: answered before any signature, as Bolt does
             # One short line: the body is whatever anyone sent, never logged.
             log.info("refused a Slack request without a valid signature (%d bytes)", len(body))
             return reply("401 Unauthorized", "invalid request")

@@ -323,6 +323,7 @@ def test_http_mode_refuses_junk_in_a_line_and_never_answers_500(make_kb, fake_sl
         (b"[1, 2, 3]", "application/json", {"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=00"}),
     ]:
         assert unsigned(body, content_type, **headers) == 401, body
+    assert unsigned(b"ssl_check=1&token=legacy", "application/x-www-form-urlencoded") == 200  # Slack's TLS check
     huge = b'{"type": "event_callback", "event": {"text": "' + b"x" * (2 << 20) + b'"}}'
     try:
         refused = fake_slack.post_signed(running.url, huge, "application/json")[0]
