@@ -136,13 +136,10 @@ class Responder:
             except (SlackClientError, OSError) as error:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
                 log.info("assistant.threads.setStatus failed (%s); posting a placeholder", slack_error_code(error))
-        try:
-            progress.placeholder_ts = self._event_client.chat_postMessage(
-                channel=question.channel, thread_ts=question.thread_ts, text=escape(self._settings.placeholder_text),
-            ).get("ts", "")
-        except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
+        progress.placeholder_ts, error = self._post(
+            question, {"text": escape(self._settings.placeholder_text)}, what="the placeholder")
+        if error is not None:
             code = slack_error_code(error)
-            log.warning("chat.postMessage of the placeholder failed: %s", code)
             if code in CANNOT_POST:
                 progress.refused = code  # removed from the channel (or it is gone) after Slack sent the event
             elif (wait := retry_after(error)) is not None:
@@ -151,17 +148,16 @@ class Responder:
 
     def refuse(self, question: Question, text: str) -> None:
         """A per-person limit said no: say so in the thread (nothing else was posted)."""
-        self._post(question, {"text": escape(text)})
+        self._post(question, {"text": escape(text)}, what="a reply")
 
     def busy(self, question: Question, progress: Progress) -> None:
         """Tell the person the pool is full (instead of silence); Slack failures (a 429 too: this
         runs on the event thread) are logged."""
+        if not progress.placeholder_ts:
+            self._post(question, {"text": BUSY_TEXT}, what="the busy reply")
+            return
         try:
-            if progress.placeholder_ts:
-                self._event_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, text=BUSY_TEXT)
-            else:
-                self._event_client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts,
-                                                    text=BUSY_TEXT)
+            self._event_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, text=BUSY_TEXT)
         except (SlackClientError, OSError) as error:
             log.warning("could not post the busy reply: %s", slack_error_code(error))
 
@@ -249,16 +245,17 @@ class Responder:
         return error_id
 
     # -- Slack calls -------------------------------------------------------
-    def _post(self, question: Question, message: dict) -> str:
-        """Post in the question's thread from the event thread: the ts, or "" (logged) when Slack fails."""
+    def _post(self, question: Question, message: dict, *, what: str) -> tuple[str, Exception | None]:
+        """Post in the question's thread from the event thread (no 429 waits): (its ts, None), or
+        ("", the error) when Slack fails, logged as the post of `what`."""
         try:
             response = self._event_client.chat_postMessage(
                 channel=question.channel, thread_ts=question.thread_ts, **message
             )
-            return response.get("ts", "")
+            return response.get("ts", ""), None
         except (SlackClientError, OSError) as error:  # OSError: Slack unreachable (URLError)
-            log.warning("chat.postMessage failed: %s", slack_error_code(error))
-            return ""
+            log.warning("chat.postMessage of %s failed: %s", what, slack_error_code(error))
+            return "", error
 
     def _deliver(self, question: Question, progress: Progress, messages: list[dict]) -> str:
         """Replace the placeholder with the first message, post the rest; the first ts."""
