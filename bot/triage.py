@@ -22,11 +22,15 @@ _EMOJI_CODE = re.compile(r":[a-z0-9_+'-]+:", re.IGNORECASE)
 _LETTER = re.compile(r"[^\W\d_]")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
+# Thanks and acknowledgements (is_thanks), then the other small talk; together the greeting words.
+_THANKS_WORDS = (
+    r"thanks?(?: you)?(?: (?:so|very) much)?|thx|ty|tysm|cheers|much appreciated|appreciate it|"
+    r"great|awesome|perfect|nice|cool|got it|makes sense|(?:that |it )?(?:works|worked|helps|helped)(?: now)?"
+)
 _GREETING_WORDS = (
     r"hi|hello|hey|hiya|yo|howdy|morning|good (?:morning|afternoon|evening|night)|gm|"
-    r"thanks?(?: you)?(?: (?:so|very) much)?|thx|ty|tysm|cheers|much appreciated|appreciate it|"
-    r"great|awesome|perfect|nice|cool|ok(?:ay)?|got it|makes sense|welcome|bye|see you|cya|lol|"
-    r"done|sounds good|np|no problem|will do|\+1|(?:that |it )?(?:works|worked|helps|helped)(?: now)?"
+    rf"{_THANKS_WORDS}|ok(?:ay)?|welcome|bye|see you|cya|lol|"
+    r"done|sounds good|np|no problem|will do|\+1"
 )
 _ADDRESSEE = r"(?:all|everyone|everybody|team|folks|guys|y'?all|there|again|a lot|both|so much)"
 _CHITCHAT = re.compile(
@@ -85,11 +89,7 @@ def is_small_talk(text: str) -> bool:
     return bool(_CHITCHAT.match(words) or _ZH_CHITCHAT.match(words))
 
 
-_THANKS = re.compile(
-    r"^(?:thanks?|thx|ty|tysm|cheers|much appreciated|appreciate|great|awesome|perfect|nice|cool|got it|"
-    r"makes sense|(?:that |it )?(?:works|worked|helps|helped)|谢谢|多谢|感谢|辛苦)",
-    re.IGNORECASE,
-)
+_THANKS = re.compile(rf"^(?:{_THANKS_WORDS}|谢谢|多谢|感谢|辛苦)", re.IGNORECASE)
 
 
 def is_thanks(text: str) -> bool:
