@@ -148,6 +148,8 @@ def test_two_replicas_share_one_state(tmp_path, postgres_url, milvus_server, fak
         followup = fake_slack.message_event("And how do I back it up?", channel=CHANNEL, thread_ts=question["ts"])
         fake_slack.send_event(followup, connection=conn_b)
         _wait(lambda: len(final_answers(fake_slack, CHANNEL, question["ts"])) == 2, "B's follow-up answer")
+        # B logs the outcome after posting the answer and recording where it went (a database write).
+        _wait(lambda: b.outcomes(), "B's outcome line")
         assert [o["outcome"] for o in b.outcomes()] == ["answered"]
         fake_slack.send_action(fake_slack.action_payload(FEEDBACK_UP, record_id, channel=CHANNEL, user="U0001",
                                                          message_ts=answer["ts"], thread_ts=question["ts"]),
