@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT, is_small_talk, is_thanks
 from knowledge.errors import KnowledgeError
 from knowledge.types import Answer, Turn
 
@@ -21,7 +22,8 @@ def format_sources(answer: Answer) -> str:
 def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_history_turns: int = 12) -> int:
     """Answer questions read line by line until EOF or "exit"; returns the number answered.
 
-    Errors the knowledge layer raises on purpose are printed and the chat goes on.
+    Errors the knowledge layer raises on purpose are printed and the chat goes on. Small
+    talk ("hi", "thanks!") is answered as in Slack, without a lookup.
     """
     history: list[Turn] = []
     answered = 0
@@ -41,6 +43,9 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
             break
         if not interactive:
             print(f"{PROMPT}{question}", file=output)
+        if is_small_talk(question):
+            print(f"bot> {THANKS_TEXT if is_thanks(question) else SMALL_TALK_TEXT}\n", file=output)
+            continue
         output.write("bot> ")
         output.flush()
         streamed: list[str] = []

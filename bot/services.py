@@ -17,7 +17,7 @@ from bot.state import Database, Records, StateError
 from bot.state.claims import Claims, ClaimedQuestion
 from bot.responder import Progress, Question, Responder
 from bot.settings import BotSettings
-from bot.triage import is_small_talk, is_thanks
+from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT, is_small_talk, is_thanks
 from bot.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day unless LOG_QUESTIONS
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
 FILES_ONLY_TEXT = "I can only read words, not attachments: please type your question."
-SMALL_TALK_TEXT = "👋 I answer questions from the docs, with their sources: ask me one in your own words."
-THANKS_TEXT = "You're welcome! Ask me anything else about the docs."
 
 
 @dataclass

@@ -14,6 +14,10 @@ import re
 
 MIN_LETTERS = 3  # "ok?" is not worth a retrieval
 
+# What the bot says to small talk said to it (Slack and the terminal chat alike).
+SMALL_TALK_TEXT = "👋 I answer questions from the docs, with their sources: ask me one in your own words."
+THANKS_TEXT = "You're welcome! Ask me anything else about the docs."
+
 # Slack markup that carries no words of the question.
 _MARKUP = re.compile(r"<[@#!][^>]*>|<https?://[^>]*>|https?://\S+|:[a-z0-9_+'-]+:", re.IGNORECASE)
 # Pictographs, dingbats, symbols and the joiners/selectors emoji sequences use.

@@ -4,6 +4,7 @@ import io
 import json
 
 from bot.chat import run_chat
+from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT
 
 
 def test_chat_streams_answers_keeps_history_and_prints_sources(make_kb, fake_openai):
@@ -26,3 +27,17 @@ def test_chat_shows_knowledge_errors_and_ends_at_eof(make_kb):
     output = io.StringIO()
     assert run_chat(kb, io.StringIO("x" * 5000 + "\n"), output) == 0
     assert "(error) The question is too long" in output.getvalue()
+
+
+def test_chat_answers_small_talk_without_a_lookup(make_kb, fake_openai):
+    kb = make_kb(abstain_threshold=0.0)
+    fake_openai.default_text = "Milvus keeps data in object storage [1]."
+    output = io.StringIO()
+    answered = run_chat(kb, io.StringIO("hi\nHow does Milvus store data?\nthanks!\n👍\n"), output)
+    text = output.getvalue()
+    assert answered == 1
+    assert len(fake_openai.requests) == 1  # only the question reached the model
+    assert f"you> hi\nbot> {SMALL_TALK_TEXT}" in text
+    assert f"you> thanks!\nbot> {THANKS_TEXT}" in text
+    assert text.count(SMALL_TALK_TEXT) == 2  # the emoji too
+    assert text.count("Sources:") == 1

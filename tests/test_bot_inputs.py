@@ -8,7 +8,8 @@ import pytest
 
 from bot.history import clean_text
 from bot.listeners.commands.ask import USAGE
-from bot.services import FILES_ONLY_TEXT, SMALL_TALK_TEXT, THANKS_TEXT
+from bot.services import FILES_ONLY_TEXT
+from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT
 from tests.bot_helpers import bot_replies, outcomes, start_bot  # noqa: F401  (fixtures)
 from tests.fixtures.slack_fake import BOT_USER_ID
 
