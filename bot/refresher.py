@@ -10,7 +10,11 @@ one running is skipped.
 With `runs` (bot.state.refresh_runs.RefreshRuns) the claim and the run history
 live in the state database: across replicas at most one refresh runs, each
 scheduled tick runs once (interval schedules are aligned to the epoch so all
-replicas tick together), and every replica's status shows the same runs.
+replicas tick together), and every replica's status shows the same runs. A
+queued request is a row there too: the next run to start on any replica serves
+it, so it is not lost when the replica that took it stops (the sweeper of a
+replica that is up starts it, `adopt_queued`), and its requester hears how the
+run went whichever replica ran it.
 
 REINDEX_SCHEDULE accepts:
   "0 3 * * *"              a 5-field crontab (minute hour day month weekday) in the
@@ -37,6 +41,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.logging_setup import redact
 from bot.mrkdwn import escape as _escape
+from bot.state.refresh_runs import JOINED, RunRow
 from knowledge.errors import KnowledgeError, RefreshInProgressError
 
 log = logging.getLogger(__name__)
@@ -177,6 +182,7 @@ class _Queued:
     by: str
     rebuild: bool
     notifies: list[Notify]
+    request_id: int = 0  # its row in the state database (0: kept in this process only)
 
 
 @dataclass
@@ -300,13 +306,16 @@ class Refresher:
                 self._record_metric("busy")
                 return record.message
             return self._queue(by=by, rebuild=rebuild, notify=notify, busy=record.message)
+        self._start_thread(record, notify=notify)
+        return f"Refresh started ({_kind(record.rebuild)}). I'll post the summary here when it's done."
+
+    def _start_thread(self, record: RunRecord, *, notify: Notify | None) -> None:
         thread = threading.Thread(
             target=self._run, args=(record,), kwargs={"notify": notify}, name="index-refresh", daemon=True
         )
         with self._lock:
             self._state.thread = thread
         thread.start()
-        return f"Refresh started ({_kind(rebuild)}). I'll post the summary here when it's done."
 
     def run_now(self, *, rebuild: bool = False, by: str = "") -> RunRecord | str:
         """Refresh in the calling thread; the finished RunRecord, or why none ran."""
@@ -334,9 +343,11 @@ class Refresher:
             except Exception as error:  # noqa: BLE001 - no shared claim, no run (another replica may hold it)
                 return _Refusal(f"Cannot start a refresh: the state database is unavailable "
                                 f"({_shown(one_line(error))}).")
-            if not isinstance(started, int):
+            if isinstance(started, RunRow):
                 return _Refusal(busy_message(started.started_at, started.by), busy=True)
-            record.run_id = started
+            record.run_id, record.rebuild = started.id, started.rebuild
+            if started.serves:
+                log.info("index refresh by %s also serves the request(s) queued by %s", by, ", ".join(started.serves))
         self._state.running = record
         return record
 
@@ -347,6 +358,9 @@ class Refresher:
         with self._lock:
             if self._state.closed:
                 return SHUTTING_DOWN
+            # A request that joins one queued a moment ago may land in a new row when a run has
+            # just taken the old one: it then runs after that run and hears that run's summary.
+            request_id = self._queue_shared(by=by, rebuild=rebuild)
             queued = self._state.queued
             if queued is not None:
                 queued.rebuild = queued.rebuild or rebuild  # one run that does what each asked
@@ -355,19 +369,35 @@ class Refresher:
                 self._record_metric("queued")
                 return (f"{busy} A request by {queued.by} is already queued to follow it; yours joins it, "
                         f"as one {_kind(queued.rebuild)}. I'll post the summary here.")
-            queued = self._state.queued = _Queued(by=by, rebuild=rebuild, notifies=[notify] if notify else [])
+            queued = self._state.queued = _Queued(by=by, rebuild=rebuild, notifies=[notify] if notify else [],
+                                                  request_id=request_id)
         self._record_metric("queued")
         threading.Thread(target=self._run_when_free, args=(queued,), name="index-refresh-queued",
                          daemon=True).start()
         log.info("index refresh by %s queued behind the running one", by)
         return f"{busy} Your {_kind(rebuild)} starts as soon as it ends; I'll post the summary here."
 
+    def _queue_shared(self, *, by: str, rebuild: bool) -> int:
+        """The request's row in the state database (0 without one, or when it is down: then
+        the request waits in this process only, as it would without a database)."""
+        if self.runs is None:
+            return 0
+        try:
+            return self.runs.queue(by=by, rebuild=rebuild)
+        except Exception as error:  # noqa: BLE001 - still queued here; only a restart would lose it
+            log.warning("could not record the queued refresh in the state database: %s", one_line(error))
+            return 0
+
     def _run_when_free(self, queued: _Queued) -> None:
         deadline = time.monotonic() + QUEUE_WAIT_SECONDS
         while True:
             with self._lock:
-                outcome = self._claim_locked(by=queued.by, rebuild=queued.rebuild)
-                done = not isinstance(outcome, _Refusal) or not outcome.busy or time.monotonic() > deadline
+                # Taken by a run elsewhere (it may even have ended): follow that one, start none.
+                joined = self._joined_run(queued.request_id)
+                outcome = None if joined is not None else self._claim_locked(by=queued.by, rebuild=queued.rebuild)
+                # Busy, or the state database down for a moment: wait on, until the bot shuts down.
+                done = (joined is not None or isinstance(outcome, RunRecord) or self._state.closed
+                        or time.monotonic() > deadline)
                 if done:
                     self._state.queued = None  # later requests start or queue anew
                     if isinstance(outcome, RunRecord):
@@ -386,11 +416,76 @@ class Refresher:
             log.info("queued index refresh by %s starts", queued.by)
             self._run(outcome, notify=notify_all)
             return
-        message = outcome.message
-        if outcome.busy:
+        if joined is not None:
+            log.info("queued index refresh by %s is served by refresh run %d", queued.by, joined)
+            notify_all(self._follow(joined, deadline=deadline))
+            return
+        if queued.request_id:  # its row outlives this wait: whichever replica is free runs it
+            message = STILL_QUEUED.format(why="The bot is shutting down" if self._state.closed
+                                          else "I stopped waiting for the running refresh")
+        elif self._state.closed:
+            message = SHUTTING_DOWN
+        else:
             message = f"{outcome.message} I gave up waiting for it; please ask again later."
-        log.info("queued index refresh by %s did not run: %s", queued.by, message)
+        log.info("queued index refresh by %s did not run here: %s", queued.by, message)
         notify_all(message)
+
+    def _joined_run(self, request_id: int) -> int | None:
+        """The run that took the queued request (a scheduled one, or another replica's), once one has."""
+        if not request_id or self.runs is None:
+            return None
+        try:
+            row = self.runs.get(request_id)
+        except Exception as error:  # noqa: BLE001 - the database is down: ask again at the next poll
+            log.warning("cannot read the queued refresh request: %s", one_line(error))
+            return None
+        return row.joined_run if row is not None and row.state == JOINED else None
+
+    def _follow(self, run_id: int, *, deadline: float) -> str:
+        """Wait for the run that took the request to end; what to tell the people who queued it."""
+        while True:
+            try:
+                run = self.runs.get(run_id)
+            except Exception as error:  # noqa: BLE001 - the database is down: ask again at the next poll
+                log.warning("cannot read refresh run %d: %s", run_id, one_line(error))
+                run = RunRow(run_id, "", False, 0.0, None, "running", None, "", "")
+            if run is None:
+                return "The refresh that took your request is no longer on record; `/reindex status` shows the last one."
+            if run.state != "running":
+                break
+            if self._state.closed or time.monotonic() > deadline:
+                return (f"{'The bot is shutting down' if self._state.closed else 'I stopped waiting'}: "
+                        f"your request is being served by the refresh that {run.by} started, "
+                        "and `/reindex status` will show how it went.")
+            self._freed.wait(QUEUE_POLL_SECONDS)
+            self._freed.clear()
+        if run.state == "ok" and run.report is not None:
+            return summary(run.report)
+        if run.state == "skipped":
+            return f"{run.skipped} Nothing was changed."
+        return (f"Index refresh failed: {_shown(run.error)} "
+                "The index keeps serving what it had; the next refresh retries.")
+
+    def adopt_queued(self) -> None:
+        """Start a request queued in the state database when no replica runs a refresh, for
+        instance because the replica that queued it stopped (the sweeper calls this). Never raises."""
+        if self.runs is None:
+            return
+        with self._lock:
+            if self._state.closed or self._state.running is not None or self._state.queued is not None:
+                return  # this replica's own run or waiting request takes it
+        try:
+            pending = self.runs.pending()
+        except Exception as error:  # noqa: BLE001 - the next sweep asks again
+            log.warning("cannot read queued refresh requests: %s", one_line(error))
+            return
+        if pending is None:
+            return
+        record = self._claim(by=pending.by, rebuild=pending.rebuild)
+        if isinstance(record, _Refusal):
+            return  # a refresh runs (it or the next one serves the request) or the bot shuts down
+        log.info("index refresh queued by %s starts here", pending.by)
+        self._start_thread(record, notify=None)
 
     def _run(self, record: RunRecord, *, notify: Notify | None) -> RunRecord:
         done = threading.Event()
@@ -473,9 +568,14 @@ class Refresher:
         """Last run (time, counts or error), the running one, the next scheduled run, the index."""
         with self._lock:
             running, last, queued = self._state.running, self._state.last, self._state.queued
+        queued_by, queued_rebuild = (queued.by, queued.rebuild) if queued else ("", False)
         if self.runs is not None:
             try:  # what any replica runs or ran, not only this one
                 shared_running, shared_last = self.runs.running(), self.runs.last()
+                shared_queued = self.runs.pending()
+                if shared_queued is not None:
+                    queued_by = queued_by or shared_queued.by
+                    queued_rebuild = queued_rebuild or shared_queued.rebuild
                 running = running or (shared_running and RunRecord(
                     by=shared_running.by, rebuild=shared_running.rebuild, started_at=shared_running.started_at))
                 if shared_last is not None and (last is None or (shared_last.finished_at or 0) > (last.finished_at or 0)):
@@ -492,8 +592,8 @@ class Refresher:
             "running_since": running.started_at if running else None,
             "running_by": running.by if running else "",
             "running_rebuild": running.rebuild if running else False,
-            "queued_by": queued.by if queued else "",  # a request waiting for the running one (this replica)
-            "queued_rebuild": queued.rebuild if queued else False,
+            "queued_by": queued_by,  # a request waiting for the running one (any replica)
+            "queued_rebuild": queued_rebuild,
             "last_run": last.to_dict() if last else None,
             "chunks": None,
             "collection": "",
@@ -536,6 +636,8 @@ class Refresher:
 # ---- texts ------------------------------------------------------------------------------
 
 SHUTTING_DOWN = "The bot is shutting down; try again in a minute."
+STILL_QUEUED = ("{why}, but your request stays queued: it runs when the running refresh ends, on a replica "
+                "that is up, and `/reindex status` will show how it went.")
 
 
 def _kind(rebuild: bool) -> str:

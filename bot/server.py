@@ -150,7 +150,9 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         raise
     services.refresher = refresher
     sweeper = Sweeper(
-        renew=[services.renew_leases, runs.renew], take_over=services.take_over,
+        renew=[services.renew_leases, runs.renew],
+        # A /reindex queued by a replica that stopped runs on one that is up.
+        take_over=lambda: (refresher.adopt_queued(), services.take_over()),
         purge=lambda: (services.purge(), runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS)),
         lease_seconds=settings.claim_lease_seconds, sweep_seconds=settings.claim_sweep_seconds,
     )

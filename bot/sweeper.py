@@ -4,7 +4,8 @@
   per-person slots, a running refresh), so no other replica takes them over;
 - every `sweep` seconds: take over questions whose replica stopped renewing (it died after
   acknowledging them) and answer them here, and dispatch again the events kept in the inbox
-  whose replica died before handling them (Services.take_over);
+  whose replica died before handling them (Services.take_over), and start a /reindex
+  that a stopped replica had queued (Refresher.adopt_queued);
 - every hour: purge old claims, limit slots, refresh runs and records (RECORDS_RETENTION_DAYS).
 
 A failing database is logged and retried at the next beat; it never stops the thread.

@@ -308,6 +308,73 @@ def test_a_request_queued_on_one_replica_runs_when_the_other_replicas_run_ends(
             db.close()
 
 
+@pytest.fixture
+def two_replicas(make_kb, refreshers, tmp_path):
+    """Two refreshers (A, B) sharing one state database, over one gated KnowledgeBase."""
+    from bot.state import Database, database_url
+    from bot.state.refresh_runs import RefreshRuns
+
+    url = database_url(f"sqlite:///{tmp_path / 'state.sqlite'}", default_path="unused")
+    databases = [Database(url=url), Database(url=url)]
+    kb = Observed(make_kb(), gate=threading.Event())
+    a, b = (refreshers(kb=kb, schedule="never", runs=RefreshRuns(database=db, holder=holder))
+            for db, holder in zip(databases, ("A", "B")))
+    yield kb, a, b, RefreshRuns(database=databases[0], holder="test")
+    for refresher in (a, b):
+        refresher.shutdown(timeout=20)
+    for db in databases:
+        db.close()
+
+
+def test_a_request_queued_by_a_replica_that_stops_runs_on_one_that_is_up(two_replicas, monkeypatch) -> None:
+    from bot import refresher as module
+
+    monkeypatch.setattr(module, "QUEUE_POLL_SECONDS", 0.05)
+    kb, a, b, runs = two_replicas
+    inbox_a, inbox_b = Inbox(), Inbox()
+    assert a.request(False, inbox_a, by="<@U1>").startswith("Refresh started")
+    assert kb.entered.wait(10)
+    assert "starts as soon as it ends" in b.request(True, inbox_b, by="<@U2>")
+    assert a.status()["queued_by"] == "<@U2>" and a.status()["queued_rebuild"]  # seen from every replica
+    b.shutdown()  # B stops while A's refresh runs
+    assert "your request stays queued" in inbox_b.wait_for("The bot is shutting down, but")
+    kb.gate.set()
+    inbox_a.wait_for("Index refreshed in")
+    time.sleep(0.2)
+    assert kb.calls == 1 and runs.pending().by == "<@U2>"  # kept, not lost with B
+    a.adopt_queued()  # A's sweeper
+    wait_until(lambda: kb.calls == 2 and not a.status()["running"])
+    last = runs.last()
+    assert (last.by, last.rebuild, last.state) == ("<@U2>", True, "ok") and runs.pending() is None
+    a.adopt_queued()
+    time.sleep(0.2)
+    assert kb.calls == 2  # nothing queued any more: nothing runs
+
+
+def test_a_queued_request_served_by_another_replicas_run_hears_its_summary(two_replicas, monkeypatch) -> None:
+    from bot import refresher as module
+
+    monkeypatch.setattr(module, "QUEUE_POLL_SECONDS", 1.0)  # B looks late: A takes its request first
+    kb, a, b, runs = two_replicas
+    first_gate, second_gate = kb.gate, threading.Event()
+    inbox_a, inbox_b = Inbox(), Inbox()
+    a.request(False, inbox_a, by="<@U1>")
+    assert kb.entered.wait(10)
+    assert "starts as soon as it ends" in b.request(True, inbox_b, by="<@U2>")
+    kb.gate = second_gate
+    first_gate.set()
+    inbox_a.wait_for("Index refreshed in")
+    a.adopt_queued()
+    wait_until(lambda: kb.calls == 2)  # A runs B's rebuild, held at the second gate
+    time.sleep(1.5)
+    assert not inbox_b.messages and not b.status()["queued_by"]  # B follows A's run, starts none
+    assert b.status()["running_by"] == "<@U2>" and b.status()["running_rebuild"]
+    second_gate.set()
+    assert inbox_b.wait_for("Index rebuilt in")
+    time.sleep(1.5)
+    assert kb.calls == 2 and kb.max_active == 1
+
+
 def test_busy_message_names_who_started_it() -> None:
     at = datetime.fromisoformat("2026-11-25T03:00:00+00:00").timestamp()
     text = busy_message(at, SCHEDULE_BY)

@@ -11,7 +11,7 @@ import pytest
 from bot.state import Database, database_url
 from bot.state.claims import Claims, question_key
 from bot.state.limits import SharedLimits
-from bot.state.refresh_runs import DIED, RefreshRuns
+from bot.state.refresh_runs import DIED, JOINED, QUEUED, RefreshRuns, Started
 
 
 class Clock:
@@ -138,9 +138,9 @@ def test_one_refresh_at_a_time_and_one_run_per_tick(two_databases):
     assert sorted(_race(lambda: a.claim_tick(600.0), lambda: b.claim_tick(600.0))) == [False, True]
     assert not a.claim_tick(600.0) and not b.claim_tick(540.0)
     started = _race(lambda: a.start(by="<@U1>", rebuild=True), lambda: b.start(by="the schedule", rebuild=False))
-    [run_id] = [s for s in started if isinstance(s, int)]
-    [busy] = [s for s in started if not isinstance(s, int)]
-    runner = a if started[0] == run_id else b
+    [run_id] = [s.id for s in started if isinstance(s, Started)]
+    [busy] = [s for s in started if not isinstance(s, Started)]
+    runner = a if isinstance(started[0], Started) else b
     other = b if runner is a else a
     assert busy.id == run_id and other.running().id == run_id
     clock.now += 8
@@ -151,12 +151,41 @@ def test_one_refresh_at_a_time_and_one_run_per_tick(two_databases):
     assert other.last().report == {"chunks": 7} and other.running() is None
     # A runner that dies leaves a failed run; the next start is allowed once its lease lapsed.
     second = other.start(by="y", rebuild=False)
-    assert isinstance(second, int)
+    assert isinstance(second, Started)
+    second = second.id
     clock.now += 11
     third = runner.start(by="z", rebuild=False)
-    assert isinstance(third, int)
+    assert isinstance(third, Started)
     last = runner.last()
     assert (last.id, last.state, last.error) == (second, "failed", DIED)
+
+
+def test_a_queued_request_is_served_by_the_next_run_on_any_replica(two_databases):
+    clock = Clock()
+    a = RefreshRuns(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)
+    b = RefreshRuns(database=two_databases[1], holder="B", lease_seconds=10, clock=clock)
+    running = a.start(by="the schedule", rebuild=False)
+    assert isinstance(running, Started) and running.serves == ()
+    # Requests made meanwhile, on both replicas at once: one rebuild among them.
+    ids = _race(lambda: a.queue(by="<@U1>", rebuild=False), lambda: b.queue(by="<@U2>", rebuild=True))
+    ids.append(b.queue(by="<@U3>", rebuild=False))
+    assert a.pending().state == QUEUED and b.pending().by in ("<@U1>", "<@U2>")
+    assert a.get(ids[0]).state == QUEUED and b.get(12345) is None
+    a.finish(running.id, state="ok", report={"chunks": 1})
+    assert b.pending() is not None  # nothing lost when the run that was going on ends
+    served = b.start(by="<@U9>", rebuild=False)  # whichever replica starts next serves them
+    assert isinstance(served, Started) and served.rebuild
+    assert served.serves and set(served.serves) <= {"<@U1>", "<@U2>"}  # U3 joined a queued row
+    assert a.pending() is None
+    for request_id in ids:
+        row = a.get(request_id)
+        assert (row.state, row.joined_run) == (JOINED, served.id)
+    assert a.running().rebuild  # the run itself is recorded as the rebuild it is
+    # A request made after that run started waits for the next one; the purge keeps it.
+    later = a.queue(by="<@U4>", rebuild=False)
+    assert later not in ids
+    b.purge(older_than=clock.now + 1)
+    assert a.get(later).state == QUEUED and a.get(ids[0]) is None
 
 
 def test_text_any_database_refuses_is_stored_readably(two_databases):

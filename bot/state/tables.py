@@ -107,10 +107,11 @@ refresh_runs = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
-    sa.Column("state", sa.Text, nullable=False),  # running, ok, failed, skipped
+    sa.Column("state", sa.Text, nullable=False),  # running, ok, failed, skipped; queued, joined (requests)
     sa.Column("report", sa.Text),
     sa.Column("error", sa.Text, nullable=False, server_default=""),
     sa.Column("skipped", sa.Text, nullable=False, server_default=""),
+    sa.Column("joined_run", sa.Integer),  # a joined request: the run that served it
     sa.Index("refresh_runs_state", "state", "started_at"),
 )
 
