@@ -392,11 +392,12 @@ class Refresher:
         deadline = time.monotonic() + QUEUE_WAIT_SECONDS
         while True:
             with self._lock:
-                # Taken by a run elsewhere (it may even have ended): follow that one, start none.
-                joined = self._joined_run(queued.request_id)
-                outcome = None if joined is not None else self._claim_locked(by=queued.by, rebuild=queued.rebuild)
+                # Served by a run that started meanwhile (a scheduled one, another replica's) and
+                # has ended: report it and start none. While that run goes on, claims are refused.
+                served = self._served_by(queued.request_id)
+                outcome = None if served is not None else self._claim_locked(by=queued.by, rebuild=queued.rebuild)
                 # Busy, or the state database down for a moment: wait on, until the bot shuts down.
-                done = (joined is not None or isinstance(outcome, RunRecord) or self._state.closed
+                done = (served is not None or isinstance(outcome, RunRecord) or self._state.closed
                         or time.monotonic() > deadline)
                 if done:
                     self._state.queued = None  # later requests start or queue anew
@@ -416,9 +417,9 @@ class Refresher:
             log.info("queued index refresh by %s starts", queued.by)
             self._run(outcome, notify=notify_all)
             return
-        if joined is not None:
-            log.info("queued index refresh by %s is served by refresh run %d", queued.by, joined)
-            notify_all(self._follow(joined, deadline=deadline))
+        if served is not None:
+            log.info("queued index refresh by %s was served by refresh run %d", queued.by, served.id)
+            notify_all(_outcome_text(served))
             return
         if queued.request_id:  # its row outlives this wait: whichever replica is free runs it
             message = STILL_QUEUED.format(why="The bot is shutting down" if self._state.closed
@@ -430,41 +431,18 @@ class Refresher:
         log.info("queued index refresh by %s did not run here: %s", queued.by, message)
         notify_all(message)
 
-    def _joined_run(self, request_id: int) -> int | None:
-        """The run that took the queued request (a scheduled one, or another replica's), once one has."""
+    def _served_by(self, request_id: int) -> RunRow | None:
+        """The run that took the queued request, once it has ended (None while it runs or none has
+        taken it; a run whose replica died puts its requests back in the queue)."""
         if not request_id or self.runs is None:
             return None
         try:
-            row = self.runs.get(request_id)
+            request = self.runs.get(request_id)
+            run = self.runs.get(request.joined_run) if request is not None and request.state == JOINED else None
         except Exception as error:  # noqa: BLE001 - the database is down: ask again at the next poll
             log.warning("cannot read the queued refresh request: %s", one_line(error))
             return None
-        return row.joined_run if row is not None and row.state == JOINED else None
-
-    def _follow(self, run_id: int, *, deadline: float) -> str:
-        """Wait for the run that took the request to end; what to tell the people who queued it."""
-        while True:
-            try:
-                run = self.runs.get(run_id)
-            except Exception as error:  # noqa: BLE001 - the database is down: ask again at the next poll
-                log.warning("cannot read refresh run %d: %s", run_id, one_line(error))
-                run = RunRow(run_id, "", False, 0.0, None, "running", None, "", "")
-            if run is None:
-                return "The refresh that took your request is no longer on record; `/reindex status` shows the last one."
-            if run.state != "running":
-                break
-            if self._state.closed or time.monotonic() > deadline:
-                return (f"{'The bot is shutting down' if self._state.closed else 'I stopped waiting'}: "
-                        f"your request is being served by the refresh that {run.by} started, "
-                        "and `/reindex status` will show how it went.")
-            self._freed.wait(QUEUE_POLL_SECONDS)
-            self._freed.clear()
-        if run.state == "ok" and run.report is not None:
-            return summary(run.report)
-        if run.state == "skipped":
-            return f"{run.skipped} Nothing was changed."
-        return (f"Index refresh failed: {_shown(run.error)} "
-                "The index keeps serving what it had; the next refresh retries.")
+        return run if run is not None and run.state != "running" else None
 
     def adopt_queued(self) -> None:
         """Start a request queued in the state database when no replica runs a refresh, for
@@ -573,9 +551,8 @@ class Refresher:
             try:  # what any replica runs or ran, not only this one
                 shared_running, shared_last = self.runs.running(), self.runs.last()
                 shared_queued = self.runs.pending()
-                if shared_queued is not None:
-                    queued_by = queued_by or shared_queued.by
-                    queued_rebuild = queued_rebuild or shared_queued.rebuild
+                if queued is None or queued.request_id:  # the database says whether it still waits
+                    queued_by, queued_rebuild = (shared_queued.by, shared_queued.rebuild) if shared_queued else ("", False)
                 running = running or (shared_running and RunRecord(
                     by=shared_running.by, rebuild=shared_running.rebuild, started_at=shared_running.started_at))
                 if shared_last is not None and (last is None or (shared_last.finished_at or 0) > (last.finished_at or 0)):
@@ -636,8 +613,17 @@ class Refresher:
 # ---- texts ------------------------------------------------------------------------------
 
 SHUTTING_DOWN = "The bot is shutting down; try again in a minute."
-STILL_QUEUED = ("{why}, but your request stays queued: it runs when the running refresh ends, on a replica "
-                "that is up, and `/reindex status` will show how it went.")
+STILL_QUEUED = ("{why}, but your request is kept: a refresh on a replica that is up serves it, "
+                "and `/reindex status` will show how it went.")
+
+
+def _outcome_text(run: RunRow) -> str:
+    """What to tell the people whose queued request a finished run (of any replica) served."""
+    if run.state == "ok" and run.report is not None:
+        return summary(run.report)
+    if run.state == "skipped":
+        return f"{run.skipped} Nothing was changed."
+    return f"Index refresh failed: {_shown(run.error)} The index keeps serving what it had; the next refresh retries."
 
 
 def _kind(rebuild: bool) -> str:

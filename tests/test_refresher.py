@@ -337,7 +337,7 @@ def test_a_request_queued_by_a_replica_that_stops_runs_on_one_that_is_up(two_rep
     assert "starts as soon as it ends" in b.request(True, inbox_b, by="<@U2>")
     assert a.status()["queued_by"] == "<@U2>" and a.status()["queued_rebuild"]  # seen from every replica
     b.shutdown()  # B stops while A's refresh runs
-    assert "your request stays queued" in inbox_b.wait_for("The bot is shutting down, but")
+    assert "your request is kept" in inbox_b.wait_for("The bot is shutting down, but")
     kb.gate.set()
     inbox_a.wait_for("Index refreshed in")
     time.sleep(0.2)

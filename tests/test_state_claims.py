@@ -181,7 +181,14 @@ def test_a_queued_request_is_served_by_the_next_run_on_any_replica(two_databases
         row = a.get(request_id)
         assert (row.state, row.joined_run) == (JOINED, served.id)
     assert a.running().rebuild  # the run itself is recorded as the rebuild it is
+    # The replica running it dies: the requests it served wait for the next run again.
+    clock.now += 11
+    assert a.get(served.id).state == "failed" and a.pending() is not None
+    assert {a.get(request_id).state for request_id in ids} == {QUEUED}
+    again = a.start(by="<@U8>", rebuild=False)
+    assert isinstance(again, Started) and again.rebuild and a.get(ids[0]).joined_run == again.id
     # A request made after that run started waits for the next one; the purge keeps it.
+    a.finish(again.id, state="ok")
     later = a.queue(by="<@U4>", rebuild=False)
     assert later not in ids
     b.purge(older_than=clock.now + 1)

@@ -9,7 +9,7 @@ The "schedule" lease row's `tick` is the last scheduled fire time that was run.
 A request made while a refresh runs is a `queued` row, so it outlives the replica that took
 it: the next run to start on any replica serves every queued row (a full rebuild when one of
 them asked for it) and marks them `joined` to itself, which is how their requesters, on
-whichever replica, learn which run to wait for.
+whichever replica, learn which run to wait for. A run whose replica died queues them again.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ class RefreshRuns(HolderState):
     def pending(self) -> RunRow | None:
         """The oldest request waiting for a run, if any."""
         with self.db.begin() as connection:
+            self._bury_dead(connection, self._clock())
             row = connection.execute(sa.select(refresh_runs).where(refresh_runs.c.state == QUEUED)
                                      .order_by(refresh_runs.c.id).limit(1)).first()
         return _run(row)
@@ -180,9 +181,15 @@ class RefreshRuns(HolderState):
 
     @staticmethod
     def _bury_dead(connection: sa.Connection, now: float) -> None:
-        connection.execute(refresh_runs.update().where(
+        """Runs whose replica stopped renewing read as failed; the requests they served are queued again."""
+        dead = connection.execute(refresh_runs.update().where(
             refresh_runs.c.state == "running", refresh_runs.c.lease_until < now,
-        ).values(state="failed", error=DIED, finished_at=refresh_runs.c.lease_until))
+        ).values(state="failed", error=DIED, finished_at=refresh_runs.c.lease_until)
+            .returning(refresh_runs.c.id)).scalars().all()
+        if dead:
+            connection.execute(refresh_runs.update().where(
+                refresh_runs.c.state == JOINED, refresh_runs.c.joined_run.in_(dead),
+            ).values(state=QUEUED, joined_run=None, finished_at=None))
 
 
 def _run(row) -> RunRow | None:
