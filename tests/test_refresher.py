@@ -355,7 +355,7 @@ def test_a_queued_request_served_by_another_replicas_run_hears_its_summary(two_r
     from bot import refresher as module
 
     monkeypatch.setattr(module, "QUEUE_POLL_SECONDS", 1.0)  # B looks late: A takes its request first
-    kb, a, b, runs = two_replicas
+    kb, a, b, _ = two_replicas
     first_gate, second_gate = kb.gate, threading.Event()
     inbox_a, inbox_b = Inbox(), Inbox()
     a.request(False, inbox_a, by="<@U1>")
