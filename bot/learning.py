@@ -396,12 +396,13 @@ class Learner:
                 return False
         return True
 
-    def record_uses(self, answer: Answer, record_id: str) -> None:
-        """Remember which saved answers a posted answer cited (the App Home counts them)."""
+    def record_uses(self, answer: Answer, record_id: str, *, private: bool) -> None:
+        """Remember which saved answers a posted answer cited (the App Home counts them, and
+        quotes the latest questions: never one asked in a private conversation)."""
         ids = saved_ids_cited(answer)
         if ids and record_id:
             try:
-                self.store.record_use(ids, record_id, question=answer.question)
+                self.store.record_use(ids, record_id, question="" if private else answer.question)
             except KnowledgeError as error:
                 log.warning("could not record the saved answers' use: %s", error)
 

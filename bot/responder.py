@@ -25,6 +25,7 @@ from bot.outcomes import log_outcome
 from bot.mrkdwn import escape
 from bot.observability import Metrics
 from bot.state import Records
+from bot.state.records import is_private
 from bot.settings import BotSettings
 from knowledge.errors import InvalidQuestionError, KnowledgeError, StoreError
 from knowledge.types import Answer, SourceFilter
@@ -200,7 +201,7 @@ class Responder:
                 question_ts=question.message_ts, conversation=question.conversation,
             )
             if self.learner is not None:
-                self.learner.record_uses(answer, record_id)
+                self.learner.record_uses(answer, record_id, private=is_private(question.conversation))
             with self._metrics.time_stage("slack"):
                 first_ts = self._deliver(question, progress, answer_messages(answer, record_id=record_id))
             if first_ts:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from bot.access import SourceAccess
 from bot.channels import ChannelRules
+from bot.conversations import ConversationKinds
 from bot.limits import UserLimiter
 from bot.observability import Metrics
 from bot.outcomes import log_outcome
@@ -49,6 +50,7 @@ class Services:
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT
     bot_name: str = ""  # the bot's handle (auth.test "user"): "/ask @docsbot …" typed as plain text
+    kinds: ConversationKinds = field(default_factory=ConversationKinds)  # public or private, for @mentions
     # Set by bot.listeners.middleware: dispatches an event kept in the inbox through the Bolt app again.
     redeliver: Callable[[dict], None] | None = None
 

@@ -208,13 +208,20 @@ def test_records_round_trip_votes_privacy_and_retention(database):
     records.move_answer(private, channel="C2", thread_ts="5.5", message_ts="5.5")
     assert records.answered_thread("C2", "5.5")
 
-    # Retention: everything older than the cut-off goes, with its votes and hand-offs.
+    # Uses of saved answers, as an older version recorded them: with the private question.
+    from bot.state.saved_answers import SavedAnswers
+    saved = SavedAnswers(database=database)
+    saved.record_use(["S1"], public, question="how to install?")
+    saved.record_use(["S1"], secret, question="is project-zebra cancelled?")
+
+    # Retention: everything older than the cut-off goes, with its votes, hand-offs and uses.
     with database.begin() as connection:
         connection.execute(sa.text("UPDATE answers SET created_at = 1 WHERE id IN (:a, :b)"), {"a": gap, "b": public})
     assert records.purge(older_than=time.time() - 86400, private_text_before=time.time() + 1) == 2
     assert records.totals() == {"answers": 2, "abstained": 1, "helpful": 0, "not_helpful": 1}
     assert not records.handed_off("C1", "2.2")
     assert records.answer(secret).question == ""  # private text blanked, the row counted still
+    assert saved.usage(["S1"])["S1"].answers == 1 and saved.usage(["S1"])["S1"].questions == ()
 
 
 def test_records_written_by_one_process_are_read_by_another(postgres_url):
@@ -257,7 +264,8 @@ def test_conversation_kinds_and_the_home_tab_count_private_questions_without_quo
     assert kind({"channel": "D1", "channel_type": "im"}) == "im"
     assert kind({"channel": "C1", "channel_type": "group"}) == "private"
     assert kind({"channel": "G1"}) == "private"  # app_mention: no channel_type, the id says it
-    assert kind({"channel": "C1"}) == "channel"
+    assert kind({"channel": "C1"}) == "private"  # a C id may be private too: fail closed
+    assert kind({"channel": "C1"}, lookup=lambda channel: "channel") == "channel"  # Slack says it is public
     assert kind({"channel": "D1"}, assistant=True) == "assistant"
     insights = Insights(questions=3, answered=1, abstained=2, handed_off=0, helpful=0, not_helpful=0,
                         gaps=[("what is a quota?", 1)], private_gaps=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bot.history import clean_text
 from bot.responder import Question
 from bot.settings import BotSettings
@@ -28,19 +30,25 @@ def is_from_person(event: dict, settings: BotSettings) -> bool:
 _CONVERSATIONS = {"channel": "channel", "group": "private", "im": "im", "mpim": "mpim"}
 
 
-def conversation_kind(event: dict, *, assistant: bool = False) -> str:
-    """channel, private, im, mpim or assistant; app_mention events carry no channel_type, so
-    the id's prefix decides (D: a DM, G: a private channel or group DM), else "channel"."""
+def conversation_kind(event: dict, *, assistant: bool = False, lookup: Callable[[str], str] | None = None) -> str:
+    """channel, private, im, mpim or assistant. app_mention events carry no channel_type: a `D`
+    id is a DM and a `G` id private; any other id is asked of `lookup` (bot.conversations),
+    and counts as private without one, since private channels have `C` ids too."""
     if assistant:
         return "assistant"
     kind = _CONVERSATIONS.get(event.get("channel_type") or "")
     if kind:
         return kind
     channel = event.get("channel", "")
-    return "im" if channel.startswith("D") else "private" if channel.startswith("G") else "channel"
+    if channel.startswith("D"):
+        return "im"
+    if channel.startswith("G") or lookup is None:
+        return "private"
+    return lookup(channel)
 
 
-def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, team: str = "") -> Question:
+def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, team: str = "",
+                  lookup: Callable[[str], str] | None = None) -> Question:
     ts = event["ts"]
     return Question(
         text=clean_text(event.get("text", ""), bot_user_id=bot_user_id),
@@ -50,6 +58,6 @@ def question_from(event: dict, *, bot_user_id: str, assistant: bool = False, tea
         message_ts=ts,
         assistant=assistant,
         team=team or event.get("team", ""),
-        conversation=conversation_kind(event, assistant=assistant),
+        conversation=conversation_kind(event, assistant=assistant, lookup=lookup),
         files=bool(event.get("files")),
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bot.state.database import Database, StateError, database_url, storable
-from bot.state.tables import answers, feedback, handoffs
+from bot.state.tables import answers, feedback, handoffs, saved_answer_uses
 from knowledge.types import Answer
 
 RecordsError = StateError  # the name callers used before the state package
@@ -333,7 +333,7 @@ class Records:
     # ---- retention ---------------------------------------------------------------------------
 
     def purge(self, *, older_than: float, private_text_before: float | None = None) -> int:
-        """Delete answers (with their votes and hand-offs) created before `older_than`.
+        """Delete answers (with their votes, hand-offs and saved-answer uses) created before `older_than`.
 
         With `private_text_before`, the question and answer text of private conversations
         older than that is blanked too. Returns how many answers were deleted.
@@ -342,12 +342,18 @@ class Records:
         with self.db.begin() as connection:
             connection.execute(feedback.delete().where(feedback.c.answer_id.in_(old)))
             connection.execute(handoffs.delete().where(handoffs.c.answer_id.in_(old)))
+            connection.execute(saved_answer_uses.delete().where(saved_answer_uses.c.answer_id.in_(old)))
             deleted = connection.execute(answers.delete().where(answers.c.created_at < older_than)).rowcount
             if private_text_before is not None:
                 connection.execute(answers.update().where(
                     answers.c.created_at < private_text_before, answers.c.conversation.in_(PRIVATE_CONVERSATIONS),
                     answers.c.question != "",
                 ).values(question="", answer=""))
+                # Uses of saved answers keep no private question (ones recorded before they were left out).
+                connection.execute(saved_answer_uses.update().where(
+                    saved_answer_uses.c.question != "", saved_answer_uses.c.answer_id.in_(
+                        sa.select(answers.c.id).where(answers.c.conversation.in_(PRIVATE_CONVERSATIONS))),
+                ).values(question=""))
         return deleted
 
 

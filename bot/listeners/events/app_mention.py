@@ -15,4 +15,6 @@ def register(app: App, services: Services) -> None:
     def on_mention(event: dict, context: BoltContext) -> None:
         if not is_from_person(event, services.settings):
             return
-        services.ask(question_from(event, bot_user_id=context.bot_user_id or "", team=context.team_id or ""))
+        # The event does not say whether its channel is private (their ids start with C too).
+        services.ask(question_from(event, bot_user_id=context.bot_user_id or "", team=context.team_id or "",
+                                   lookup=lambda channel: services.kinds.kind(channel, client=context.client)))

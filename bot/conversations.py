@@ -1,0 +1,52 @@
+"""What kind of conversation a Slack channel id is, for events that do not say (app_mention).
+
+The kind decides whether a question's text is private: private ones are never quoted to
+admins and are blanked after a day (bot.state.records.PRIVATE_CONVERSATIONS). Private
+channels created since 2021 have `C…` ids like public ones, so the id cannot tell; Slack's
+conversations.info does, and it is cached. When Slack cannot say, the answer is "private"
+(fail closed: a public question kept quiet costs little, a private one quoted costs a lot).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+log = logging.getLogger(__name__)
+
+KIND_SECONDS = 3600.0  # a channel turned private is seen as such within the hour
+
+
+class ConversationKinds:
+    """channel, private, im or mpim per channel id, from conversations.info (cached)."""
+
+    def __init__(self, *, ttl: float = KIND_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._known: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def kind(self, channel: str, *, client: WebClient) -> str:
+        """The conversation's kind; "private" when Slack does not answer (not cached then)."""
+        if channel.startswith("D"):
+            return "im"
+        with self._lock:
+            known = self._known.get(channel)
+        if known is not None and known[1] > self._clock():
+            return known[0]
+        try:
+            info = client.conversations_info(channel=channel).get("channel") or {}
+        except (SlackApiError, SlackClientError, OSError) as error:
+            reason = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
+            log.info("conversations.info for %s failed (%s): its questions count as private", channel, reason)
+            return "private"
+        kind = ("im" if info.get("is_im") else "mpim" if info.get("is_mpim")
+                else "private" if info.get("is_private") or info.get("is_group") else "channel")
+        with self._lock:
+            self._known[channel] = (kind, self._clock() + self._ttl)
+        return kind

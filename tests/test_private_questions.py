@@ -1,0 +1,79 @@
+"""Questions asked in private conversations are never quoted to admins: not through the saved
+answers' use counts, and not when an @mention comes from a private channel whose id starts with C
+(app_mention events do not say; conversations.info does)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.blocks import ASK_HUMAN
+from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
+from tests.test_learning import (QUESTION, REPHRASED, _answer_calls, _button, _confirmations, _expert_replies,
+                                 _wait_answers)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def learning_kb(make_kb):
+    return make_kb(embedder="minilm", reranker=False)
+
+
+def _home_text(fake) -> str:
+    before = len(fake.calls("views.publish"))
+    fake.send_event({"type": "app_home_opened", "user": "UADMIN", "channel": "D1", "tab": "home"})
+    view = fake.wait_for("views.publish", before + 1)[-1].params["view"]
+    return view if isinstance(view, str) else json.dumps(view, ensure_ascii=False)
+
+
+def test_a_dm_question_a_saved_answer_helped_with_is_counted_not_quoted(learning_kb, fake_slack, start_bot):
+    fake_slack.set_channel("CHELP", name="help")
+    start_bot(learning_kb, escalation_contacts="CHELP=U9", learn_review="false", admin_user_ids="UADMIN")
+    # A question nobody documented, answered by a person in the thread and saved with ✅.
+    mention = fake_slack.mention(QUESTION, channel="CHELP", user="U1")
+    fake_slack.send_event(mention)
+    [abstained] = _wait_answers(fake_slack, "CHELP", 1)
+    fake_slack.send_action(fake_slack.action_payload(
+        ASK_HUMAN, _button(abstained.params, ASK_HUMAN), channel="CHELP", user="U1",
+        message_ts=abstained.params["ts"], thread_ts=mention["ts"]))
+    fake_slack.wait_for("chat.postMessage", where=lambda c: "asked for a person" in c.params.get("text", ""))
+    reply = _expert_replies(fake_slack, channel="CHELP", thread_ts=mention["ts"])
+    fake_slack.send_event(fake_slack.reaction_event(reply, channel="CHELP", user="U9"))
+    _confirmations(fake_slack, "CHELP")
+    # The same question in a public channel and, in other words, in a DM: both cite it.
+    secret = "Which person signs off on Berlin expense claims for my medical leave trip?"
+    fake_slack.send_event(fake_slack.mention(REPHRASED, channel="CHELP", user="U3"))
+    fake_slack.send_event(fake_slack.message_event(secret, channel="D777", user="U2", channel_type="im"))
+    _wait_answers(fake_slack, "D777", 1)
+    _wait_answers(fake_slack, "CHELP", 2)
+    home = _home_text(fake_slack)
+    assert "answered 2 question(s)" in home, home
+    assert "medical leave trip" not in home
+    assert REPHRASED in home  # a public question is still quoted
+
+
+def test_a_mention_in_a_private_channel_with_a_c_id_is_recorded_as_private(learning_kb, fake_slack, start_bot):
+    fake_slack.set_channel("CPRIVNEW", name="layoffs-planning", private=True, members=("U1", "UBOT"))
+    fake_slack.set_channel("CPUBLIC", name="general")
+    bot = start_bot(learning_kb, admin_user_ids="UADMIN")
+    for channel, user in (("CPRIVNEW", "U1"), ("CPUBLIC", "U2"), ("CPRIVNEW", "U1")):
+        fake_slack.send_event(fake_slack.mention(f"{QUESTION} ({user})", channel=channel, user=user))
+    _wait_answers(fake_slack, "CPRIVNEW", 2)
+    _wait_answers(fake_slack, "CPUBLIC", 1)
+    kinds = {channel: {bot.services.records.answer(_button(call.params, ASK_HUMAN)).conversation
+                       for call in _answer_calls(fake_slack, channel)} for channel in ("CPRIVNEW", "CPUBLIC")}
+    assert kinds == {"CPRIVNEW": {"private"}, "CPUBLIC": {"channel"}}
+    asked = [call.params.get("channel") for call in fake_slack.calls("conversations.info")]
+    assert asked.count("CPRIVNEW") == 1  # cached: asked once for two mentions
+    home = _home_text(fake_slack)
+    assert "(U1)" not in home and "(U2)" in home  # unanswered questions: only the public one quoted
+
+
+def test_a_mention_counts_as_private_when_slack_cannot_say(learning_kb, fake_slack, start_bot):
+    bot = start_bot(learning_kb, admin_user_ids="UADMIN")
+    fake_slack.fail_next("conversations.info", status=200, error="internal_error", retry_after=None)
+    fake_slack.send_event(fake_slack.mention(QUESTION, channel="CUNKNOWN", user="U1"))
+    [answer] = _wait_answers(fake_slack, "CUNKNOWN", 1)
+    assert bot.services.records.answer(_button(answer.params, ASK_HUMAN)).conversation == "private"
