@@ -49,6 +49,12 @@ ANSWER_RECHECK_SECONDS = 30.0  # how often /readyz re-checks a language model fo
 # C0/C1 control characters other than tab and newline: noise to search, risky in logs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _cleaned(text: str) -> str:
+    """Lone surrogates (valid JSON escapes, invalid UTF-8; stdin's undecodable bytes) would break
+    the tokenizer, Milvus and SQLite: each becomes U+FFFD. Control characters become spaces."""
+    return _CONTROL.sub(" ", _SURROGATE.sub("\ufffd", text or ""))
 _LEADING_HEADINGS = re.compile(r"\A(?:#{1,6}[ \t][^\n]*\n\s*)+")
 
 
@@ -151,6 +157,7 @@ class KnowledgeBase:
         """
         started = time.perf_counter()
         question = self._validated(question)
+        history = tuple(Turn(role=turn.role, text=_cleaned(turn.text)) for turn in history)
         language = self.language_detector.detect(question)  # "" when unsure
         timings: dict[str, float] = {}
 
@@ -234,9 +241,7 @@ class KnowledgeBase:
     def _validated(self, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
             raise InvalidQuestionError("Please ask a question: the message is empty.")
-        # Lone surrogates (valid JSON escapes, invalid UTF-8) would break the tokenizer,
-        # Milvus and SQLite: each becomes U+FFFD. Control characters become spaces.
-        question = _CONTROL.sub(" ", _SURROGATE.sub("\ufffd", question)).strip()
+        question = _cleaned(question).strip()
         if not question:
             raise InvalidQuestionError("Please ask a question: the message is empty.")
         limit = self.settings.max_question_chars

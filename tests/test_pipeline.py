@@ -192,6 +192,15 @@ def test_follow_up_without_a_model_concatenates_user_turns(make_kb, fake_openai)
     assert fake_openai.requests == []
 
 
+def test_history_with_undecodable_bytes_and_control_characters_is_cleaned(make_kb, fake_openai):
+    """Terminal input keeps undecodable bytes as lone surrogates; they reach the history too."""
+    kb = make_kb(api_key="", **NEVER)
+    history = [Turn("user", "Can I run \udcff\udcfe Milvus\x1b[2J on x86?"), Turn("assistant", "Yes\ud800.")]
+    answer = kb.ask("What about ARM?", history=history)
+    assert answer.search_query == "Can I run \ufffd\ufffd Milvus [2J on x86?\nWhat about ARM?"
+    assert answer.status == "retrieval_only"
+
+
 def test_concurrent_asks(make_kb, fake_openai):
     kb = make_kb(**NEVER)
     questions = [QUESTION, "Is Milvus free?", "Can I run Milvus on ARM?", "What is etcd for?"]
