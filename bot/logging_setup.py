@@ -41,13 +41,18 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
 _NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "huggingface_hub", "faiss.loader")
 
 
+# The password of any URL in a line ("postgresql://bot:pw@db", "http://user:pw@llm:8000/v1").
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.IGNORECASE)
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with known token shapes and the given secret values masked."""
+    """`text` with known token shapes, URL passwords and the given secret values masked."""
     if not text:
         return text
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     return _TOKEN_PATTERNS.sub(_mask, text)
 
 

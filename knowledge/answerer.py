@@ -21,6 +21,7 @@ from knowledge.prompts import (
     build_rewrite_messages,
 )
 from knowledge.types import Chunk, Turn
+from knowledge.urls import without_credentials
 
 REWRITE_MAX_TOKENS = 96
 # Statuses that say the request itself was wrong (too long, bad parameter): not the
@@ -104,7 +105,7 @@ class Answerer:
         Never raises.
         """
         client = self._client.with_options(timeout=min(CHECK_TIMEOUT, self._timeout), max_retries=0)
-        where = self.base_url or "api.openai.com"
+        where = without_credentials(self.base_url) or "api.openai.com"
         try:
             client.models.retrieve(self.model)
         except openai.NotFoundError:

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import requests
@@ -48,6 +47,7 @@ from knowledge.model_prompts import (
 from knowledge.prompts import estimate_tokens
 from knowledge.score_cache import ScoreCache
 from knowledge.token_cap import keep_head_and_tail
+from knowledge.urls import without_credentials
 from knowledge.vectors import unit_rows
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class _ServerClient:
         self.role, self.setting = role, setting
         self.breaker = breaker or CircuitBreaker(name=f"The {role} model server", failure_threshold=0)
         self.base_url = base_url.strip().rstrip("/")
-        self.shown_url = _safe_url(self.base_url)
+        self.shown_url = without_credentials(self.base_url)
         self.timeout = timeout
         self.attempts = max_retries + 1
         retry = _Retry(
@@ -461,14 +461,6 @@ def _load_tokenizer(path: str):
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user:password (for logs)."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
-    return urlunsplit(parts)
 
 
 def _error_detail(response: requests.Response) -> str:

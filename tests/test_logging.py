@@ -86,6 +86,11 @@ def test_ordinary_text_is_left_alone():
     text = "task-queue-processing with max_tokens=800 and 3 tokens; ask-me sk-learn"
     assert redact(text) == text
     assert redact("password: hunter2") == f"password: {REDACTED}"
+    # Any URL's password, whichever setting or library put the URL in the line.
+    line = "server at http://user:probe-SECRET@127.0.0.1:9/v1 and postgresql://bot:pw12@db:5432/x down"
+    assert redact(line) == (f"server at http://user:{REDACTED}@127.0.0.1:9/v1 and "
+                            f"postgresql://bot:{REDACTED}@db:5432/x down")
+    assert redact("https://docs.example/a:b@c") == "https://docs.example/a:b@c"  # a path, no password
 
 
 def test_short_values_are_not_registered(output):

@@ -35,8 +35,9 @@ def test_start_check_names_a_wrong_key_model_or_url_in_one_line(fake_openai):
     problem = _answerer(wrong_path).check()
     assert "No OpenAI-compatible API" in problem and "OPENAI_BASE_URL" in problem
 
-    problem = _answerer(f"http://127.0.0.1:{free_port()}/v1").check()
+    problem = _answerer(f"http://user:probe-SECRET@127.0.0.1:{free_port()}/v1").check()
     assert "cannot be reached" in problem and "OPENAI_BASE_URL" in problem
+    assert "SECRET" not in problem and "http://127.0.0.1:" in problem  # shown (logs, /readyz) without the password
     for line in (problem,):
         assert "\n" not in line
     # Only GETs of the model were made: no completion was spent on checking.
