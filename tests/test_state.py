@@ -151,6 +151,11 @@ def test_database_url_forms(tmp_path):
     assert database_url("postgres://bot@db:5432/support", default_path="u").drivername == "postgresql+psycopg"
     with pytest.raises(StateError, match="mysql is not supported"):
         database_url("mysql://x@y/z", default_path="u")
+    for typo in ("postgresql//bot@127.0.0.1/sb", "postgres:/db/x", "postgresql:bot@db/x", "bot:s3cret@db/support"):
+        with pytest.raises(StateError, match="looks like a URL but is not one") as refused:
+            database_url(typo, default_path="u")
+        assert "s3cret" not in str(refused.value)
+    assert database_url("/var/lib/bot/state.sqlite", default_path="u").database == "/var/lib/bot/state.sqlite"
     settings = BotSettings(_env_file=None, data_dir=tmp_path / "d")
     assert settings.database_target() == f"sqlite:///{tmp_path}/d/feedback.sqlite"  # follows DATA_DIR
     settings = BotSettings(_env_file=None, data_dir=tmp_path / "d", feedback_db=tmp_path / "old.sqlite",

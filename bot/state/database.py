@@ -44,6 +44,10 @@ def database_url(value: str, *, default_path: Path | str) -> URL:
     if not value:
         return URL.create("sqlite", database=str(default_path))
     if not re.match(r"^[a-z][a-z0-9+.-]*://", value, re.I):
+        # "postgresql//bot@db/x", "postgres:/db": a mistyped URL must not become a SQLite file here.
+        if re.match(r"^[a-z][a-z0-9+.-]+(?:://?|//)|^[a-z][a-z0-9+.-]+:", value, re.I) or "@" in value:
+            raise StateError(f"DATABASE_URL looks like a URL but is not one: {_safe(value)} (expected "
+                             "postgresql://user:password@host:5432/name, or the path of a SQLite file)")
         return URL.create("sqlite", database=value)  # a file path
     try:
         url = make_url(value)
@@ -221,7 +225,7 @@ def _adopt_pre_alembic(connection: Connection, inspector) -> None:
 
 def _safe(value: str) -> str:
     """A URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", value)
+    return re.sub(r"((?:://|^)[^:/@]*:)[^@]*@", r"\1***@", value)  # also a mistyped "bot:pw@db/x"
 
 
 def _one_line(error: BaseException) -> str:
