@@ -1,9 +1,13 @@
-"""Who may read which source: SOURCE_ACCESS, restrictions registered at run time, Slack membership.
+"""Who may read which source: SOURCE_ACCESS, private channels' saved answers, Slack membership.
 
     SOURCE_ACCESS="hr=C0HR|S0PEOPLE,legal=C0LEGAL"
 
 A restricted source may be read by the members of any of its channels (C…/G…) or user
-groups (S…); a source not listed is open to everyone. Membership comes from Slack
+groups (S…); a source not listed is open to everyone. A source named
+`team-answers-<channel id>` (a private channel's saved answers, bot.learning) is
+restricted to that channel by rule, from its name alone: no process has to register it,
+so every replica and every restart agrees, and a name that is not a channel id is read
+by nobody. Membership comes from Slack
 (`conversations.members`, `usergroups.users.list`), is cached for ACCESS_CACHE_SECONDS and
 follows member_joined_channel / member_left_channel / subteam_members_changed events. A
 Slack API failure while checking membership denies.
@@ -15,18 +19,17 @@ Where a question is asked decides whose access counts:
 - in a DM, the assistant pane and /ask, the asker's.
 
 Filtering happens in Milvus on the typed `source_name` field: these methods return a
-`knowledge.types.SourceFilter` (CHANNEL_SOURCES' list as `only`, the restricted sources
-that may not be read as `exclude`) that goes to `KnowledgeBase.ask(source_names=...)`.
-Because it is a deny list, sources that are not in KNOWLEDGE_SOURCES (added by other
-modules at run time) are covered as soon as their restriction is registered.
+`knowledge.types.SourceFilter` (CHANNEL_SOURCES' list as `only`, the SOURCE_ACCESS sources
+that may not be read as `exclude`, and every `team-answers-…` source but the readable ones
+kept out by prefix, so one the database does not list yet is out too) that goes to
+`KnowledgeBase.ask(source_names=...)`.
 
 API (one `SourceAccess` per app, on `services.access`):
 
-    access.restrict("learned-C0PRIV", ["C0PRIV"])     # run-time restriction (replaces an earlier one)
-    access.unrestrict("learned-C0PRIV")
-    access.restrictions() -> dict[str, tuple[str, ...]]  # SOURCE_ACCESS plus run-time ones
-    access.for_channel(channel, base=None) -> SourceFilter | None   # an answer seen in a channel
-    access.for_user(user, base=None) -> SourceFilter | None         # DMs, assistant pane, /ask
+    SourceAccess(restrictions=..., memberships=..., saved_sources=store.source_names)
+    access.restrictions() -> dict[str, tuple[str, ...]]  # SOURCE_ACCESS
+    access.for_channel(channel, base=None) -> SourceFilter   # an answer seen in a channel
+    access.for_user(user, base=None) -> SourceFilter         # DMs, assistant pane, /ask
     access.for_question(channel=, user=, private=, base=None)       # picks one of the two
     access.channel_may_read(channel, source_name) -> bool
     access.user_may_read(user, source_name) -> bool
@@ -34,8 +37,9 @@ API (one `SourceAccess` per app, on `services.access`):
     access.member_joined(channel, user) / member_left(channel, user)
     access.group_changed(group, added=(), removed=())
 
-`base` is CHANNEL_SOURCES' tuple for the channel (None: every source). None is returned
-when nothing needs filtering. Principals are upper-cased Slack ids.
+`base` is CHANNEL_SOURCES' tuple for the channel (None: every source). `saved_sources`
+lists the saved answers' source names from the state database (for_user: the private
+ones the asker may read; without it none). Principals are upper-cased Slack ids.
 """
 
 from __future__ import annotations
@@ -44,17 +48,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from knowledge.prompts import TEAM_ANSWERS_SOURCE
 from knowledge.types import SourceFilter
 
 log = logging.getLogger(__name__)
 
 _SOURCE_NAME = re.compile(r"^[\w.-]+$")
 _PRINCIPAL = re.compile(r"^[CGS][A-Z0-9]+$")
+_CHANNEL = re.compile(r"^[CG][A-Z0-9]+$")
+PRIVATE_ANSWERS_PREFIX = f"{TEAM_ANSWERS_SOURCE}-"  # + the channel id, lower-cased (bot.learning)
 _PAGE = 1000
 
 
@@ -81,6 +88,11 @@ def parse_source_access(value: str) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"SOURCE_ACCESS: source {name!r} is listed twice")
         mapping[name] = principals
     return mapping
+
+
+def private_answers_source(channel: str) -> str:
+    """The source of a private channel's saved answers, readable only in and by members of `channel`."""
+    return f"{PRIVATE_ANSWERS_PREFIX}{channel.lower()}"
 
 
 def is_private_conversation(channel: str) -> bool:
@@ -146,51 +158,52 @@ class Memberships:
 
 
 class SourceAccess:
-    """The access policy: restrictions (settings + run time) and Slack membership; thread-safe."""
+    """The access policy: SOURCE_ACCESS, the private-answers rule and Slack membership; thread-safe."""
 
     def __init__(self, *, restrictions: dict[str, Sequence[str]] | None = None,
-                 memberships: Memberships | None = None) -> None:
+                 memberships: Memberships | None = None,
+                 saved_sources: Callable[[], Iterable[str]] | None = None) -> None:
         self._restrictions: dict[str, tuple[str, ...]] = {
             name: tuple(p.upper() for p in principals) for name, principals in (restrictions or {}).items()
         }
         self._memberships = memberships or Memberships(client=None)
-        self._lock = threading.Lock()
+        self._saved_sources = saved_sources
 
     @classmethod
-    def from_settings(cls, settings, *, client: WebClient | None) -> SourceAccess:
+    def from_settings(cls, settings, *, client: WebClient | None,
+                      saved_sources: Callable[[], Iterable[str]] | None = None) -> SourceAccess:
         """Raises ValueError for a malformed SOURCE_ACCESS (BotSettings already rejects those)."""
         return cls(restrictions=parse_source_access(settings.source_access),
-                   memberships=Memberships(client=client, ttl=settings.access_cache_seconds))
+                   memberships=Memberships(client=client, ttl=settings.access_cache_seconds),
+                   saved_sources=saved_sources)
 
     # -- restrictions ------------------------------------------------------------------
-    def restrict(self, source_name: str, principals: Sequence[str]) -> None:
-        """Make `source_name` readable only by these channels / user groups (replaces earlier ones).
-
-        Raises ValueError for an empty list or an id that is not C…, G… or S….
-        """
-        upper = tuple(p.strip().upper() for p in principals if p.strip())
-        if not upper or any(not _PRINCIPAL.match(p) for p in upper):
-            raise ValueError(f"restrict({source_name!r}): give channel (C…, G…) or user group (S…) ids")
-        with self._lock:
-            self._restrictions[source_name] = upper
-
-    def unrestrict(self, source_name: str) -> None:
-        with self._lock:
-            self._restrictions.pop(source_name, None)
-
     def restrictions(self) -> dict[str, tuple[str, ...]]:
-        with self._lock:
-            return dict(self._restrictions)
+        """SOURCE_ACCESS (private channels' saved answers are restricted by their name instead)."""
+        return dict(self._restrictions)
+
+    def _principals(self, source_name: str) -> tuple[str, ...] | None:
+        """Who may read a source (None: everyone); `team-answers-<channel>`: that channel, by rule."""
+        if source_name.startswith(PRIVATE_ANSWERS_PREFIX):
+            channel = source_name[len(PRIVATE_ANSWERS_PREFIX):].upper()
+            return (channel,) if _CHANNEL.match(channel) else ()  # not a channel id: nobody
+        return self._restrictions.get(source_name)
+
+    def _private_answers(self) -> list[str]:
+        """The private channels' saved-answer sources the state database knows (read each time)."""
+        if self._saved_sources is None:
+            return []
+        return [name for name in self._saved_sources() if name.startswith(PRIVATE_ANSWERS_PREFIX)]
 
     # -- decisions ---------------------------------------------------------------------
     def channel_may_read(self, channel: str, source_name: str) -> bool:
         """May everyone who sees `channel` read this source? (open sources: always)."""
-        principals = self.restrictions().get(source_name)
+        principals = self._principals(source_name)
         return principals is None or channel.upper() in principals
 
     def user_may_read(self, user: str, source_name: str) -> bool:
         """Is `user` a member of one of the source's channels or user groups? (open sources: always)."""
-        principals = self.restrictions().get(source_name)
+        principals = self._principals(source_name)
         if principals is None:
             return True
         return bool(user) and any(user in self._memberships.members(p) for p in principals)
@@ -202,21 +215,22 @@ class SourceAccess:
         is readable only while nothing is restricted.
         """
         if not source_name:
-            return not self.restrictions()
+            return not self._restrictions and not self._private_answers()
         if is_private_conversation(channel):
             return self.user_may_read(user, source_name)
         return self.channel_may_read(channel, source_name)
 
-    def for_channel(self, channel: str, base: Sequence[str] | None = None) -> SourceFilter | None:
-        denied = [name for name in self.restrictions() if not self.channel_may_read(channel, name)]
-        return _filter(base, denied)
+    def for_channel(self, channel: str, base: Sequence[str] | None = None) -> SourceFilter:
+        denied = [name for name in self._restrictions if not self.channel_may_read(channel, name)]
+        own = private_answers_source(channel)
+        return _filter(base, denied, allowed=[own] if self.channel_may_read(channel, own) else [])
 
-    def for_user(self, user: str, base: Sequence[str] | None = None) -> SourceFilter | None:
-        denied = [name for name in self.restrictions() if not self.user_may_read(user, name)]
-        return _filter(base, denied)
+    def for_user(self, user: str, base: Sequence[str] | None = None) -> SourceFilter:
+        denied = [name for name in self._restrictions if not self.user_may_read(user, name)]
+        return _filter(base, denied, allowed=[n for n in self._private_answers() if self.user_may_read(user, n)])
 
     def for_question(self, *, channel: str, user: str, private: bool,
-                     base: Sequence[str] | None = None) -> SourceFilter | None:
+                     base: Sequence[str] | None = None) -> SourceFilter:
         """The asker's access when only they see the answer, else the channel's."""
         if private or is_private_conversation(channel):
             return self.for_user(user, base)
@@ -233,7 +247,7 @@ class SourceAccess:
         self._memberships.update(group.upper(), added=added, removed=removed)
 
 
-def _filter(base: Sequence[str] | None, denied: list[str]) -> SourceFilter | None:
-    if base is None and not denied:
-        return None
-    return SourceFilter(only=tuple(base) if base is not None else None, exclude=tuple(sorted(denied)))
+def _filter(base: Sequence[str] | None, denied: list[str], *, allowed: list[str]) -> SourceFilter:
+    # Always a filter: private channels' saved answers stay out unless allowed, whatever is indexed.
+    return SourceFilter(only=tuple(base) if base is not None else None, exclude=tuple(sorted(denied)),
+                        exclude_prefix=PRIVATE_ANSWERS_PREFIX, allow=tuple(sorted(set(allowed))))

@@ -114,7 +114,10 @@ def build_app(
     records = Records(database=database)
     metrics = metrics or Metrics(process_metrics=False)
     rules = ChannelRules.from_settings(settings)
-    access = SourceAccess.from_settings(settings, client=client)
+    saved_answers = SavedAnswers(database=database) if settings.learn_from_threads else None
+    # The database, not this process, says which private channels' answers exist (every replica agrees).
+    access = SourceAccess.from_settings(settings, client=client,
+                                        saved_sources=saved_answers.source_names if saved_answers else None)
     responder = Responder(
         metrics=metrics,
         kb=kb,
@@ -144,10 +147,10 @@ def build_app(
         access=access,
         bot_name=identity.get("user", ""),
     )
-    if settings.learn_from_threads:
+    if saved_answers is not None:
         services.learner = responder.learner = Learner(
-            store=SavedAnswers(database=database), kb=kb, client=client, settings=settings, rules=rules,
-            bot_user_id=identity.get("user_id", ""), bot_id=identity.get("bot_id", ""), access=access,
+            store=saved_answers, kb=kb, client=client, settings=settings, rules=rules,
+            bot_user_id=identity.get("user_id", ""), bot_id=identity.get("bot_id", ""),
         )
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))

@@ -6,8 +6,9 @@ admin) saves the reply with the thread's question, who answered, when and the
 permalink. LEARN_REVIEW decides whether it is used at once or waits for an
 admin in the App Home. Active saved answers are indexed as their own source
 (`team-answers`, or `team-answers-<channel>` for a private channel, readable
-only by its members) through `KnowledgeBase.sync_documents`, and re-supplied to
-every refresh so a reindex keeps them. DMs are never saved.
+only in and by members of that channel: bot.access decides it from the name)
+through `KnowledgeBase.sync_documents`, and re-supplied to every refresh so a
+reindex keeps them. DMs are never saved.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cachetools import TTLCache
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.access import SourceAccess
+from bot.access import private_answers_source
 from bot.admins import AdminCache, is_admin
 from bot.channels import ChannelRules
 from bot.history import _replies
@@ -61,7 +62,7 @@ class Outcome:
 
 def source_name_for(channel: str, *, private: bool) -> str:
     """`team-answers` for public channels; a private channel's answers get a source of their own."""
-    return f"{TEAM_ANSWERS_SOURCE}-{channel.lower()}" if private else TEAM_ANSWERS_SOURCE
+    return private_answers_source(channel) if private else TEAM_ANSWERS_SOURCE
 
 
 def answer_date(saved: SavedAnswer) -> str:
@@ -159,7 +160,6 @@ class Learner:
         bot_user_id: str = "",
         bot_id: str = "",
         admins: AdminCache | None = None,
-        access: SourceAccess | None = None,
     ) -> None:
         self.store = store
         self._kb = kb
@@ -173,9 +173,6 @@ class Learner:
         self._sync_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(maxsize=256, ttl=300)
-        self._access = access
-        # Before anything is indexed or asked: a private channel's answers never reach anyone else.
-        self._restrict_private()
         attach(kb, store)
 
     # -- who may do what ---------------------------------------------------
@@ -207,19 +204,9 @@ class Learner:
 
     # -- access ------------------------------------------------------------
     def source_names(self) -> list[str]:
-        """The saved answers' sources a channel draws on besides its CHANNEL_SOURCES (access
-        keeps the private ones to their channel's members)."""
+        """The saved answers' sources a channel draws on besides its CHANNEL_SOURCES (bot.access
+        keeps the private ones to their channel's members, by their name)."""
         return [TEAM_ANSWERS_SOURCE, *sorted(set(self.store.private_sources().values()))]
-
-    def _restrict_private(self) -> None:
-        """A private channel's answers: readable only in that channel, or by its members (bot.access)."""
-        if self._access is None:
-            return
-        for channel, source_name in self.store.private_sources().items():
-            try:
-                self._access.restrict(source_name, [channel])
-            except ValueError as error:  # not a channel id we can restrict to: never served
-                log.warning("saved answers of %s cannot be restricted (%s); they stay unused", channel, error)
 
     # -- capture -----------------------------------------------------------
     def capture(self, *, channel: str, message_ts: str, marker: str, via: str) -> Outcome:
@@ -273,9 +260,6 @@ class Learner:
             saved_by=marker, saved_at=time.time(), via=via, permalink=self._permalink(channel, message_ts),
             source_name=source_name_for(channel, private=private),
         )
-        if private and self._access is not None:
-            # Restricted before it is indexed (a restriction on a source with no answers yet is harmless).
-            self._access.restrict(saved.source_name, [channel])
         stored = self.store.add(saved)
         if stored is None:
             return Outcome(message=ALREADY_SAVED)

@@ -45,7 +45,7 @@ class Services:
     limiter: UserLimiter
     metrics: Metrics
     rules: ChannelRules  # AUTO_ANSWER_CHANNELS, CHANNEL_SOURCES, ESCALATION_CONTACTS, parsed once
-    access: SourceAccess = field(default_factory=SourceAccess)  # SOURCE_ACCESS + run-time restrictions
+    access: SourceAccess = field(default_factory=SourceAccess)  # SOURCE_ACCESS + private saved answers' rule
     learner: Learner | None = None  # bot.learning: saved answers (None when LEARN_FROM_THREADS is off)
     refresher: Refresher | None = None  # set by bot.server.serve: /reindex works where the index is served
     stopping: bool = False  # set by stop_taking_questions(): new questions get SHUTTING_DOWN_TEXT

@@ -901,6 +901,11 @@ def _filter(source_names) -> str:
         parts.append(f"source_name in {json.dumps(list(wanted.only), ensure_ascii=False)}")
     if wanted.exclude:
         parts.append(f"source_name not in {json.dumps(list(wanted.exclude), ensure_ascii=False)}")
+    if wanted.exclude_prefix:
+        # A LIKE wildcard in the prefix ("_") only widens what is kept out: safe as it is.
+        outside = f"not (source_name like {json.dumps(wanted.exclude_prefix + '%', ensure_ascii=False)})"
+        allowed = f" or source_name in {json.dumps(list(wanted.allow), ensure_ascii=False)}" if wanted.allow else ""
+        parts.append(f"({outside}{allowed})")
     return " and ".join(parts)
 
 

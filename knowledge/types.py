@@ -118,14 +118,18 @@ class SourceFilter:
 
     `only` None means every source; `exclude` wins over `only` (a restricted source the
     asker may not read stays out even when a channel's CHANNEL_SOURCES lists it).
+    `exclude_prefix` keeps out every source whose name starts with it except those in
+    `allow`, names known or not (bot.access: private channels' saved answers, fail closed).
     """
 
     only: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    exclude_prefix: str = ""
+    allow: tuple[str, ...] = ()
 
     @property
     def restricts(self) -> bool:
-        return self.only is not None or bool(self.exclude)
+        return self.only is not None or bool(self.exclude) or bool(self.exclude_prefix)
 
 
 def as_source_filter(value) -> SourceFilter | None:

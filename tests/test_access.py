@@ -96,21 +96,29 @@ def test_membership_is_cached_follows_events_and_a_slack_failure_denies(fake_sla
     assert failing.user_may_read("U1", "hr")
 
     # Channels: only a listed channel reads it; filters are deny lists beside CHANNEL_SOURCES.
-    assert access.for_channel("C0HR") is None
-    assert access.for_channel("CGEN") == SourceFilter(only=None, exclude=("hr",))
-    assert access.for_channel("CGEN", ("docs", "hr")) == SourceFilter(only=("docs", "hr"), exclude=("hr",))
-    assert SourceAccess().for_user("U1", None) is None
+    assert (access.for_channel("C0HR").only, access.for_channel("C0HR").exclude) == (None, ())
+    assert (access.for_channel("CGEN").only, access.for_channel("CGEN").exclude) == (None, ("hr",))
+    assert access.for_channel("CGEN", ("docs", "hr")).only == ("docs", "hr")
+    assert SourceAccess().for_user("U1", None) == SourceFilter(exclude_prefix="team-answers-")
 
 
-def test_run_time_restrictions_cover_sources_not_in_settings():
-    access = SourceAccess()
-    access.restrict("learned-C0PRIV", ["c0priv"])
-    assert access.for_channel("CGEN") == SourceFilter(exclude=("learned-C0PRIV",))
-    assert access.for_channel("C0PRIV") is None and access.channel_may_read("C0PRIV", "learned-C0PRIV")
-    with pytest.raises(ValueError):
-        access.restrict("x", ["U01"])
-    access.unrestrict("learned-C0PRIV")
-    assert access.for_channel("CGEN") is None
+def test_private_channels_saved_answers_are_restricted_by_their_name_alone(fake_slack):
+    """No process registers them: every replica, and a restarted one, decides the same."""
+    fake_slack.set_members("GPRIV", ["U1"])
+    access = SourceAccess(memberships=Memberships(client=_client(fake_slack), ttl=300),
+                          saved_sources=lambda: ["team-answers", "team-answers-gpriv", "team-answers-cgone"])
+    private = "team-answers-gpriv"
+    assert access.channel_may_read("GPRIV", private) and not access.channel_may_read("CGEN", private)
+    assert access.user_may_read("U1", private) and not access.user_may_read("U2", private)
+    assert access.conversation_may_read("D1", "U1", private) and not access.conversation_may_read("D2", "U2", private)
+    assert access.channel_may_read("CGEN", "team-answers") and access.user_may_read("U2", "team-answers")
+    assert not access.channel_may_read("CGEN", "team-answers-not_an_id")  # not a channel: nobody
+    assert not access.conversation_may_read("CGEN", "U1", "")  # an unnamed source, while private ones exist
+    # The filter keeps out every team-answers-… source (listed or not) but the readable ones.
+    assert access.for_channel("GPRIV") == SourceFilter(exclude_prefix="team-answers-", allow=(private,))
+    assert access.for_question(channel="CGEN", user="U1", private=True) == SourceFilter(
+        exclude_prefix="team-answers-", allow=(private,))  # the asker's access: not a member of CGONE
+    assert access.for_user("U2", ("docs",)) == SourceFilter(only=("docs",), exclude_prefix="team-answers-")
 
 
 def test_a_private_answer_records_uncited_restricted_passages():

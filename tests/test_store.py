@@ -13,7 +13,7 @@ import pytest
 
 from knowledge.errors import DimensionMismatchError, StoreLockedError, StoreUnavailableError
 from knowledge.store import VectorStore
-from knowledge.types import Chunk
+from knowledge.types import Chunk, SourceFilter
 from tests.fixtures.milvus import HashingEmbedder, release_lite
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,21 @@ def test_dense_search_ranks_and_filters(store, embedder):
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1.0001
     filtered = store.search_dense(query, limit=6, source_names=["docs"])
     assert filtered and {h.chunk.source_name for h in filtered} == {"docs"}
+
+
+def test_a_prefix_keeps_out_every_source_it_starts_but_the_allowed_ones(store, embedder):
+    # bot.access: private channels' saved answers, including names no list of exclusions knows.
+    extra = [make_chunk("memory", TEXTS["memory"], source_name=name)
+             for name in ("team-answers-ga", "team-answers-gb")]
+    store.upsert(extra, embedder.embed_documents([c.search_text for c in extra]))
+    store.flush()
+    query = embedder.embed_query("how much memory do query nodes need to load segments")
+    wanted = SourceFilter(exclude=("ops",), exclude_prefix="team-answers-", allow=("team-answers-gb",))
+    for hits in (store.search_dense(query, limit=10, source_names=wanted),
+                 store.search_bm25("memory segments", limit=10, source_names=wanted, vector=query)):
+        assert "team-answers-gb" in {h.chunk.source_name for h in hits} <= {"docs", "team-answers-gb"}
+    alone = SourceFilter(exclude_prefix="team-answers-")
+    assert {h.chunk.source_name for h in store.search_dense(query, limit=10, source_names=alone)} == {"docs", "ops"}
 
 
 class _StoreWithoutTitleVectors(VectorStore):
