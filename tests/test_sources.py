@@ -154,6 +154,14 @@ def test_non_utf8_file_is_decoded_with_replacement_and_logged(tmp_path, caplog):
     assert "latin.md is not valid UTF-8" in caplog.text
 
 
+def test_a_binary_file_named_like_text_fails_its_source_naming_it(tmp_path):
+    """Not indexed as noise: the refresh reports the file and the source keeps its previous chunks."""
+    folder = _write(tmp_path / "kb", {"ok.md": b"# Fine\n", "blob.md": bytes(range(256)) * 40,
+                                      "notes.txt": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"})
+    with pytest.raises(SourceError, match=r"(blob\.md|notes\.txt): a binary file, not text"):
+        read_documents(parse_sources(str(folder)), cache_dir=tmp_path / "cache")
+
+
 def test_missing_folder_raises_source_error_naming_the_entry(tmp_path):
     with pytest.raises(SourceError) as error:
         read_documents(parse_sources(f"kb={tmp_path / 'nope'}"), cache_dir=tmp_path)

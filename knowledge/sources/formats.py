@@ -33,6 +33,9 @@ _NUMBERED = re.compile(r"^(?:(?:chapter|section|part)\s+)?\d{1,2}(?:\.\d{1,2}){0
 _UPPER = re.compile(r"^[A-Z][A-Z0-9 &/,:'()-]{3,60}$")
 
 
+BINARY_PROBE_BYTES = 8192  # how much of a file is looked at for NUL bytes (as git and grep do)
+
+
 class FormatError(Exception):
     """A file that cannot be turned into text (a broken PDF, ...)."""
 
@@ -47,6 +50,10 @@ def kind_of(path: str) -> str | None:
 
 
 def decode(data: bytes, *, label: str, path: str) -> str:
+    """The file's text (undecodable bytes replaced, with a warning). Raises FormatError for a
+    binary file (a NUL byte): an image or archive named .md would be indexed as noise."""
+    if b"\x00" in data[:BINARY_PROBE_BYTES]:
+        raise FormatError("a binary file, not text (it holds NUL bytes)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -55,7 +62,7 @@ def decode(data: bytes, *, label: str, path: str) -> str:
 
 
 def to_markdown(data: bytes, *, path: str, label: str) -> str:
-    """The Markdown the chunker reads for one file. Raises FormatError for an unreadable PDF."""
+    """The Markdown the chunker reads for one file. Raises FormatError for an unreadable PDF or a binary file."""
     kind = kind_of(path) or "text"
     if kind == "pdf":
         return pdf_to_markdown(data, path=path)

@@ -226,13 +226,13 @@ def select(spec: SourceSpec, tree: Tree) -> list[str]:
 
 def document(spec: SourceSpec, tree: Tree, path: str, *, link: str = "") -> Document:
     """One file as a Document (Markdown includes resolved). Raises SourceError naming the file."""
-    if kind_of(path) == "markdown":
-        text = resolve_includes(tree.read_text(path), path=path, tree=tree)
-    else:
-        try:
+    try:
+        if kind_of(path) == "markdown":
+            text = resolve_includes(tree.read_text(path), path=path, tree=tree)
+        else:
             text = to_markdown(tree.read_bytes(path), path=path, label=tree.label)
-        except FormatError as error:
-            raise SourceError(f"{tree.label}: {path}: {error}") from None
+    except FormatError as error:
+        raise SourceError(f"{tree.label}: {path}: {error}") from None
     return Document(source=path, text=text, source_name=spec.name, link=link)
 
 
