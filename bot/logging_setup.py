@@ -38,7 +38,10 @@ _TOKEN_PATTERNS = re.compile(
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message", "asctime", "taskName",
 }
-_NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "huggingface_hub", "faiss.loader")
+# Per-request or per-start INFO lines of libraries (HTTP clients, Alembic's ten lines per database
+# open, Milvus Lite's server start/stop, model loading): kept for DEBUG only.
+_NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "huggingface_hub", "faiss.loader",
+                  "alembic", "milvus_lite", "sentence_transformers")
 
 
 # The password of any URL in a line ("postgresql://bot:pw@db", "http://user:pw@llm:8000/v1").
@@ -171,8 +174,7 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
     root.addHandler(handler)
     root.setLevel(numeric)
-    # Per-request INFO lines from HTTP clients drown the bot's own; keep them for DEBUG.
-    for name in _NOISY_LOGGERS:
+    for name in _NOISY_LOGGERS:  # they drown the bot's own lines
         logging.getLogger(name).setLevel(logging.WARNING if numeric > logging.DEBUG else logging.NOTSET)
     return redactor
 

@@ -161,3 +161,14 @@ def test_question_fields_log_without_the_text(output):
     logging.getLogger("q").info("question", extra=question_log_fields(question, log_questions=False))
     record = json.loads(output.getvalue())
     assert record["question_chars"] == len(question) and "VPN" not in output.getvalue()
+
+
+def test_library_chatter_is_kept_for_debug(output):
+    _configure(output)
+    for name in ("alembic.runtime.migration", "milvus_lite.server_manager", "sentence_transformers.base.model"):
+        logging.getLogger(name).info("library chatter %s", name)
+    logging.getLogger("supportbot.test").info("the bot's own line")
+    assert "library chatter" not in output.getvalue() and "the bot's own line" in output.getvalue()
+    _configure(output, level="DEBUG")
+    logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
+    assert "Context impl SQLiteImpl." in output.getvalue()

@@ -4,6 +4,7 @@ written by one process and read by another, votes, privacy, retention."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -94,11 +95,13 @@ def _old_file(path: Path, *, without_question_ts: bool = False) -> None:
 
 
 @pytest.mark.parametrize("without_question_ts", [False, True])
-def test_an_old_sqlite_file_migrates_in_place_with_its_data(tmp_path, without_question_ts):
+def test_an_old_sqlite_file_migrates_in_place_with_its_data(tmp_path, without_question_ts, caplog):
     path = tmp_path / "feedback.sqlite"
     _old_file(path, without_question_ts=without_question_ts)
     settings = BotSettings(_env_file=None, feedback_db=path)  # the deprecated setting still works
-    db = Database.from_settings(settings)
+    with caplog.at_level(logging.INFO, logger="bot.state.database"):
+        db = Database.from_settings(settings)
+    assert f"migrated from 0001_baseline to {_head_revision()}" in caplog.text  # one line says what changed
     try:
         records = Records(database=db)
         assert records.totals() == {"answers": 2, "abstained": 1, "helpful": 1, "not_helpful": 1}

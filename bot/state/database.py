@@ -163,9 +163,14 @@ class Database:
                 _adopt_pre_alembic(connection, inspector)
                 command.stamp(config, BASELINE)
                 log.info("state database %s: adopted the schema from before migrations", self.where)
+            before = MigrationContext.configure(connection).get_current_revision() or ""
             command.upgrade(config, "head")
             revision = MigrationContext.configure(connection).get_current_revision() or ""
-        log.debug("state database %s at revision %s", self.where, revision)
+        # Alembic's own lines are kept for DEBUG (bot.logging_setup): say here what changed.
+        if revision != before:
+            log.info("state database %s migrated from %s to %s", self.where, before or "empty", revision)
+        else:
+            log.debug("state database %s at revision %s", self.where, revision)
         return revision
 
     def close(self) -> None:
