@@ -107,6 +107,12 @@ def cmd_ask(args: argparse.Namespace, settings) -> int:
 def cmd_eval(args: argparse.Namespace, settings) -> int:
     from knowledge import evaluation
 
+    save_to = Path(args.save_to) if args.save_to else settings.abstention_model_path
+    if args.fit_abstention:
+        problem = _unsafe_save_path(save_to, args.file)
+        if problem:
+            print(f"supportbot: --save-to {save_to}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     kb = _knowledge_base(settings)
     try:
         # Several files are scored as one (e.g. the dev set plus a file of unanswerable
@@ -124,10 +130,8 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
             rerank=settings.reranking and not args.no_rerank,
         )
         fitted = None
-        if args.fit_abstention is not None:
-            fitted = evaluation.fit_abstention(
-                kb, result, path=args.fit_abstention or None, fitted_on=" + ".join(args.file)
-            )
+        if args.fit_abstention:
+            fitted = evaluation.fit_abstention(kb, result, path=save_to, fitted_on=" + ".join(args.file))
     finally:
         kb.close()
     result.pop("outcomes", None)
@@ -135,9 +139,20 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
         _print_json({**result, "fitted_abstention": fitted and dataclasses.asdict(fitted)})
     else:
         print(evaluation.format_result(result))
-        if args.fit_abstention is not None:
-            print(evaluation.format_fitted(fitted, args.fit_abstention or settings.abstention_model_path))
+        if args.fit_abstention:
+            print(evaluation.format_fitted(fitted, save_to, bot_reads=settings.abstention_model_path))
     return 0
+
+
+def _unsafe_save_path(path: Path, inputs: Sequence[str]) -> str:
+    """Why the abstention model must not be written to `path` ("" when it may): never over an eval file."""
+    if any(path.resolve() == Path(name).resolve() for name in inputs):
+        return "is one of the eval files; name a separate .json file"
+    if path.suffix == ".jsonl" and path.exists():
+        return "is an existing .jsonl file (an eval file?); name a separate .json file"
+    if path.is_dir():
+        return "is a folder; name a .json file"
+    return ""
 
 
 def cmd_chat(args: argparse.Namespace, settings) -> int:
@@ -345,9 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense, BM25 and hybrid, each with and without reranking, side by side")
     p.add_argument("--no-rerank", action="store_true", help="score without the reranker")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode")
-    p.add_argument("--fit-abstention", nargs="?", const="", metavar="PATH",
+    # A flag, not an option with a value: `--fit-abstention a.jsonl b.jsonl` once saved over a.jsonl.
+    p.add_argument("--fit-abstention", action="store_true",
                    help="fit the abstention model on the files' answerable and unanswerable "
-                        "items, print it and save it (default path: ABSTENTION_MODEL)")
+                        "items, print it and save it where the bot reads it (ABSTENTION_MODEL, "
+                        "default DATA_DIR/abstention.json)")
+    p.add_argument("--save-to", metavar="PATH",
+                   help="with --fit-abstention: save the model here instead (never over an eval "
+                        "file); the bot uses it once ABSTENTION_MODEL names it")
 
     add("chat", cmd_chat, "talk to the bot in the terminal (no Slack needed)",
         "The same answer path as in Slack, as a conversation in the terminal; follow-ups "
@@ -388,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is cmd_answers and args.action == "remove" and not args.id:
         parser.error("answers remove needs the saved answer's ID (see `supportbot answers list`)")
+    if getattr(args, "func", None) is cmd_eval and args.save_to and not args.fit_abstention:
+        parser.error("--save-to is where --fit-abstention saves the model: give both")
     from pydantic import ValidationError
 
     from knowledge.errors import KnowledgeError

@@ -362,8 +362,9 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def format_fitted(model, path) -> str:
-    """What `--fit-abstention` fitted and where it was saved, in a few lines."""
+def format_fitted(model, path, *, bot_reads=None) -> str:
+    """What `--fit-abstention` fitted and where it was saved (`path`), in a few lines;
+    `bot_reads` is the file the bot loads (ABSTENTION_MODEL), to say whether it will use this one."""
     if model is None:
         return "No abstention model fitted: the file needs answerable and unanswerable items."
     return "\n".join([
@@ -372,8 +373,15 @@ def format_fitted(model, path) -> str:
         f"On {model.fitted_on or 'these items'}: declines {model.declined_unanswerable} "
         f"unanswerable, wrongly declines {model.false_abstain:.1%} of the answerable items "
         "whose answer retrieval found (the others are left out of the fit).",
-        f"Saved to {path}; the bot uses it from its next start (ABSTENTION_MODEL).",
+        _where_saved(Path(path), Path(bot_reads) if bot_reads else Path(path)),
     ])
+
+
+def _where_saved(path: Path, bot_reads: Path) -> str:
+    if path.resolve() == bot_reads.resolve():
+        return f"Saved to {path}, the file the bot reads (ABSTENTION_MODEL): it uses it from its next start."
+    return (f"Saved to {path}; the bot reads {bot_reads}: set ABSTENTION_MODEL={path} "
+            "for it to use this model from its next start.")
 
 
 def pick_abstain_threshold(

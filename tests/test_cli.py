@@ -128,14 +128,33 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
 
     # The abstention model: fitted on the files' answerable and unanswerable items (the dev
     # set and the unanswerable tuning questions together), saved, used.
+    # `--fit-abstention` is a flag: the file after it is an eval input, never where the model goes.
     tuning = Path(__file__).parents[1] / "docs" / "eval" / "abstention-tuning.jsonl"
-    code, out, _ = run(capsys, "eval", str(dev_set), str(tuning), "--no-rerank", "--fit-abstention")
-    assert code == 0 and "Abstention model (dense scores" in out and "Saved to" in out
-    model = AbstentionModel.load(tmp_path / "data" / "abstention.json")
+    dev_copy = tmp_path / "dev.jsonl"
+    dev_copy.write_bytes(dev_set.read_bytes())
+    code, out, _ = run(capsys, "eval", "--fit-abstention", str(dev_copy), str(tuning), "--no-rerank")
+    assert code == 0 and "Abstention model (dense scores" in out
+    assert dev_copy.read_bytes() == dev_set.read_bytes()
+    saved = tmp_path / "data" / "abstention.json"
+    assert f"Saved to {saved}, the file the bot reads" in out
+    model = AbstentionModel.load(saved)
     assert model.score == "dense" and model.features[0] == "dense_top"
     assert model.declined_unanswerable.endswith("/15") and model.false_abstain <= 0.10
-    assert model.fitted_on == f"{dev_set} + {tuning}"
+    assert model.fitted_on == f"{dev_copy} + {tuning}"
     assert model.describe() in out
+
+    # Elsewhere on request (the message says how the bot would use it), never over an eval file.
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(dev_set.read_text().splitlines(keepends=True)[:6])
+                     + "".join(tuning.read_text().splitlines(keepends=True)[:4]))
+    other = tmp_path / "other.json"
+    code, out, _ = run(capsys, "eval", str(small), "--no-rerank", "--fit-abstention", "--save-to", str(other))
+    assert code == 0 and other.exists() and f"set ABSTENTION_MODEL={other}" in out
+    for target in (small, dev_set):
+        before = target.read_bytes()
+        code, _, err = run(capsys, "eval", str(small), "--fit-abstention", "--save-to", str(target))
+        assert_one_line_error(code, err, "--save-to", str(target))
+        assert code == 2 and target.read_bytes() == before
 
 
 def test_ask_without_an_api_key_is_retrieval_only(cli_env, capsys, monkeypatch, fake_openai):
