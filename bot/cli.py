@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,10 +31,37 @@ Typical first run:  supportbot index  then  supportbot ask "How is data stored?"
 log = logging.getLogger("supportbot")
 
 
-def _load_settings(env_file: str):
+class SettingsProblem(Exception):
+    """Settings that cannot be read; the message is one line naming the setting or file."""
+
+
+def _load_settings(env_file: str | None):
+    """BotSettings from the environment and `env_file` (default: .env when there is one).
+
+    Raises pydantic.ValidationError for an invalid value, SettingsProblem for a value or
+    file that cannot even be read (not JSON, not UTF-8, an --env-file that is missing).
+    """
+    from pydantic_settings import SettingsError
+
     from bot.settings import BotSettings
 
-    return BotSettings(_env_file=env_file or ".env")
+    if env_file is not None and (not os.path.exists(env_file) or os.path.isdir(env_file)):
+        raise SettingsProblem(f"--env-file {env_file}: no such file")
+    path = env_file or ".env"
+    try:
+        return BotSettings(_env_file=path)
+    except SettingsError as error:  # a JSON-valued setting (a list) that is not JSON
+        field = re.search(r'field "(\w+)"', str(error))
+        name = field.group(1).upper() if field else "a setting"
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        where = f" in {path}" if "DotEnv" in str(error) else ""
+        raise SettingsProblem(f"{name}{where}: not valid JSON{cause}") from None
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        raise SettingsProblem(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} on line {line})") from None
+    except OSError as error:
+        raise SettingsProblem(f"{path}: {error.strerror or error}") from None
 
 
 def _knowledge_base(settings):
@@ -327,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="supportbot", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
+    parser.add_argument("--env-file", help="settings file to read (default: .env when there is one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -421,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
         )
         print(f"supportbot: invalid settings: {problems}", file=sys.stderr)
+        return EXIT_USAGE
+    except SettingsProblem as error:
+        print(f"supportbot: invalid settings: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
         _configure_logging(settings, verbose=args.verbose)

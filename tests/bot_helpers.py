@@ -172,7 +172,7 @@ def spawn_serve(env: dict[str, str], *, cwd: Path, log: Path) -> subprocess.Pope
     """`supportbot serve` in a process of its own with `env` only (no .env read); stderr goes to `log`."""
     with open(log, "w") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "--env-file", str(cwd / "none.env"), "serve"],
+            [sys.executable, "-m", "bot.cli", "--env-file", os.devnull, "serve"],
             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
         )
 

@@ -220,6 +220,28 @@ def test_invalid_setting_is_one_line(cli_env, capsys, monkeypatch):
     assert code == 2 and "RETRIEVE_TOP_K" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("case", ["json-in-environment", "json-in-env-file", "not-utf8-env-file", "missing-env-file"])
+def test_unreadable_settings_are_one_line(cli_env, capsys, monkeypatch, tmp_path, case):
+    """Settings that cannot even be parsed: one line naming the setting or file, exit 2, never a traceback."""
+    env_file = tmp_path / "bot.env"
+    if case == "json-in-environment":
+        monkeypatch.setenv("SUGGESTED_PROMPTS", "[not json")
+        env_file.write_text("# nothing here\n")
+        fragments = ("SUGGESTED_PROMPTS", "not valid JSON")
+    elif case == "json-in-env-file":
+        env_file.write_text("SUGGESTED_PROMPTS=[not json\n")
+        fragments = ("SUGGESTED_PROMPTS", str(env_file), "not valid JSON")
+    elif case == "not-utf8-env-file":
+        env_file.write_bytes(b"LOG_LEVEL=INFO\nOPENAI_MODEL=fake \xff\xfe binary\n")
+        fragments = (str(env_file), "UTF-8", "0xff", "line 2")
+    else:
+        env_file = tmp_path / "missing.env"
+        fragments = (str(env_file), "no such file")
+    code, out, err = run(capsys, "--env-file", str(env_file), "feedback")
+    assert_one_line_error(code, err, "invalid settings", *fragments)
+    assert code == 2 and out == ""
+
+
 def test_console_script_reports_without_traceback(cli_env, tmp_path):
     """The installed `supportbot` script itself: a bad zip is one line on stderr, exit 1."""
     bad = tmp_path / "bad.zip"
