@@ -5,7 +5,7 @@ ESCALATION_CONTACTS) or the "Save as answer" message shortcut (by those or an
 admin) saves the reply with the thread's question, who answered, when and the
 permalink. LEARN_REVIEW decides whether it is used at once or waits for an
 admin in the App Home. Active saved answers are indexed as their own source
-(`team-answers`, or `team-answers-<channel>` for a private channel, readable
+(`team-answers`, or `team-answers-<channel>` for a private or shared channel, readable
 only in and by members of that channel: bot.access decides it from the name)
 through `KnowledgeBase.sync_documents`, and re-supplied to every refresh so a
 reindex keeps them. DMs are never saved.
@@ -39,6 +39,7 @@ from knowledge.types import Answer, Document, Turn
 
 log = logging.getLogger(__name__)
 
+_SHARED = ("is_shared", "is_ext_shared", "is_org_shared", "is_pending_ext_shared")  # conversations.info flags
 SOURCE_PREFIX = "slack/"  # a saved answer's Document.source is "slack/<id>.md"
 NOT_ALLOWED = "Only the person who asked, the channel's experts or an admin can save an answer here."
 NOT_A_REPLY = "Only a reply in a thread the bot took part in can be saved as an answer."
@@ -61,7 +62,7 @@ class Outcome:
 
 
 def source_name_for(channel: str, *, private: bool) -> str:
-    """`team-answers` for public channels; a private channel's answers get a source of their own."""
+    """`team-answers` for public channels; a private or shared channel's answers get a source of their own."""
     return private_answers_source(channel) if private else TEAM_ANSWERS_SOURCE
 
 
@@ -202,12 +203,6 @@ class Learner:
             self._groups[group] = users
         return users
 
-    # -- access ------------------------------------------------------------
-    def source_names(self) -> list[str]:
-        """The saved answers' sources a channel draws on besides its CHANNEL_SOURCES (bot.access
-        keeps the private ones to their channel's members, by their name)."""
-        return [TEAM_ANSWERS_SOURCE, *sorted(set(self.store.private_sources().values()))]
-
     # -- capture -----------------------------------------------------------
     def capture(self, *, channel: str, message_ts: str, marker: str, via: str) -> Outcome:
         """Save the reply at `message_ts` if `marker` may; `via` is "reaction" or "shortcut".
@@ -249,8 +244,10 @@ class Learner:
         answer = self._plain(reply.get("text", ""))
         if not question or not answer:
             return Outcome(message=NOT_A_REPLY)
+        # A shared channel (Slack Connect, or across an org's workspaces) keeps its answers to its own
+        # members too: one customer's thread is never cited to another organisation.
         private = bool(info.get("is_private") or info.get("is_group") or info.get("is_mpim")
-                       or channel.startswith("G"))
+                       or any(info.get(flag) for flag in _SHARED) or channel.startswith("G"))
         author = reply.get("user", "")
         saved = SavedAnswer(
             id=new_id(), status=PENDING if self._needs_review(trusted) else ACTIVE,

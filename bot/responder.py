@@ -17,7 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
-from bot.access import SourceAccess
+from bot.access import SourceAccess, private_answers_source
 from bot.blocks import answer_messages, progress_message
 from bot.channels import ChannelRules
 from bot.history import thread_history
@@ -114,13 +114,15 @@ class Responder:
 
     def source_names(self, channel: str, user: str, *, private: bool = False) -> SourceFilter | None:
         """What a question by `user` in `channel` may draw on: the channel's sources (CHANNEL_SOURCES,
-        plus the team's saved answers) minus what its readers may not read (None: everything).
+        plus the answers saved in that very channel) minus what its readers may not read.
 
-        `private`: only the asker sees the answer (the assistant pane, /ask), so their access counts.
+        The team's shared saved answers (`team-answers`) only where CHANNEL_SOURCES names them:
+        a channel never sees a source it is not given. `private`: only the asker sees the answer
+        (the assistant pane, /ask), so their access counts.
         """
         base = self._rules.sources_for(channel)
         if base is not None and self.learner is not None:
-            base = (*base, *self.learner.source_names())  # the private ones are restricted in access
+            base = (*base, private_answers_source(channel))  # its own members wrote them (bot.access)
         return self._access.for_question(channel=channel, user=user, private=private, base=base)
 
     # -- on the event thread ------------------------------------------------

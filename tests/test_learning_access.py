@@ -79,3 +79,51 @@ def test_a_replica_that_did_not_save_a_private_answer_keeps_it_with_its_members(
     assert saved.permalink not in shown and PRIVATE_TEXT not in shown
     shown = _asks(fake_slack, fake_openai, channel="D100", user="U1", dm=True, connection=on_other)
     assert saved.permalink in shown and PRIVATE_TEXT in shown
+
+
+def _save_reply(fake_slack, *, channel):
+    """An abstained question handed off in `channel`, the expert's reply marked ✅ by the expert."""
+    mention = _ask_and_hand_off(fake_slack, channel=channel, user="U1")
+    reply = _expert_replies(fake_slack, channel=channel, thread_ts=mention["ts"])
+    fake_slack.send_event(fake_slack.reaction_event(reply, channel=channel, user="U9"))
+    _confirmations(fake_slack, channel)
+
+
+def test_a_slack_connect_channels_answer_is_never_cited_to_another_organisation(
+        learning_kb, fake_slack, fake_openai, start_bot):
+    kb = learning_kb()
+    for channel in ("CEXTA", "CEXTB"):
+        fake_slack.set_channel(channel, name=f"ext-{channel[-1].lower()}", members=("U1", "U9", "UBOT"))
+        fake_slack.channels[channel].update(is_ext_shared=True, is_shared=True)
+    bot = start_bot(kb, escalation_contacts="*=U9", learn_review="false")
+    _save_reply(fake_slack, channel="CEXTA")
+    [saved] = bot.services.learner.store.list()
+    assert (saved.private, saved.source_name) == (True, "team-answers-cexta")
+
+    shown = _asks(fake_slack, fake_openai, channel="CEXTB", user="UEXTB")  # another customer's shared channel
+    assert saved.permalink not in shown and PRIVATE_TEXT not in shown
+    shown = _asks(fake_slack, fake_openai, channel="CHELP", user="U2")  # an internal public channel
+    assert saved.permalink not in shown and PRIVATE_TEXT not in shown
+    fake_slack.send_event(fake_slack.mention(REPHRASED, channel="CEXTA", user="U7"))  # where it was said
+    assert saved.permalink in _text(_wait_answers(fake_slack, "CEXTA", 2)[-1].params)
+
+
+def test_channel_sources_keep_the_teams_saved_answers_out_unless_listed(
+        learning_kb, fake_slack, fake_openai, start_bot):
+    kb = learning_kb()
+    fake_slack.set_channel("CHELP", name="help-internal")
+    bot = start_bot(kb, escalation_contacts="*=U9", learn_review="false",
+                    channel_sources="CDOCS=docs,CBOTH=docs|team-answers")
+    _save_reply(fake_slack, channel="CHELP")
+    [saved] = bot.services.learner.store.list()
+    assert saved.source_name == "team-answers"
+
+    # Given only the docs (and whatever is saved in it): the #help answer is not used.
+    assert bot.services.responder.source_names("CDOCS", "U2").only == ("docs", "team-answers-cdocs")
+    shown = _asks(fake_slack, fake_openai, channel="CDOCS", user="U2")
+    assert saved.permalink not in shown and PRIVATE_TEXT not in shown
+    # A channel whose list names team-answers, and one with no list, use it.
+    for channel in ("CBOTH", "CHELP"):
+        fake_slack.send_event(fake_slack.mention(REPHRASED, channel=channel, user="U2"))
+        count = 2 if channel == "CHELP" else 1
+        assert saved.permalink in _text(_wait_answers(fake_slack, channel, count)[-1].params), channel
