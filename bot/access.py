@@ -53,7 +53,9 @@ from collections.abc import Callable, Iterable, Sequence
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from knowledge.errors import KnowledgeError, SourceError
 from knowledge.prompts import TEAM_ANSWERS_SOURCE
+from knowledge.sources import parse_sources
 from knowledge.types import SourceFilter
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,32 @@ def parse_source_access(value: str) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"SOURCE_ACCESS: source {name!r} is listed twice")
         mapping[name] = principals
     return mapping
+
+
+class SourceAccessError(KnowledgeError):
+    """SOURCE_ACCESS restricts a source the bot does not have."""
+
+
+def check_source_access(source_access: str, knowledge_sources: str) -> None:
+    """Refuse SOURCE_ACCESS entries naming no source of KNOWLEDGE_SOURCES (or `team-answers`): a typo,
+    a rename or a derived name that changed would leave the content they mean open to everyone.
+
+    Raises SourceAccessError naming the unknown sources and the known ones, ValueError for a
+    malformed SOURCE_ACCESS; nothing when KNOWLEDGE_SOURCES cannot be parsed (reported where
+    the index is built).
+    """
+    named = parse_source_access(source_access)
+    if not named:
+        return
+    try:
+        known = {spec.name for spec in parse_sources(knowledge_sources)} | {TEAM_ANSWERS_SOURCE}
+    except SourceError:
+        return
+    unknown = sorted(set(named) - known)
+    if unknown:
+        raise SourceAccessError(
+            f"SOURCE_ACCESS restricts {', '.join(map(repr, unknown))}, which KNOWLEDGE_SOURCES does not define "
+            f"(known: {', '.join(sorted(known))}); name each source (name=location) and restrict those names")
 
 
 def private_answers_source(channel: str) -> str:

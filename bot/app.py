@@ -15,7 +15,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot import listeners
-from bot.access import SourceAccess
+from bot.access import SourceAccess, check_source_access
 from bot.channels import ChannelRules
 from bot.learning import Learner
 from bot.limits import UserLimiter
@@ -79,10 +79,14 @@ def build_app(
     settings: BotSettings, kb, *, database: Database | None = None, metrics: Metrics | None = None
 ) -> SupportBot:
     """Wire the Bolt app; raises SlackSetupError when the token is missing or rejected,
-    StateError when the state database cannot be opened.
+    StateError when the state database cannot be opened, SourceAccessError when SOURCE_ACCESS
+    restricts a source the knowledge base does not have.
 
     Without `database` one is opened from the settings (and closed with the bot).
     """
+    # The knowledge base's own settings say what the index was built from.
+    check_source_access(settings.source_access,
+                        getattr(getattr(kb, "settings", None), "knowledge_sources", settings.knowledge_sources))
     token = settings.slack_bot_token.get_secret_value()
     if not token:
         raise SlackSetupError("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) into .env")

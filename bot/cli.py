@@ -237,8 +237,10 @@ def _has_slack_credentials(settings) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace, settings) -> int:
+    from bot.access import check_source_access
     from bot.server import serve
 
+    check_source_access(settings.source_access, settings.knowledge_sources)  # before any indexing
     kb = _knowledge_base(settings)
     try:
         _check_answerer(kb)

@@ -14,13 +14,14 @@ import pytest
 from pydantic import ValidationError
 from slack_sdk import WebClient
 
-from bot.access import Memberships, SourceAccess, parse_source_access
+from bot.access import Memberships, SourceAccess, SourceAccessError, parse_source_access
 from bot.blocks import ASK_HUMAN, SHARE_ANSWER
 from bot.handoff import handoff_message
 from bot.settings import BotSettings
 from bot.listeners.commands.ask import with_restricted_passages
 from knowledge.types import Answer, Candidate, Chunk, Citation, SourceFilter
 from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
+from tests.test_cli import _restore_logging, assert_one_line_error, cli_env, run  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,6 +70,25 @@ def test_source_access_setting_parses_and_rejects_bad_entries():
                            ("hr=C1,hr=C2", "listed twice"), ("h r=C1", "not a source name")]:
         with pytest.raises(ValidationError, match=message):
             BotSettings(_env_file=None, source_access=value)
+
+
+def test_a_restriction_naming_no_source_refuses_to_start(cli_env, capsys, monkeypatch, tmp_path, make_kb, start_bot):
+    """Unnamed sources are called "docs" while alone, then after their folder once another is added:
+    SOURCE_ACCESS="docs=…" would silently stop matching and leave the HR folder open to everyone."""
+    hr, public = tmp_path / "hr", tmp_path / "public"
+    for folder in (hr, public):
+        folder.mkdir()
+        (folder / "page.md").write_text(f"# {folder.name}\n\nSome text.\n")
+    monkeypatch.setenv("KNOWLEDGE_SOURCES", f"{hr},{public}")
+    monkeypatch.setenv("SOURCE_ACCESS", "docs=C0HR")
+    code, _, err = run(capsys, "serve")
+    assert_one_line_error(code, err, "SOURCE_ACCESS restricts 'docs'", "known: hr, public, team-answers")
+    assert not (tmp_path / "data").exists()  # refused before indexing anything
+
+    kb = make_kb(sources=f"{hr},{public}")  # any way the app is built (tests, replicas) refuses too
+    with pytest.raises(SourceAccessError, match="'docs'"):
+        start_bot(kb, source_access="docs=C0HR")
+    assert start_bot(kb, source_access="hr=C0HR").services.access.restrictions() == {"hr": ("C0HR",)}
 
 
 def test_membership_is_cached_follows_events_and_a_slack_failure_denies(fake_slack):

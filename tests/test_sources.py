@@ -56,11 +56,14 @@ def test_url_with_query_is_not_mistaken_for_a_name():
         (" , ,", "KNOWLEDGE_SOURCES is empty"),
         ("docs=::*.md", "has no location"),
         ("a=/x, a=/y", "used twice"),
+        ("n" * 257 + "=/x", "longer than 256"),  # the index would cut it: filters on it would miss
+        (f"/srv/{'d' * 257}, /srv/b", "longer than 256"),
     ],
 )
 def test_bad_source_values_raise_source_error(value, message):
     with pytest.raises(SourceError, match=message):
         parse_sources(value)
+    assert parse_sources("n" * 256 + "=/x")[0].name == "n" * 256
 
 
 def test_globs_keep_single_stars_inside_one_folder():

@@ -12,7 +12,6 @@ from bot.listeners.commands import register as register_commands
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
 from bot.listeners.events import app_home_opened, app_mention, message, message_edits, reaction_added
 from bot.listeners.shortcuts import save_answer
-from bot.access import parse_source_access
 from bot.services import Services
 from knowledge.errors import SourceError
 from knowledge.prompts import TEAM_ANSWERS_SOURCE
@@ -54,8 +53,4 @@ def _check_channel_sources(services: Services) -> None:
     if unknown:
         log.warning("CHANNEL_SOURCES names %s, which KNOWLEDGE_SOURCES does not define (known: %s)",
                     ", ".join(unknown), ", ".join(sorted(known)))
-    # Restrictions registered later (bot.access.restrict) name their own sources; these come from settings.
-    unknown = sorted(set(parse_source_access(services.settings.source_access)) - known)
-    if unknown:
-        log.warning("SOURCE_ACCESS names %s, which KNOWLEDGE_SOURCES does not define (known: %s)",
-                    ", ".join(unknown), ", ".join(sorted(known)))
+    # SOURCE_ACCESS naming an unknown source is refused earlier (bot.access.check_source_access).

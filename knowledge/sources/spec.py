@@ -23,6 +23,7 @@ from knowledge.errors import SourceError
 # Without a glob a folder or zip takes every supported file kind (see knowledge.sources.formats).
 DEFAULT_GLOB = "**/*"
 DEFAULT_NAME = "docs"
+MAX_NAME_LENGTH = 256  # the index's source_name field (knowledge/store.py): a longer name would be cut there
 
 SourceKind = Literal["folder", "zip", "file", "zip_url", "file_url", "sitemap", "crawl", "git"]
 
@@ -72,7 +73,7 @@ def parse_sources(value: str) -> list[SourceSpec]:
 
     Unnamed entries are called "docs" when alone, else after their folder, zip,
     site or repository. Raises SourceError for an empty value, an entry without a
-    location or a name used twice.
+    location, a name used twice or one longer than MAX_NAME_LENGTH.
     """
     entries = [entry.strip() for entry in value.split(",")]
     entries = [entry for entry in entries if entry]
@@ -101,6 +102,10 @@ def parse_sources(value: str) -> list[SourceSpec]:
             name = DEFAULT_NAME if len(parsed) == 1 else _unique(derived_name(location), taken)
         if name in taken:
             raise SourceError(f"Source name {name!r} is used twice in KNOWLEDGE_SOURCES")
+        if len(name) > MAX_NAME_LENGTH:
+            # Cut in the index, it would no longer match CHANNEL_SOURCES or SOURCE_ACCESS.
+            raise SourceError(f"Source name {name[:40]!r}… in KNOWLEDGE_SOURCES is longer than {MAX_NAME_LENGTH} "
+                              "characters: give it a shorter name (name=location)")
         taken.add(name)
         specs.append(SourceSpec(name=name, location=location, glob=glob))
     return specs
