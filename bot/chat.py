@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TextIO
 
 from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT, is_small_talk, is_thanks
 from knowledge.errors import KnowledgeError
 from knowledge.types import Answer, Turn
+
+log = logging.getLogger(__name__)
 
 PROMPT = "you> "
 EXIT_WORDS = {"exit", "quit", ":q"}
@@ -22,7 +25,8 @@ def format_sources(answer: Answer) -> str:
 def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_history_turns: int = 12) -> int:
     """Answer questions read line by line until EOF or "exit"; returns the number answered.
 
-    Errors the knowledge layer raises on purpose are printed and the chat goes on. Small
+    Errors the knowledge layer raises on purpose are printed and the chat goes on; so is
+    any other exception (logged with its traceback), so a bug never ends the session. Small
     talk ("hi", "thanks!") is answered as in Slack, without a lookup.
     """
     history: list[Turn] = []
@@ -60,6 +64,10 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
         except KnowledgeError as error:
             print(f"\n(error) {error}", file=output)
             continue
+        except Exception as error:  # a bug: say so and keep the conversation (and its history)
+            log.exception("The answer failed")
+            print(f"\n(error) The answer failed ({type(error).__name__}); please ask again.", file=output)
+            continue
         if not streamed:  # no model (retrieval only) or an abstention: nothing was streamed
             output.write(answer.text)
         output.write("\n")
@@ -70,7 +78,9 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
             print(sources, file=output)
         print("", file=output)
         output.flush()
-        history += [Turn(role="user", text=question), Turn(role="assistant", text=answer.text)]
+        # The question as the knowledge layer cleaned and answered it (bad bytes from stdin are
+        # lone surrogates, which the tokenizer rejects when a follow-up searches with them).
+        history += [Turn(role="user", text=answer.question), Turn(role="assistant", text=answer.text)]
         history = history[-max_history_turns:]
         answered += 1
     return answered

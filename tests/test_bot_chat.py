@@ -41,3 +41,27 @@ def test_chat_answers_small_talk_without_a_lookup(make_kb, fake_openai):
     assert f"you> thanks!\nbot> {THANKS_TEXT}" in text
     assert text.count(SMALL_TALK_TEXT) == 2  # the emoji too
     assert text.count("Sources:") == 1
+
+
+def test_chat_follow_up_after_bad_bytes_and_a_failed_answer(make_kb):
+    """Bad bytes from stdin arrive as lone surrogates: the follow-up searches with the cleaned
+    question, and an unexpected exception in one answer does not end the conversation."""
+    kb = make_kb(api_key="", reranker=False)
+    failures = iter([RuntimeError("boom")])
+
+    class FailsOnce:  # the real knowledge base, whose third answer fails with a bug
+        calls = 0
+
+        def ask(self, question, **kwargs):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 3:
+                raise next(failures)
+            return kb.ask(question, **kwargs)
+
+    stdin = b"bad bytes \xff\xfe in a question about the index\nand why?\nwhat else?\nand data?\n"
+    output = io.StringIO()
+    answered = run_chat(FailsOnce(), io.StringIO(stdin.decode("utf-8", "surrogateescape")), output)
+    text = output.getvalue()
+    assert answered == 3
+    assert "(error) The answer failed (RuntimeError)" in text
+    assert text.count("Sources:") == 3
