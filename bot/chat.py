@@ -6,20 +6,15 @@ import logging
 import sys
 from typing import TextIO
 
+from bot.terminal import AnswerPrinter, clean
 from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT, is_small_talk, is_thanks
 from knowledge.errors import KnowledgeError
-from knowledge.types import Answer, Turn
+from knowledge.types import Turn
 
 log = logging.getLogger(__name__)
 
 PROMPT = "you> "
 EXIT_WORDS = {"exit", "quit", ":q"}
-
-
-def format_sources(answer: Answer) -> str:
-    """Numbered sources matching the answer's [n] markers, one per line."""
-    lines = [f"  [{c.number}] {c.breadcrumb}\n      {c.url}" for c in sorted(answer.citations, key=lambda c: c.number)]
-    return "Sources:\n" + "\n".join(lines) if lines else ""
 
 
 def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_history_turns: int = 12) -> int:
@@ -46,36 +41,21 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
         if question.lower() in EXIT_WORDS:
             break
         if not interactive:
-            print(f"{PROMPT}{question}", file=output)
+            print(f"{PROMPT}{clean(question)}", file=output)
         if is_small_talk(question):
             print(f"bot> {THANKS_TEXT if is_thanks(question) else SMALL_TALK_TEXT}\n", file=output)
             continue
-        output.write("bot> ")
-        output.flush()
-        streamed: list[str] = []
-
-        def on_delta(delta: str) -> None:
-            streamed.append(delta)
-            output.write(delta)
-            output.flush()
-
+        printer = AnswerPrinter(output, prefix="bot> ")
         try:
-            answer = kb.ask(question, history=tuple(history), on_delta=on_delta)
+            answer = kb.ask(question, history=tuple(history), on_delta=printer.on_delta)
         except KnowledgeError as error:
-            print(f"\n(error) {error}", file=output)
+            printer.error(str(error))
             continue
         except Exception as error:  # a bug: say so and keep the conversation (and its history)
             log.exception("The answer failed")
-            print(f"\n(error) The answer failed ({type(error).__name__}); please ask again.", file=output)
+            printer.error(f"The answer failed ({type(error).__name__}); please ask again.")
             continue
-        if not streamed:  # no model (retrieval only) or an abstention: nothing was streamed
-            output.write(answer.text)
-        output.write("\n")
-        if answer.note:
-            print(f"({answer.note})", file=output)
-        sources = format_sources(answer)
-        if sources:
-            print(sources, file=output)
+        printer.finish(answer)
         print("", file=output)
         output.flush()
         # The question as the knowledge layer cleaned and answered it (bad bytes from stdin are

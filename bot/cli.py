@@ -103,33 +103,22 @@ def cmd_index(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_ask(args: argparse.Namespace, settings) -> int:
-    from bot.chat import format_sources
+    from bot.terminal import AnswerPrinter
 
     if args.no_rerank:
         settings.reranker_model = ""
     if args.mode:
         settings.retrieval_mode = args.mode
-    streamed: list[str] = []
-
-    def stream(delta: str) -> None:
-        streamed.append(delta)
-        print(delta, end="", flush=True)
-
+    printer = AnswerPrinter(sys.stdout)
     kb = _knowledge_base(settings)
     try:
-        answer = kb.ask(args.question, on_delta=None if args.json else stream)
+        answer = kb.ask(args.question, on_delta=None if args.json else printer.on_delta)
     finally:
         kb.close()
     if args.json:
         _print_json(answer.to_dict())
         return 0
-    # A model answer was printed as it streamed; abstentions and retrieval-only answers were not.
-    print("" if streamed else answer.text.strip())
-    if answer.note:
-        print(f"({answer.note})")
-    sources = format_sources(answer)
-    if sources:
-        print(sources)
+    printer.finish(answer)  # what streamed, the rest of the answer, the note, the sources
     return 0
 
 

@@ -4,6 +4,7 @@ import io
 import json
 
 from bot.chat import run_chat
+from bot.terminal import AnswerPrinter
 from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT
 
 
@@ -65,3 +66,48 @@ def test_chat_follow_up_after_bad_bytes_and_a_failed_answer(make_kb):
     assert answered == 3
     assert "(error) The answer failed (RuntimeError)" in text
     assert text.count("Sources:") == 3
+
+
+def test_chat_prints_the_kept_answer_and_nothing_that_drives_the_terminal(make_kb, fake_openai, tmp_path):
+    """Markers the kept answer drops never show while streaming; escape sequences and control
+    characters from the model or the docs (clear screen, window title, hidden text) never print."""
+    kb = make_kb(abstain_threshold=0.0)
+    fake_openai.default_text = ("Data lives in object storage [7]. Metadata in etcd [1][0].\x1b[2J\x1b]0;pwned\x07"
+                                " Hidden \x1b[8mtext\x1b[0m [1].\r\x08")
+    output = io.StringIO()
+    assert run_chat(kb, io.StringIO("How does Milvus store data?\n"), output) == 1
+    text = output.getvalue()
+    assert "bot> Data lives in object storage. Metadata in etcd [1]. Hidden text [1].\n" in text
+    assert not any(char in text for char in "\x1b\x07\r\x08") and "pwned" not in text
+
+    docs = tmp_path / "escapes"
+    docs.mkdir()
+    (docs / "storage.md").write_text(
+        "# Storage \x1b]0;pwned-title\x07\n\n## Where data lives\n\n"
+        "Milvus keeps data \x1b[2Jin object storage. \x1b[8mINVISIBLE TEXT\x1b[0m\x9b31m and metadata in etcd.\n")
+    kb = make_kb(sources=docs, api_key="", reranker=False, abstain_threshold=0.0, abstain_dense_threshold=-1.0)
+    output = io.StringIO()
+    assert run_chat(kb, io.StringIO("Where does Milvus keep data?\n"), output) == 1
+    text = output.getvalue()
+    assert "INVISIBLE TEXT" in text and "Sources:" in text
+    assert not any(char in text for char in "\x1b\x07\x9b") and "pwned-title" not in text
+
+
+def test_streamed_text_waits_only_for_what_the_whole_answer_settles():
+    """Text streams as it comes; a marker only the whole answer can judge waits for it."""
+    from knowledge.pipeline import normalise_markers
+    from knowledge.types import Answer
+
+    output = io.StringIO()
+    printer = AnswerPrinter(output, prefix="bot> ")
+    deltas = ["Data ", "lives [", "1] in \x1b]0;ti", "tle\x07storage", " [", "7]. More [1]."]
+    shown = []
+    for delta in deltas:
+        printer.on_delta(delta)
+        shown.append(output.getvalue())
+    assert shown[:3] == ["bot> Data", "bot> Data lives", "bot> Data lives [1] in"]  # "[" and ESC ] wait
+    assert shown[3] == "bot> Data lives [1] in storage"  # the title sequence went whole
+    assert shown[5] == shown[4] == shown[3]  # [7] may be dropped: the rest waits for the whole answer
+    kept = normalise_markers("".join(deltas), 1)
+    printer.finish(Answer(question="q", text=kept, status="answered"))
+    assert output.getvalue() == "bot> Data lives [1] in storage. More [1].\n"

@@ -118,6 +118,12 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
     assert out.count("Data goes to object storage [1].") == 1  # streamed once, not printed again
     assert out.count("Metadata goes to etcd [1].") == 1
 
+    # What streams is what is kept: no invented marker, no escape sequence reaches the terminal.
+    fake_openai.reply("Data lives in object storage [7]. Metadata in etcd [1][0].\x1b]0;pwned\x07\x1b[2J Done [1].")
+    code, out, _ = run(capsys, "ask", "How is data stored in milvus?")
+    assert code == 0 and out.startswith("Data lives in object storage. Metadata in etcd [1]. Done [1].\n")
+    assert "\x1b" not in out and "\x07" not in out and "pwned" not in out
+
     code, out, _ = run(capsys, "eval", str(dev_set), "--json")
     assert code == 0
     figures = json.loads(out)
