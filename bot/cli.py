@@ -112,6 +112,7 @@ def cmd_ask(args: argparse.Namespace, settings) -> int:
     printer = AnswerPrinter(sys.stdout)
     kb = _knowledge_base(settings)
     try:
+        _require_index(kb)
         answer = kb.ask(args.question, on_delta=None if args.json else printer.on_delta)
     finally:
         kb.close()
@@ -133,6 +134,7 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
             return EXIT_USAGE
     kb = _knowledge_base(settings)
     try:
+        _require_index(kb)
         # Several files are scored as one (e.g. the dev set plus a file of unanswerable
         # questions to fit the abstention model on).
         items = [item for name in args.file for item in evaluation.load_items(Path(name))]
@@ -184,6 +186,15 @@ def cmd_chat(args: argparse.Namespace, settings) -> int:
     finally:
         kb.close()
     return 0
+
+
+def _require_index(kb) -> None:
+    """Raise KnowledgeError when nothing is indexed: every answer would say "the docs don't cover this"."""
+    from knowledge.errors import KnowledgeError
+
+    if not kb.store.count():
+        raise KnowledgeError("The index is empty: run `supportbot index` first "
+                             "(it reads the docs KNOWLEDGE_SOURCES names).")
 
 
 def _ensure_index(kb, *, progress: bool) -> None:

@@ -180,6 +180,15 @@ def test_bad_question_is_one_line(cli_env, capsys, question, fragment):
     assert_one_line_error(code, err, fragment)
 
 
+@pytest.mark.parametrize("command", ["ask", "eval"])
+def test_ask_and_eval_before_any_index_say_so(cli_env, capsys, dev_set, fake_openai, command):
+    """Never indexed: not "the docs don't cover this" with exit 0, but what to run first."""
+    argv = ["ask", "How is data stored?"] if command == "ask" else ["eval", str(dev_set)]
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "index is empty", "supportbot index")
+    assert code == 1 and out == "" and fake_openai.requests == []
+
+
 def test_missing_model_path_is_one_line_at_once(cli_env, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("EMBEDDING_MODEL", str(tmp_path / "no-such-model"))
     started = time.monotonic()
