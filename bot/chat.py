@@ -21,7 +21,9 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
     """Answer questions read line by line until EOF or "exit"; returns the number answered.
 
     Errors the knowledge layer raises on purpose are printed and the chat goes on; so is
-    any other exception (logged with its traceback), so a bug never ends the session. Small
+    any other exception (logged with its traceback), so a bug never ends the session.
+    Ctrl-C while an answer is on its way cancels it; at the prompt it ends the chat
+    (KeyboardInterrupt, exit 130 from the CLI). Small
     talk ("hi", "thanks!") is answered as in Slack, without a lookup.
     """
     history: list[Turn] = []
@@ -48,6 +50,9 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
         printer = AnswerPrinter(output, prefix="bot> ")
         try:
             answer = kb.ask(question, history=tuple(history), on_delta=printer.on_delta)
+        except KeyboardInterrupt:  # Ctrl-C while answering drops that answer; at the prompt it ends the chat
+            printer.cancelled()
+            continue
         except KnowledgeError as error:
             printer.error(str(error))
             continue

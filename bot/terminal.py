@@ -100,6 +100,13 @@ class AnswerPrinter:
         self._output.write(f"(error) {clean(message)}\n")
         self._output.flush()
 
+    def cancelled(self) -> None:
+        """The answer was abandoned (Ctrl-C): say so on a line of its own."""
+        if self._started:
+            self._output.write("\n")
+        self._output.write("(cancelled)\n\n")
+        self._output.flush()
+
     def _write(self, text: str) -> None:
         text = clean(text)
         if not text:

@@ -2,6 +2,12 @@
 
 import io
 import json
+import os
+import signal
+import threading
+import time
+
+import pytest
 
 from bot.chat import run_chat
 from bot.terminal import AnswerPrinter
@@ -111,3 +117,39 @@ def test_streamed_text_waits_only_for_what_the_whole_answer_settles():
     kept = normalise_markers("".join(deltas), 1)
     printer.finish(Answer(question="q", text=kept, status="answered"))
     assert output.getvalue() == "bot> Data lives [1] in storage. More [1].\n"
+
+
+def test_ctrl_c_cancels_the_answer_and_ends_the_chat_at_the_prompt(make_kb, fake_openai):
+    """A slow answer: Ctrl-C drops it and the chat goes on; Ctrl-C at the prompt ends it."""
+    kb = make_kb(abstain_threshold=0.0)
+    fake_openai.hang(4)  # the first answer is slow
+    fake_openai.default_text = "Milvus keeps data in object storage [1]."
+    read_end, write_end = os.pipe()
+    output = io.StringIO()
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 60
+        while text not in output.getvalue():
+            assert time.monotonic() < deadline, output.getvalue()
+            time.sleep(0.05)
+
+    def user() -> None:  # types, and presses Ctrl-C (SIGINT to this process, as a terminal does)
+        os.write(write_end, b"How does Milvus store data?\n")
+        fake_openai.wait_for_requests(1)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_for("(cancelled)")
+        os.write(write_end, b"And the metadata?\n")
+        wait_for("Sources:")
+        time.sleep(0.5)  # back at the prompt, reading
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=user, daemon=True)
+    thread.start()
+    with open(read_end, encoding="utf-8") as stdin, pytest.raises(KeyboardInterrupt):
+        run_chat(kb, stdin, output)
+    thread.join(timeout=10)
+    os.close(write_end)
+    text = output.getvalue()
+    assert "you> How does Milvus store data?\n(cancelled)\n" in text
+    assert "you> And the metadata?\nbot> Milvus keeps data in object storage [1]." in text
