@@ -341,7 +341,11 @@ class Learner:
         return Outcome(saved=saved)
 
     def message_changed(self, channel: str, message_ts: str, text: str) -> SavedAnswer | None:
-        """The saved reply was edited in Slack: the saved answer follows (an emptied message removes it)."""
+        """The saved reply was edited in Slack: the saved answer follows (an emptied message removes it).
+
+        Where LEARN_REVIEW applies to its author, an answer in use goes back to review: what an
+        admin approved (or an expert marked) was the earlier text.
+        """
         saved = self.store.by_message(channel, message_ts)
         if saved is None or saved.status not in (ACTIVE, PENDING):
             return None
@@ -350,10 +354,16 @@ class Learner:
             return self.message_deleted(channel, message_ts)
         if answer == saved.answer:
             return saved
+        review = saved.status == ACTIVE and self._needs_review(self.is_contact(channel, saved.answered_by))
+        if review:  # first, so no sync (on any replica) indexes the new text meanwhile
+            self.store.set_status(saved.id, PENDING)
         updated = self.store.update(saved.id, answer=answer)
         if saved.status == ACTIVE:
             self.sync()
-        log.info("saved answer %s follows an edit of %s/%s", saved.id, channel, message_ts)
+        if review and updated is not None:
+            self._confirm(updated)  # the thread's confirmation says it waits for review again
+        log.info("saved answer %s follows an edit of %s/%s%s", saved.id, channel, message_ts,
+                 " (back to review)" if review else "")
         return updated
 
     def message_deleted(self, channel: str, message_ts: str) -> SavedAnswer | None:
