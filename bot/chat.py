@@ -34,8 +34,15 @@ def run_chat(kb, input: TextIO = sys.stdin, output: TextIO = sys.stdout, *, max_
         if interactive:
             output.write(PROMPT)
             output.flush()
-        line = input.readline()
+        try:
+            line = input.readline()
+        except KeyboardInterrupt:
+            if interactive:
+                output.write("\n")  # end the prompt's line
+            raise
         if not line:
+            if interactive:
+                output.write("\n")  # Ctrl-D: end the prompt's line
             break
         question = line.strip()
         if not question:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process SIGPIPE ended
 
 DESCRIPTION = """\
 Answer questions from your team's documentation, in Slack or the terminal.
@@ -125,6 +126,7 @@ def cmd_ask(args: argparse.Namespace, settings) -> int:
 
 def cmd_eval(args: argparse.Namespace, settings) -> int:
     from knowledge import evaluation
+    from knowledge.errors import KnowledgeError
 
     save_to = Path(args.save_to) if args.save_to else settings.abstention_model_path
     if args.fit_abstention:
@@ -132,12 +134,14 @@ def cmd_eval(args: argparse.Namespace, settings) -> int:
         if problem:
             print(f"supportbot: --save-to {save_to}: {problem}", file=sys.stderr)
             return EXIT_USAGE
+    # Several files are scored as one (e.g. the dev set plus a file of unanswerable
+    # questions to fit the abstention model on); read before the models load.
+    items = [item for name in args.file for item in evaluation.load_items(Path(name))]
+    if not items:
+        raise KnowledgeError(f"No eval items in {', '.join(args.file)} (one JSON object a line).")
     kb = _knowledge_base(settings)
     try:
         _require_index(kb)
-        # Several files are scored as one (e.g. the dev set plus a file of unanswerable
-        # questions to fit the abstention model on).
-        items = [item for name in args.file for item in evaluation.load_items(Path(name))]
         if args.compare:
             rows = evaluation.compare(kb, items)
             if args.json:
@@ -462,12 +466,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"supportbot: invalid settings: LOG_LEVEL: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return args.func(args, settings)
+        code = args.func(args, settings)
+        sys.stdout.flush()  # here, so a closed pipe is caught below rather than at exit
+        return code
     except KnowledgeError as error:
         print(f"supportbot: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `supportbot eval --compare … | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_BROKEN_PIPE
 
 
 def _configure_logging(settings, *, verbose: bool) -> None:

@@ -34,6 +34,17 @@ def test_chat_shows_knowledge_errors_and_ends_at_eof(make_kb):
     output = io.StringIO()
     assert run_chat(kb, io.StringIO("x" * 5000 + "\n"), output) == 0
     assert "(error) The question is too long" in output.getvalue()
+    assert "bot>" not in output.getvalue()  # no reply started: the error line stands alone
+
+
+def test_ctrl_d_at_the_prompt_ends_its_line():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    output = io.StringIO()
+    assert run_chat(None, Terminal(""), output) == 0  # EOF at once: nothing asked
+    assert output.getvalue().endswith("you> \n")
 
 
 def test_chat_answers_small_talk_without_a_lookup(make_kb, fake_openai):

@@ -189,6 +189,24 @@ def test_ask_and_eval_before_any_index_say_so(cli_env, capsys, dev_set, fake_ope
     assert code == 1 and out == "" and fake_openai.requests == []
 
 
+def test_eval_of_a_file_without_items_says_so(cli_env, capsys, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    code, out, err = run(capsys, "eval", str(empty))
+    assert_one_line_error(code, err, "No eval items", str(empty))
+    assert out == ""
+
+
+def test_output_into_a_closed_pipe_ends_quietly(cli_env, tmp_path):
+    """`supportbot … | head -1`: the reader went away; no BrokenPipeError traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "bot.cli", "feedback"], cwd=tmp_path,
+                               env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before anything was written
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err and b"Exception ignored" not in err
+
+
 def test_missing_model_path_is_one_line_at_once(cli_env, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("EMBEDDING_MODEL", str(tmp_path / "no-such-model"))
     started = time.monotonic()
