@@ -89,9 +89,11 @@ def cmd_index(args: argparse.Namespace, settings) -> int:
         _print_json({key: data[key] for key in (
             "documents", "chunks", "added", "updated", "deleted", "unchanged", "seconds", "failed", "problems")})
     else:
+        embedded = report.added + report.updated
+        rate = f" ({report.chunks_per_second:.1f} chunks/s embedded)" if embedded else ""
         print(
             f"Indexed {report.documents} documents into {report.chunks} chunks in "
-            f"{report.seconds:.1f} s ({report.chunks_per_second:.1f} chunks/s embedded): "
+            f"{report.seconds:.1f} s{rate}: "
             f"{report.added} added, {report.updated} updated, {report.deleted} deleted, "
             f"{report.unchanged} unchanged."
         )
@@ -357,6 +359,13 @@ def cmd_bench(args: argparse.Namespace, settings) -> int:
     return 0
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supportbot", description=DESCRIPTION,
@@ -387,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode")
 
     p = add("eval", cmd_eval, "score retrieval on an eval file (recall, MRR, abstention)",
-            "Score the current index on a JSONL eval file (format: shared/eval/README.md): "
+            "Score the current index on a JSONL eval file (format: docs/eval/README.md): "
             "recall@10 before reranking, recall@3 after, MRR@10 and abstention.")
     p.add_argument("file", nargs="+", help="eval JSONL file(s), scored together")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -413,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "index if needed, then serve Slack (or chat when no Slack tokens are set)")
 
     p = add("feedback", cmd_feedback, "recent 👍/👎 feedback and questions the docs did not answer")
-    p.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
+    p.add_argument("--limit", type=_positive_int, default=20, help="rows per list (default 20)")
 
     p = add("answers", cmd_answers, "answers the bot learned from its Slack threads: list, remove, export",
             "Replies people marked in the bot's threads (RESOLVED_REACTION or the 'Save as answer' shortcut) "
@@ -443,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is cmd_answers and args.action == "remove" and not args.id:
         parser.error("answers remove needs the saved answer's ID (see `supportbot answers list`)")
+    if getattr(args, "func", None) is cmd_answers and args.action != "remove" and args.id:
+        parser.error(f"answers {args.action} takes no ID (only remove does)")
     if getattr(args, "func", None) is cmd_eval and args.save_to and not args.fit_abstention:
         parser.error("--save-to is where --fit-abstention saves the model: give both")
     from pydantic import ValidationError
@@ -473,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"supportbot: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        if args.func is cmd_index:  # whatever was written stays; the next run picks up from there
+            print("supportbot: interrupted: run `supportbot index` again to finish", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `supportbot eval --compare … | head -1`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -92,6 +92,7 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
 
     code, out, _ = run(capsys, "index")
     assert code == 0 and "chunks" in out and "unchanged" in out
+    assert "chunks/s" not in out  # nothing was embedded: no rate
 
     fake_openai.reply("Milvus keeps inserted data in object storage [1].")
     code, out, _ = run(capsys, "ask", "How is data stored in milvus?", "--json")
@@ -187,6 +188,25 @@ def test_ask_and_eval_before_any_index_say_so(cli_env, capsys, dev_set, fake_ope
     code, out, err = run(capsys, *argv)
     assert_one_line_error(code, err, "index is empty", "supportbot index")
     assert code == 1 and out == "" and fake_openai.requests == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["feedback", "--limit", "-5"], "not a positive number"),
+    (["answers", "list", "extra"], "takes no ID"),
+])
+def test_bad_arguments_are_usage_errors(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_interrupted_index_says_how_to_finish(cli_env, capsys):
+    import signal
+    import threading
+
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while it works
+    code, _, err = run(capsys, "index")
+    assert code == 130 and "interrupted: run `supportbot index` again" in err
 
 
 def test_eval_of_a_file_without_items_says_so(cli_env, capsys, tmp_path):
