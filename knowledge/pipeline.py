@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # [1], [2][3], [1, 2] and [1-3] style markers.
 _MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
 # Full-width brackets, which models often use in Chinese answers: 【1】, ［1］.
+_NEGATIVE_MARKER = re.compile(r"\[\s*[-–]\s*\d+\s*\]")  # "[-1]": a model's slip, never a source
 _WIDE_MARKER = re.compile(r"[【［]\s*(\d+(?:\s*[,，\-–]\s*\d+)*)\s*[】］]")
 
 TEXTS = {
@@ -448,7 +449,7 @@ def normalise_markers(text: str, count: int) -> str:
         return f"[{', '.join(parts)}]" if parts else _DROPPED
 
     # A dropped marker takes the space before it along ("See [7] and" -> "See and", "works [9]." -> "works.").
-    text = _MARKER.sub(keep_valid, text)
+    text = _MARKER.sub(keep_valid, _NEGATIVE_MARKER.sub(_DROPPED, text))
     return re.sub(rf"[ \t]+{_DROPPED}(?=[ \t.,;:!?)。，]|$)|{_DROPPED}", "", text, flags=re.MULTILINE)
 
 

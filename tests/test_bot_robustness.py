@@ -87,6 +87,7 @@ def test_slack_unreachable_at_intake_keeps_no_one_locked_out(make_kb, fake_slack
     ("See [7] and [2][3].", "See and [2][3]."),
     ("[9] First", " First"),
     ("A [1, 5] b [2-3] c [1-9]", "A [1] b [2-3] c"),
+    ("Metadata in etcd [1][0][-1].", "Metadata in etcd [1]."),
     ("No markers", "No markers"),
 ])
 def test_markers_are_normalised_to_listed_sources(text, expected):
