@@ -4,7 +4,7 @@
 
 A restricted source may be read by the members of any of its channels (C…/G…) or user
 groups (S…); a source not listed is open to everyone. A source named
-`team-answers-<channel id>` (a private channel's saved answers, bot.learning) is
+`team-answers-<channel id>` (a private or shared channel's saved answers, bot.learning) is
 restricted to that channel by rule, from its name alone: no process has to register it,
 so every replica and every restart agrees, and a name that is not a channel id is read
 by nobody. Membership comes from Slack
@@ -218,7 +218,7 @@ class SourceAccess:
         return self._restrictions.get(source_name)
 
     def _private_answers(self) -> list[str]:
-        """The private channels' saved-answer sources the state database knows (read each time)."""
+        """The per-channel saved-answer sources the state database knows (read each time)."""
         if self._saved_sources is None:
             return []
         return [name for name in self._saved_sources() if name.startswith(PRIVATE_ANSWERS_PREFIX)]
