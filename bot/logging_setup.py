@@ -44,8 +44,16 @@ _NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "hugging
                   "alembic", "milvus_lite", "sentence_transformers")
 
 
-# The password of any URL in a line ("postgresql://bot:pw@db", "http://user:pw@llm:8000/v1").
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.IGNORECASE)
+# The password of any URL in a line ("postgresql://bot:pw@db", "http://user:pw@llm:8000/v1"),
+# unless it is a placeholder (docs and examples: "USER:PASSWORD@HOST", "<password>", "${PW}").
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"PASSWORD|PASSWD|PASS|SECRET|REPLACE_ME|<[^>]*>|\$\{[^}]*\}|\*+|\[REDACTED\]")
+
+
+def _mask_url_password(match: re.Match) -> str:
+    if _PLACEHOLDER.fullmatch(match.group(2)):
+        return match.group(0)
+    return f"{match.group(1)}{REDACTED}@"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -55,7 +63,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    text = _URL_PASSWORD.sub(_mask_url_password, text)
     return _TOKEN_PATTERNS.sub(_mask, text)
 
 
