@@ -165,13 +165,6 @@ class SavedAnswers:
             rows = connection.execute(sa.select(saved_table.c.source_name).distinct()).all()
         return sorted(row[0] for row in rows)
 
-    def private_sources(self) -> dict[str, str]:
-        """Private channel id -> its answers' source name, for channels with answers in use."""
-        with self._db.begin() as connection:
-            rows = connection.execute(sa.select(saved_table.c.channel, saved_table.c.source_name).distinct()
-                                      .where(saved_table.c.private.is_(True), saved_table.c.status == ACTIVE)).all()
-        return {row[0]: row[1] for row in rows}
-
     def usage(self, saved_ids: Sequence[str], *, questions: int = 3) -> dict[str, Usage]:
         """Per saved answer: the bot answers that cited it, their 👍/👎 and the latest `questions` asked."""
         if not saved_ids:
