@@ -190,20 +190,24 @@ class SourceAccess:
 
     def __init__(self, *, restrictions: dict[str, Sequence[str]] | None = None,
                  memberships: Memberships | None = None,
-                 saved_sources: Callable[[], Iterable[str]] | None = None) -> None:
+                 saved_sources: Callable[[], Iterable[str]] | None = None, changes=None) -> None:
         self._restrictions: dict[str, tuple[str, ...]] = {
             name: tuple(p.upper() for p in principals) for name, principals in (restrictions or {}).items()
         }
         self._memberships = memberships or Memberships(client=None)
         self._saved_sources = saved_sources
+        # bot.state.membership_changes.MembershipChanges: membership events seen by other replicas.
+        self._changes = changes
+        self._seen_changes: dict[str, float] = {}
+        self._seen_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings, *, client: WebClient | None,
-                      saved_sources: Callable[[], Iterable[str]] | None = None) -> SourceAccess:
+                      saved_sources: Callable[[], Iterable[str]] | None = None, changes=None) -> SourceAccess:
         """Raises ValueError for a malformed SOURCE_ACCESS (BotSettings already rejects those)."""
         return cls(restrictions=parse_source_access(settings.source_access),
                    memberships=Memberships(client=client, ttl=settings.access_cache_seconds),
-                   saved_sources=saved_sources)
+                   saved_sources=saved_sources, changes=changes)
 
     # -- restrictions ------------------------------------------------------------------
     def restrictions(self) -> dict[str, tuple[str, ...]]:
@@ -267,12 +271,48 @@ class SourceAccess:
     # -- membership events -------------------------------------------------------------
     def member_joined(self, channel: str, user: str) -> None:
         self._memberships.update(channel.upper(), added=[user])
+        self._share_change(channel.upper())
 
     def member_left(self, channel: str, user: str) -> None:
         self._memberships.update(channel.upper(), removed=[user])
+        self._share_change(channel.upper())
 
     def group_changed(self, group: str, *, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
         self._memberships.update(group.upper(), added=added, removed=removed)
+        self._share_change(group.upper())
+
+    def _share_change(self, principal: str) -> None:
+        """Tell the other replicas (the event came to this one only); never raises."""
+        if self._changes is None:
+            return
+        try:
+            changed_at = self._changes.changed(principal)
+        except Exception as error:  # noqa: BLE001 - they catch up when their cache expires
+            log.warning("could not share the membership change of %s: %s", principal, error)
+            return
+        with self._seen_lock:
+            self._seen_changes[principal] = changed_at  # this replica's cache is up to date already
+
+    def purge_changes(self, *, older_than: float) -> None:
+        """Drop shared membership changes older than `older_than` (epoch s). Raises StateError."""
+        if self._changes is not None:
+            self._changes.purge(older_than=older_than)
+
+    def forget_changed(self) -> int:
+        """Forget the cached members of channels and groups whose membership another replica saw
+        change (the sweeper calls this every few seconds); how many were forgotten.
+        Raises StateError when the database fails."""
+        if self._changes is None:
+            return 0
+        forgotten = 0
+        for principal, changed_at in self._changes.recent().items():
+            with self._seen_lock:
+                if self._seen_changes.get(principal) == changed_at:
+                    continue
+                self._seen_changes[principal] = changed_at
+            self._memberships.forget(principal)
+            forgotten += 1
+        return forgotten
 
 
 def _filter(base: Sequence[str] | None, denied: list[str], *, allowed: list[str]) -> SourceFilter:

@@ -23,6 +23,7 @@ from bot.observability import Metrics
 from bot.state import Database, Records
 from bot.state.claims import Claims
 from bot.state.limits import SharedLimits
+from bot.state.membership_changes import MembershipChanges
 from bot.state.saved_answers import SavedAnswers
 from bot.responder import Responder
 from bot.services import Services
@@ -121,7 +122,8 @@ def build_app(
     saved_answers = SavedAnswers(database=database) if settings.learn_from_threads else None
     # The database, not this process, says which private channels' answers exist (every replica agrees).
     access = SourceAccess.from_settings(settings, client=client,
-                                        saved_sources=saved_answers.source_names if saved_answers else None)
+                                        saved_sources=saved_answers.source_names if saved_answers else None,
+                                        changes=MembershipChanges(database=database))
     responder = Responder(
         metrics=metrics,
         kb=kb,

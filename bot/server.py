@@ -150,7 +150,8 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         raise
     services.refresher = refresher
     sweeper = Sweeper(
-        renew=[services.renew_leases, runs.renew],
+        # Membership changes another replica saw: forgotten here within a beat (bot.access).
+        renew=[services.renew_leases, runs.renew, services.access.forget_changed],
         # A /reindex queued by a replica that stopped runs on one that is up.
         take_over=lambda: (refresher.adopt_queued(), services.take_over()),
         purge=lambda: (services.purge(), runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS)),

@@ -231,6 +231,7 @@ class Services:
         now = time.time()
         self.claims.purge(older_than=now - self.settings.dedupe_ttl_seconds)
         self.limiter.purge()
+        self.access.purge_changes(older_than=now - 86400)
         days = self.settings.records_retention_days
         private_before = None if self.settings.log_questions else now - PRIVATE_TEXT_SECONDS
         if days or private_before is not None:

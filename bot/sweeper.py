@@ -1,7 +1,8 @@
 """The background chores of a serving replica, on one daemon thread.
 
 - every `lease/3` seconds: renew the leases of what this replica works on (question claims,
-  per-person slots, a running refresh), so no other replica takes them over;
+  per-person slots, a running refresh), so no other replica takes them over, and forget the
+  cached members of channels whose membership another replica saw change;
 - every `sweep` seconds: take over questions whose replica stopped renewing (it died after
   acknowledging them) and answer them here, and dispatch again the events kept in the inbox
   whose replica died before handling them (Services.take_over), and start a /reindex

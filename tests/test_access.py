@@ -221,3 +221,37 @@ def test_only_members_get_restricted_passages(make_kb, fake_openai, fake_slack, 
     while not bot.services.access.user_may_read("UOTHER", "hr") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert bot.services.access.user_may_read("UOTHER", "hr")
+
+
+def test_a_member_who_leaves_is_denied_on_every_replica(make_kb, fake_openai, fake_slack, start_bot, hr_and_docs,
+                                                        tmp_path):
+    """member_left_channel reaches one replica; the others forget the channel's cached members at
+    their sweeper's next beat (Services' access.forget_changed) instead of after ACCESS_CACHE_SECONDS."""
+    kb = make_kb(sources=hr_and_docs, abstain_threshold=0.0)
+    fake_slack.set_members("C0HR", ["U3"])
+    settings = dict(feedback_db=tmp_path / "shared.sqlite", source_access="hr=C0HR")
+    a, b = start_bot(kb, **settings), start_bot(kb, **settings)
+    fake_slack.wait_connected(count=2)
+    conn_a, conn_b = fake_slack.connections()[-2:]
+
+    def ask_on_b() -> str:
+        before = len(fake_openai.requests)
+        fake_slack.send_event(fake_slack.message_event(QUESTION, channel="D0U3", user="U3", channel_type="im"),
+                              connection=conn_b)
+        deadline = time.monotonic() + 60
+        while len(fake_openai.requests) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return _prompt(fake_openai.requests[-1])
+
+    assert HR_FACT in ask_on_b()  # B has cached U3 among C0HR's members
+    assert a.services.access.forget_changed() == 0 and b.services.access.forget_changed() == 0
+    fake_slack.wait_ack(fake_slack.send_event(
+        fake_slack.member_event("member_left_channel", channel="C0HR", user="U3"), connection=conn_a))
+    deadline = time.monotonic() + 10
+    while a.services.access.user_may_read("U3", "hr") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not a.services.access.user_may_read("U3", "hr")
+    assert a.services.access.forget_changed() == 0  # A's own cache is up to date already
+    assert b.services.access.forget_changed() == 1  # the sweeper's beat on B
+    assert not b.services.access.user_may_read("U3", "hr")
+    assert HR_FACT not in ask_on_b()

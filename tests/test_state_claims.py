@@ -249,3 +249,20 @@ def test_an_event_that_kills_its_replicas_is_given_up_and_its_body_dropped(two_d
 
     with two_databases[1].begin() as connection:
         assert connection.execute(event_claims.select().where(event_claims.c.key == "event:Ev9")).first().payload is None
+
+
+def test_membership_changes_are_seen_by_every_replica(two_databases):
+    from bot.state.membership_changes import MembershipChanges
+
+    clock = Clock()
+    a = MembershipChanges(database=two_databases[0], clock=clock)
+    b = MembershipChanges(database=two_databases[1], clock=clock)
+    assert b.recent() == {}
+    first = a.changed("C0HR")
+    assert b.recent() == {"C0HR": first}
+    clock.now += 5
+    assert _race(lambda: a.changed("C0HR"), lambda: b.changed("S0PEOPLE")) == [clock.now, clock.now]
+    assert b.recent() == {"C0HR": clock.now, "S0PEOPLE": clock.now}
+    clock.now += 1000
+    assert a.recent() == {}  # older than RECENT_SECONDS
+    assert a.purge(older_than=clock.now) == 2 and b.recent(within=10_000) == {}

@@ -115,6 +115,14 @@ refresh_runs = sa.Table(
     sa.Index("refresh_runs_state", "state", "started_at"),
 )
 
+# Channel and user-group membership changes (bot.access): the replica that got the Slack event
+# writes one, every replica's cache forgets that principal.
+membership_changes = sa.Table(
+    "membership_changes", metadata,
+    sa.Column("principal", sa.Text, primary_key=True),  # a channel (C…/G…) or user group (S…) id
+    sa.Column("changed_at", sa.Float, nullable=False),
+)
+
 # Saved answers (bot.learning): replies people marked in the bot's threads, cited as team answers.
 saved_answers = sa.Table(
     "saved_answers", metadata,
