@@ -152,7 +152,7 @@ def test_ctrl_c_cancels_the_answer_and_ends_the_chat_at_the_prompt(make_kb, fake
         wait_for("(cancelled)")
         os.write(write_end, b"And the metadata?\n")
         wait_for("Sources:")
-        time.sleep(0.5)  # back at the prompt, reading
+        time.sleep(1.0)  # back at the prompt, reading
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=user, daemon=True)
