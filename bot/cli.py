@@ -476,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # an unknown LOG_LEVEL
         print(f"supportbot: invalid settings: LOG_LEVEL: {error}", file=sys.stderr)
         return EXIT_USAGE
+    _warn_misspelled(args.env_file or ".env")
     try:
         code = args.func(args, settings)
         sys.stdout.flush()  # here, so a closed pipe is caught below rather than at exit
@@ -490,6 +491,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `supportbot eval --compare … | head -1`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return EXIT_BROKEN_PIPE
+
+
+def _warn_misspelled(env_file: str) -> None:
+    """One warning per .env line that is probably a misspelled setting (it is ignored)."""
+    from bot.settings import BotSettings
+    from knowledge.settings import misspelled_settings
+
+    for name, meant in misspelled_settings(BotSettings, env_file):
+        log.warning("%s: %s is not a setting, so it is ignored: did you mean %s?", env_file, name, meant)
 
 
 def _configure_logging(settings, *, verbose: bool) -> None:

@@ -7,10 +7,12 @@ whole product is configured in one typed place. Every field is listed in
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -200,3 +202,24 @@ class KnowledgeSettings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+
+def misspelled_settings(settings_class: type[BaseSettings], env_file: str | Path) -> list[tuple[str, str]]:
+    """(name, the setting it probably means) for each key of `env_file` that is no setting of
+    `settings_class` but close to one (MILVUS_URL for MILVUS_URI): such a line is otherwise
+    ignored without a word. Keys close to no setting are left alone (another tool's, like
+    HF_HUB_OFFLINE). Returns [] when the file is missing or unreadable (loading reports that)."""
+    try:
+        keys = dotenv_values(env_file, encoding="utf-8").keys()
+    except (OSError, UnicodeDecodeError):
+        return []
+    known = {name.upper() for name in settings_class.model_fields}
+    found = []
+    for key in keys:
+        name = key.strip().upper()
+        if not name or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            found.append((key.strip(), close[0]))
+    return found

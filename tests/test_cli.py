@@ -297,6 +297,19 @@ def test_unreadable_settings_are_one_line(cli_env, capsys, monkeypatch, tmp_path
     assert code == 2 and out == ""
 
 
+def test_misspelled_env_file_setting_is_named(cli_env, capsys, tmp_path):
+    """A .env line close to a setting's name is ignored by the settings, so the CLI says so;
+    another tool's variable is left alone."""
+    env_file = tmp_path / "bot.env"
+    env_file.write_text("LOG_LEVL=DEBUG\nHF_HUB_OFFLINE=1\nLOG_LEVEL=INFO\n")
+    code, _, err = run(capsys, "--env-file", str(env_file), "feedback")
+    assert code == 0
+    warnings = [line for line in err.splitlines() if "is not a setting" in line]
+    assert len(warnings) == 1
+    assert "LOG_LEVL" in warnings[0] and "did you mean LOG_LEVEL?" in warnings[0]
+    assert "HF_HUB_OFFLINE" not in err
+
+
 def test_console_script_reports_without_traceback(cli_env, tmp_path):
     """The installed `supportbot` script itself: a bad zip is one line on stderr, exit 1."""
     bad = tmp_path / "bad.zip"
