@@ -121,9 +121,10 @@ def cmd_ask(args: argparse.Namespace, settings) -> int:
         kb.close()
     if args.json:
         _print_json(answer.to_dict())
-        return 0
-    printer.finish(answer)  # what streamed, the rest of the answer, the note, the sources
-    return 0
+    else:
+        printer.finish(answer)  # what streamed, the rest of the answer, the note, the sources
+    # The passages are shown either way; a script still learns that the model did not answer.
+    return EXIT_FAILURE if answer.model_failed else 0
 
 
 def cmd_eval(args: argparse.Namespace, settings) -> int:
@@ -388,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
     p = add("ask", cmd_ask, "answer one question from the terminal",
-            "Retrieve, rerank and answer one question with its cited sources.")
+            "Retrieve, rerank and answer one question with its cited sources. When the "
+            "language model fails, the passages are printed instead and the exit status is 1.")
     p.add_argument("question", help="the question, in quotes")
     p.add_argument("--json", action="store_true",
                    help="print the whole Answer (citations, candidates, timings) as JSON")

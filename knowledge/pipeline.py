@@ -201,11 +201,13 @@ class KnowledgeBase:
                     on_delta=on_delta,
                 )
             except ModelUnavailableError as error:
+                answer.model_failed = True
                 reason = str(error).rstrip(".")
                 self._retrieval_only(
                     answer, passages, _texts(language)["model_paused"].format(error=reason)
                 )
             except AnswerError as error:
+                answer.model_failed = True
                 reason = str(error).rstrip(".")
                 self._retrieval_only(
                     answer, passages, _texts(language)["model_failed"].format(error=reason)

@@ -167,6 +167,7 @@ class Answer:
     search_query: str = ""  # the standalone query retrieval used (after follow-up rewriting)
     language: str = "en"  # the language of the question ("en", "zh", ...)
     note: str = ""  # why the answer is not a model answer (no API key, model failed, ...)
+    model_failed: bool = False  # a model was configured but gave no answer (down, refused, timed out)
     # What reranking did within the answer budget: strategy (whole, windows, skipped, off),
     # reason (budget, sure), how many candidates were reranked, window size, timings.
     rerank: dict = field(default_factory=dict)
@@ -183,6 +184,7 @@ class Answer:
             "search_query": self.search_query,
             "language": self.language,
             "note": self.note,
+            "model_failed": self.model_failed,
             "rerank": self.rerank,
         }
 

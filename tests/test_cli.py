@@ -98,7 +98,7 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
     code, out, _ = run(capsys, "ask", "How is data stored in milvus?", "--json")
     assert code == 0
     answer = json.loads(out)
-    assert answer["status"] == "answered"
+    assert answer["status"] == "answered" and answer["model_failed"] is False
     assert answer["answer"] == "Milvus keeps inserted data in object storage [1]."
     assert [c["number"] for c in answer["citations"]] == [1]
     # DOCS_BASE_URL unset and sources of one's own: citations link to the file itself.
@@ -124,6 +124,16 @@ def test_index_ask_eval(cli_env, capsys, fake_openai, dev_set, tmp_path):
     code, out, _ = run(capsys, "ask", "How is data stored in milvus?")
     assert code == 0 and out.startswith("Data lives in object storage. Metadata in etcd [1]. Done [1].\n")
     assert "\x1b" not in out and "\x07" not in out and "pwned" not in out
+
+    # The model fails: the passages are still printed, and the exit status says it failed.
+    fake_openai.fail(500)
+    code, out, _ = run(capsys, "ask", "How is data stored in milvus?")
+    assert code == 1 and "Sources:" in out and "[1]" in out
+    fake_openai.fail(500)
+    code, out, _ = run(capsys, "ask", "How is data stored in milvus?", "--json")
+    failed = json.loads(out)
+    assert code == 1 and failed["model_failed"] is True and failed["status"] == "retrieval_only"
+    assert failed["note"] and failed["citations"]
 
     code, out, _ = run(capsys, "eval", str(dev_set), "--json")
     assert code == 0
