@@ -522,6 +522,7 @@ def _configure_logging(settings, *, verbose: bool) -> None:
         level="DEBUG" if verbose else settings.log_level,
         json_format=settings.log_format == "json",
         secrets=[value for value in values if value],
+        log_bodies=settings.log_questions,
     )
 
 

@@ -42,6 +42,10 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
 # open, Milvus Lite's server start/stop, model loading): kept for DEBUG only.
 _NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "huggingface_hub", "faiss.loader",
                   "alembic", "milvus_lite", "sentence_transformers")
+# Libraries whose DEBUG lines carry whole request and response bodies: Slack events and the
+# messages posted (questions, answers), the prompts sent to the language model. Kept at INFO
+# unless questions may be logged (LOG_QUESTIONS), so DEBUG does not undo that promise.
+_BODY_LOGGERS = ("slack_sdk", "slack_bolt", "openai")
 
 
 # The password of any URL in a line ("postgresql://bot:pw@db", "http://user:pw@llm:8000/v1"),
@@ -158,8 +162,12 @@ def configure_logging(
     json_format: bool = False,
     secrets: Iterable[str] = (),
     stream: IO[str] | None = None,
+    log_bodies: bool = False,
 ) -> SecretRedactor:
     """Send all logs to `stream` (stderr) as plain or JSON lines, secrets masked.
+
+    At DEBUG, the Slack and OpenAI clients' own debug lines (request and response bodies,
+    which hold questions) are shown only with `log_bodies`.
 
     Calling it again replaces the handler it installed before (secrets already
     registered are kept); handlers installed by others (pytest) are left alone.
@@ -184,6 +192,9 @@ def configure_logging(
     root.setLevel(numeric)
     for name in _NOISY_LOGGERS:  # they drown the bot's own lines
         logging.getLogger(name).setLevel(logging.WARNING if numeric > logging.DEBUG else logging.NOTSET)
+    for name in _BODY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if numeric <= logging.DEBUG and not log_bodies
+                                         else logging.NOTSET)
     return redactor
 
 

@@ -174,3 +174,19 @@ def test_library_chatter_is_kept_for_debug(output):
     _configure(output, level="DEBUG")
     logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
     assert "Context impl SQLiteImpl." in output.getvalue()
+
+
+@pytest.mark.parametrize("log_bodies", [False, True])
+def test_client_bodies_at_debug_only_when_questions_may_be_logged(output, fake_slack, log_bodies):
+    """The real Slack client at DEBUG logs each request's body (the question, the answer): those
+    lines are held back unless LOG_QUESTIONS allows question text in logs; the bot's own DEBUG
+    lines are not."""
+    from slack_sdk import WebClient
+
+    _configure(output, level="DEBUG", log_bodies=log_bodies)
+    client = WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url)
+    client.chat_postMessage(channel="C1", text="How do I reset the VPN of payroll-eu?")
+    logging.getLogger("supportbot.test").debug("the bot's own debug line")
+    text = output.getvalue()
+    assert "the bot's own debug line" in text and BOT_TOKEN not in text
+    assert ("payroll-eu" in text) is log_bodies
