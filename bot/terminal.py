@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import TextIO
 
+from knowledge.pipeline import CITATION_MARKER
 from knowledge.types import Answer
 
 # ANSI/VT escape sequences: CSI (ESC [ … or its C1 byte), strings ended by BEL or ST (OSC
@@ -30,8 +31,7 @@ _ESCAPE_OPENERS = "\x1b\x9b\x90\x98\x9d\x9e\x9f"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 but \t and \n
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # a strict UTF-8 stdout cannot print them
 
-# The pipeline's markers (knowledge.pipeline._MARKER, _WIDE_MARKER), complete or not yet.
-_MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
+# The pipeline's markers (CITATION_MARKER and its full-width form), complete or not yet.
 _MARKER_START = re.compile(r"\[[\d\s,\-–]*")
 _WIDE_MARKER = re.compile(r"[【［]\s*\d")
 _WIDE_MARKER_START = re.compile(r"[【［]\s*")
@@ -126,7 +126,7 @@ class AnswerPrinter:
                 index += 1
                 continue
             if char == "[":
-                marker = _MARKER.match(text, index)
+                marker = CITATION_MARKER.match(text, index)
                 if marker and marker.group(1) == _SURE_MARKER:
                     index = ready = marker.end()
                     continue
@@ -146,7 +146,7 @@ class AnswerPrinter:
                 index = ready = index + 1
                 continue
             if char in _ESCAPE_OPENERS:
-                if char == "\x1b" and _MARKER.match(text, index + 1):
+                if char == "\x1b" and CITATION_MARKER.match(text, index + 1):
                     self._stopped = True  # ESC [7]: a marker normalisation may drop, not a sequence
                     return ready
                 if char == "\x1b" and _MARKER_START.fullmatch(text, index + 1):

@@ -20,9 +20,9 @@ from knowledge.types import Answer, Candidate, Citation, Document, RefreshReport
 log = logging.getLogger(__name__)
 
 # [1], [2][3], [1, 2] and [1-3] style markers.
-_MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
-# Full-width brackets, which models often use in Chinese answers: 【1】, ［1］.
+CITATION_MARKER = re.compile(r"\[(\d+(?:\s*[,\-–]\s*\d+)*)\]")
 _NEGATIVE_MARKER = re.compile(r"\[\s*[-–]\s*\d+\s*\]")  # "[-1]": a model's slip, never a source
+# Full-width brackets, which models often use in Chinese answers: 【1】, ［1］.
 _WIDE_MARKER = re.compile(r"[【［]\s*(\d+(?:\s*[,，\-–]\s*\d+)*)\s*[】］]")
 
 TEXTS = {
@@ -451,14 +451,14 @@ def normalise_markers(text: str, count: int) -> str:
         return f"[{', '.join(parts)}]" if parts else _DROPPED
 
     # A dropped marker takes the space before it along ("See [7] and" -> "See and", "works [9]." -> "works.").
-    text = _MARKER.sub(keep_valid, _NEGATIVE_MARKER.sub(_DROPPED, text))
+    text = CITATION_MARKER.sub(keep_valid, _NEGATIVE_MARKER.sub(_DROPPED, text))
     return re.sub(rf"[ \t]+{_DROPPED}(?=[ \t.,;:!?)。，]|$)|{_DROPPED}", "", text, flags=re.MULTILINE)
 
 
 def used_citations(text: str, passages: Sequence[Candidate]) -> list[Citation]:
     """Citations for the [n] markers the text uses (1 ≤ n ≤ len(passages)), by number."""
     used: set[int] = set()
-    for match in _MARKER.finditer(text):
+    for match in CITATION_MARKER.finditer(text):
         for _, bounds in _marker_parts(match.group(1)):
             low, high = bounds[0], bounds[-1]
             if high - low > len(passages):  # "[1-2000]" is not a citation range

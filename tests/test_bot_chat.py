@@ -130,6 +130,22 @@ def test_streamed_text_waits_only_for_what_the_whole_answer_settles():
     assert output.getvalue() == "bot> Data lives [1] in storage. More [1].\n"
 
 
+def test_streamed_full_width_marker_waits_for_the_whole_answer():
+    """【1】 (a Chinese answer's marker) becomes [1] only once the whole text is in: what
+    precedes it streams, it and the rest come from the kept answer."""
+    from knowledge.pipeline import normalise_markers
+    from knowledge.types import Answer
+
+    output = io.StringIO()
+    printer = AnswerPrinter(output)
+    deltas = ["数据存放在", "对象存储【", "1】中。"]
+    for delta in deltas:
+        printer.on_delta(delta)
+    assert output.getvalue() == "数据存放在对象存储"
+    printer.finish(Answer(question="q", text=normalise_markers("".join(deltas), 1), status="answered"))
+    assert output.getvalue() == "数据存放在对象存储[1]中。\n"
+
+
 def test_ctrl_c_cancels_the_answer_and_ends_the_chat_at_the_prompt(make_kb, fake_openai):
     """A slow answer: Ctrl-C drops it and the chat goes on; Ctrl-C at the prompt ends it."""
     kb = make_kb(abstain_threshold=0.0)
