@@ -12,8 +12,10 @@ exception traceback and stack info are all rewritten before formatting.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -24,6 +26,11 @@ REDACTED = "[REDACTED]"
 # Registered values shorter than this are ignored: masking "abc" everywhere would
 # wreck the logs and such a value is no secret anyway.
 MIN_SECRET_CHARS = 8
+
+# The key of question hashes (question_log_fields): a plain hash of a short question can be
+# confirmed by hashing guesses, a keyed one cannot without the key. configure_logging derives it
+# from the configured secrets, which every replica shares, so one question hashes alike on all.
+_question_key = os.urandom(32)
 
 # Well-known token shapes; the prefix is kept so a reader still sees what leaked.
 _TOKEN_PATTERNS = re.compile(
@@ -184,6 +191,10 @@ def configure_logging(
             root.removeHandler(handler)
             handler.close()
     redactor = SecretRedactor([*previous, *secrets])
+    global _question_key
+    if redactor.secrets:  # else the random key of this process: its own lines still correlate
+        joined = "\0".join(sorted(redactor.secrets)).encode("utf-8", "surrogatepass")
+        _question_key = hashlib.sha256(b"supportbot question hash\0" + joined).digest()
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler._supportbot = True  # type: ignore[attr-defined]  # marks the handler as ours
     handler.addFilter(redactor)
@@ -231,14 +242,15 @@ def register_secret(value: str) -> None:
 def question_log_fields(question: str, *, log_questions: bool) -> dict[str, object]:
     """Fields for `extra=`: the text when LOG_QUESTIONS is on, else its length and hash.
 
-    The 12-hex sha256 prefix lets one follow a question across log lines without
-    recording what was asked.
+    The hash (12 hex digits of an HMAC-SHA256 keyed by the configured secrets) lets one
+    follow a question across log lines and replicas without recording what was asked, and
+    without letting a reader of the logs confirm a guess of it.
     """
     if log_questions:
         return {"question": question}
     # surrogatepass: a lone surrogate from Slack's JSON must not make logging raise.
-    digest = hashlib.sha256(question.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return {"question_chars": len(question), "question_sha256": digest}
+    digest = hmac.new(_question_key, question.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:12]
+    return {"question_chars": len(question), "question_hash": digest}
 
 
 def _level_number(level: str | int) -> int:

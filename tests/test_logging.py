@@ -146,15 +146,23 @@ def test_unknown_level_is_a_clear_error():
         configure_logging(level="LOUD", json_format=False)
 
 
-def test_question_text_only_when_allowed():
+def test_question_text_only_when_allowed(output):
     question = "How do I rotate the Milvus root password?"
     assert question_log_fields(question, log_questions=True) == {"question": question}
+    _configure(output, secrets=[BOT_TOKEN, SIGNING_SECRET])
     private = question_log_fields(question, log_questions=False)
-    assert private == {
-        "question_chars": len(question),
-        "question_sha256": hashlib.sha256(question.encode()).hexdigest()[:12],
-    }
+    assert set(private) == {"question_chars", "question_hash"} and private["question_chars"] == len(question)
     assert question not in json.dumps(private)
+    # Keyed: hashing a guess does not confirm it; the same secrets (another replica) give the same hash.
+    assert private["question_hash"] != hashlib.sha256(question.encode()).hexdigest()[:12]
+    assert question_log_fields(question, log_questions=False) == private
+    assert question_log_fields(question + "?", log_questions=False) != private
+    _remove_our_handlers()
+    _configure(output, secrets=[SIGNING_SECRET, BOT_TOKEN])
+    assert question_log_fields(question, log_questions=False) == private
+    _remove_our_handlers()
+    _configure(output, secrets=[APP_TOKEN])
+    assert question_log_fields(question, log_questions=False) != private
 
 
 def test_question_fields_log_without_the_text(output):

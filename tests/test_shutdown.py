@@ -80,7 +80,7 @@ def test_sigterm_finishes_the_answer_in_flight_then_exits(tmp_path, fake_slack, 
     records = [json.loads(line) for line in lines[serving:] if line.strip()]
     outcomes = [r for r in records if r["logger"] == "bot.questions"]
     assert [(r["outcome"], r["thread_ts"]) for r in outcomes if r["outcome"] == "answered"] == [("answered", first["ts"])]
-    assert all({"question_id", "total_ms", "question_chars", "question_sha256"} <= set(r) for r in outcomes)
+    assert all({"question_id", "total_ms", "question_chars", "question_hash"} <= set(r) for r in outcomes)
     assert any("shutting down" in r["message"] for r in records)
     for secret in (OPENAI_KEY, fake_slack.bot_token, fake_slack.signing_secret, "my-private-phrase"):
         assert secret not in log_text
