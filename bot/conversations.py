@@ -50,3 +50,8 @@ class ConversationKinds:
         with self._lock:
             self._known[channel] = (kind, self._clock() + self._ttl)
         return kind
+
+    def forget(self, channel: str) -> None:
+        """Slack said the channel changed (made private, shared): ask again at its next question."""
+        with self._lock:
+            self._known.pop(channel, None)

@@ -374,6 +374,17 @@ class Learner:
         log.info("saved answer %s removed: %s/%s was deleted", saved.id, channel, message_ts)
         return self.remove(saved.id, note="The reply was deleted, so I won't use it any more.").saved
 
+    def channel_became_private(self, channel: str) -> int:
+        """`channel` was made private or shared with another organisation: its saved answers,
+        public until now, move to the channel's own source (only its members read them from
+        here on). Returns how many moved; the index follows at once."""
+        moved = self.store.make_private(channel, source_name=private_answers_source(channel))
+        if moved:
+            log.info("%d saved answer(s) of %s now kept to its members: the channel is private or shared",
+                     moved, channel)
+            self.sync()
+        return moved
+
     # -- the index ---------------------------------------------------------
     def sync(self) -> bool:
         """Index the active saved answers now (only changed ones are embedded); False when it failed

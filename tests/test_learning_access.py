@@ -110,6 +110,42 @@ def test_a_slack_connect_channels_answer_is_never_cited_to_another_organisation(
     assert saved.permalink in _text(_wait_answers(fake_slack, "CEXTA", 2)[-1].params)
 
 
+@pytest.mark.parametrize("change", ["made private", "shared"])
+def test_a_channel_made_private_or_shared_keeps_its_saved_answers_to_its_members(
+        learning_kb, fake_slack, fake_openai, start_bot, change):
+    """Saved while the channel was public (the whole team's); Slack says it is private now, or
+    shared with another organisation: the answer moves to the channel's own source at once."""
+    kb = learning_kb()
+    fake_slack.set_channel("CHELP", name="help-internal", members=("U1", "U9", "UBOT"))
+    bot = start_bot(kb, escalation_contacts="*=U9", learn_review="false")
+    _save_reply(fake_slack, channel="CHELP")
+    [saved] = bot.services.learner.store.list()
+    assert (saved.private, saved.source_name) == (False, "team-answers")
+    assert saved.permalink in _asks(fake_slack, fake_openai, channel="CPUB", user="U5")
+
+    if change == "made private":
+        fake_slack.set_channel("CHELP", name="help-internal", private=True, members=("U1", "U9", "UBOT"))
+        event = {"type": "message", "subtype": "channel_convert_to_private", "channel": "CHELP", "user": "U1",
+                 "text": "made this channel *private*.", "ts": "1730984822.596869", "channel_type": "group"}
+    else:
+        fake_slack.channels["CHELP"].update(is_ext_shared=True, is_shared=True)
+        event = {"type": "channel_shared", "connected_team_id": "E0OTHER", "channel": "CHELP",
+                 "event_ts": "1730984822.596869"}
+    fake_slack.wait_ack(fake_slack.send_event(event))
+    deadline = time.monotonic() + 60
+    while "team-answers-chelp" not in set(kb.store.source_names().values()):  # the index followed
+        assert time.monotonic() < deadline, kb.store.source_names()
+        time.sleep(0.1)
+    moved = bot.services.learner.store.get(saved.id)
+    assert (moved.private, moved.source_name) == (True, "team-answers-chelp")
+    assert "team-answers" not in set(kb.store.source_names().values())  # the open copy is gone
+
+    shown = _asks(fake_slack, fake_openai, channel="CPUB2", user="U5")  # elsewhere: no longer cited
+    assert saved.permalink not in shown and PRIVATE_TEXT not in shown
+    shown = _asks(fake_slack, fake_openai, channel="D100", user="U1", dm=True)  # a member, alone
+    assert saved.permalink in shown and PRIVATE_TEXT in shown
+
+
 def test_channel_sources_keep_the_teams_saved_answers_out_unless_listed(
         learning_kb, fake_slack, fake_openai, start_bot):
     kb = learning_kb()

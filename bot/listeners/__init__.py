@@ -10,7 +10,7 @@ from bot.listeners import assistant, middleware, unhandled
 from bot.listeners.actions import feedback, handoff, learned, share
 from bot.listeners.commands import register as register_commands
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
-from bot.listeners.events import app_home_opened, app_mention, message, message_edits, reaction_added
+from bot.listeners.events import app_home_opened, app_mention, channel_privacy, message, message_edits, reaction_added
 from bot.listeners.shortcuts import save_answer
 from bot.services import Services
 from knowledge.errors import SourceError
@@ -25,6 +25,7 @@ def register(app: App, services: Services) -> None:
     assistant.register(app, services)  # before `message`: it claims assistant-thread messages
     app_mention.register(app, services)
     message_edits.register(app, services)  # before `message`: edits and deletions of saved replies
+    channel_privacy.register(app, services)  # before `message`: a channel made private
     message.register(app, services)
     feedback.register(app, services)
     handoff.register(app, services)

@@ -108,6 +108,18 @@ class SavedAnswers:
         values = {key: value for key, value in (("question", question), ("answer", answer)) if value is not None}
         return self._update(saved_id, **values)
 
+    def make_private(self, channel: str, *, source_name: str) -> int:
+        """`channel` turned private or shared: its saved answers (any status) become private and
+        move to `source_name`, which only its members may read. Returns how many moved."""
+        if not channel:
+            return 0
+        with self._db.begin() as connection:
+            result = connection.execute(
+                saved_table.update()
+                .where(saved_table.c.channel == channel, saved_table.c.source_name != source_name)
+                .values(private=True, source_name=source_name, updated_at=time.time()))
+        return int(result.rowcount or 0)
+
     def set_confirm_ts(self, saved_id: str, confirm_ts: str) -> None:
         self._update(saved_id, confirm_ts=confirm_ts)
 
