@@ -496,12 +496,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _warn_misspelled(env_file: str) -> None:
-    """One warning per .env line that is probably a misspelled setting (it is ignored)."""
+    """One warning per .env line or environment variable that is probably a misspelled setting."""
     from bot.settings import BotSettings
     from knowledge.settings import misspelled_settings
 
-    for name, meant in misspelled_settings(BotSettings, env_file):
-        log.warning("%s: %s is not a setting, so it is ignored: did you mean %s?", env_file, name, meant)
+    for name, meant in misspelled_settings(BotSettings, env_file, os.environ):
+        log.warning("%s is not a setting, so it is ignored: did you mean %s?", name, meant)
 
 
 def _configure_logging(settings, *, verbose: bool) -> None:

@@ -8,11 +8,13 @@ whole product is configured in one typed place. Every field is listed in
 from __future__ import annotations
 
 import difflib
+import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -204,22 +206,31 @@ class KnowledgeSettings(BaseSettings):
         return self.data_dir / "cache"
 
 
-def misspelled_settings(settings_class: type[BaseSettings], env_file: str | Path) -> list[tuple[str, str]]:
-    """(name, the setting it probably means) for each key of `env_file` that is no setting of
-    `settings_class` but close to one (MILVUS_URL for MILVUS_URI): such a line is otherwise
-    ignored without a word. Keys close to no setting are left alone (another tool's, like
-    HF_HUB_OFFLINE). Returns [] when the file is missing or unreadable (loading reports that)."""
-    try:
-        keys = dotenv_values(env_file, encoding="utf-8").keys()
-    except (OSError, UnicodeDecodeError):
-        return []
+def misspelled_settings(settings_class: type[BaseSettings], env_file: str | Path,
+                        environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(name, the setting it probably means) for each name that is no setting of `settings_class`
+    but close to one (MILVUS_URL for MILVUS_URI): such a line is otherwise ignored without a word.
+
+    Read from `env_file` (every name) and from `environ` (names that start like a setting, as
+    SLACK_… or MILVUS_…: docker compose passes .env as environment). Names close to no setting
+    are left alone (another tool's, like HF_HUB_OFFLINE). A missing or unreadable file gives
+    nothing (loading the settings reports that).
+    """
     known = {name.upper() for name in settings_class.model_fields}
-    found = []
-    for key in keys:
-        name = key.strip().upper()
-        if not name or name in known:
+    try:
+        text = Path(env_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    # The parser itself, not dotenv_values: that logs each malformed line a second time.
+    names = [binding.key.strip() for binding in parse_stream(io.StringIO(text)) if binding.key]
+    prefixes = {name.split("_", 1)[0] + "_" for name in known if "_" in name}
+    names += [name for name in (environ or {}) if name.upper().startswith(tuple(prefixes))]
+    found: dict[str, str] = {}
+    for name in names:
+        upper = name.upper()
+        if not upper or upper in known or name in found:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.88)  # not MILVUS_USER → MILVUS_URI
         if close:
-            found.append((key.strip(), close[0]))
-    return found
+            found[name] = close[0]
+    return list(found.items())

@@ -307,17 +307,21 @@ def test_unreadable_settings_are_one_line(cli_env, capsys, monkeypatch, tmp_path
     assert code == 2 and out == ""
 
 
-def test_misspelled_env_file_setting_is_named(cli_env, capsys, tmp_path):
-    """A .env line close to a setting's name is ignored by the settings, so the CLI says so;
-    another tool's variable is left alone."""
+def test_misspelled_setting_is_named(cli_env, capsys, tmp_path, monkeypatch):
+    """A .env line or an environment variable (docker compose passes .env so) close to a setting's
+    name is ignored by the settings, so the CLI says so; another tool's variable is left alone."""
     env_file = tmp_path / "bot.env"
-    env_file.write_text("LOG_LEVL=DEBUG\nHF_HUB_OFFLINE=1\nLOG_LEVEL=INFO\n")
+    env_file.write_text("export LOG_LEVL=DEBUG\nHF_HUB_OFFLINE=1\nnot a setting line\nLOG_LEVEL=INFO\n")
+    monkeypatch.setenv("MILVUS_URL", "http://127.0.0.1:19530")
+    monkeypatch.setenv("MILVUS_USER", "root")  # close, but another setting is meant (MILVUS_TOKEN)
     code, _, err = run(capsys, "--env-file", str(env_file), "feedback")
     assert code == 0
-    warnings = [line for line in err.splitlines() if "is not a setting" in line]
-    assert len(warnings) == 1
+    warnings = sorted(line for line in err.splitlines() if "is not a setting" in line)
+    assert len(warnings) == 2, err
     assert "LOG_LEVL" in warnings[0] and "did you mean LOG_LEVEL?" in warnings[0]
-    assert "HF_HUB_OFFLINE" not in err
+    assert "MILVUS_URL" in warnings[1] and "did you mean MILVUS_URI?" in warnings[1]
+    assert "HF_HUB_OFFLINE" not in err and "MILVUS_USER" not in err
+    assert err.count("could not parse") <= 1  # the malformed line: python-dotenv's own word, once
 
 
 def test_console_script_reports_without_traceback(cli_env, tmp_path):
