@@ -523,6 +523,8 @@ def _configure_logging(settings, *, verbose: bool) -> None:
         json_format=settings.log_format == "json",
         secrets=[value for value in values if value],
         log_bodies=settings.log_questions,
+        question_key="\0".join(secret.get_secret_value() for secret in (
+            settings.slack_signing_secret, settings.slack_bot_token, settings.slack_app_token)),
     )
 
 

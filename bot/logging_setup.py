@@ -29,7 +29,8 @@ MIN_SECRET_CHARS = 8
 
 # The key of question hashes (question_log_fields): a plain hash of a short question can be
 # confirmed by hashing guesses, a keyed one cannot without the key. configure_logging derives it
-# from the configured secrets, which every replica shares, so one question hashes alike on all.
+# from the Slack app's own secrets, which every replica shares and no default value has (a model
+# server's dummy key might), so one question hashes alike on all replicas.
 _question_key = os.urandom(32)
 
 # Well-known token shapes; the prefix is kept so a reader still sees what leaked.
@@ -170,11 +171,13 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stream: IO[str] | None = None,
     log_bodies: bool = False,
+    question_key: str = "",
 ) -> SecretRedactor:
     """Send all logs to `stream` (stderr) as plain or JSON lines, secrets masked.
 
     At DEBUG, the Slack and OpenAI clients' own debug lines (request and response bodies,
-    which hold questions) are shown only with `log_bodies`.
+    which hold questions) are shown only with `log_bodies`. `question_key` (the Slack signing
+    secret and bot token) keys question hashes; without it they are keyed per process.
 
     Calling it again replaces the handler it installed before (secrets already
     registered are kept); handlers installed by others (pytest) are left alone.
@@ -192,9 +195,9 @@ def configure_logging(
             handler.close()
     redactor = SecretRedactor([*previous, *secrets])
     global _question_key
-    if redactor.secrets:  # else the random key of this process: its own lines still correlate
-        joined = "\0".join(sorted(redactor.secrets)).encode("utf-8", "surrogatepass")
-        _question_key = hashlib.sha256(b"supportbot question hash\0" + joined).digest()
+    if question_key:  # else the random key of this process: its own lines still correlate
+        _question_key = hashlib.sha256(b"supportbot question hash\0"
+                                       + question_key.encode("utf-8", "surrogatepass")).digest()
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler._supportbot = True  # type: ignore[attr-defined]  # marks the handler as ours
     handler.addFilter(redactor)
