@@ -27,6 +27,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot.access import private_answers_source
 from bot.admins import AdminCache, is_admin
 from bot.channels import ChannelRules
+from bot.conversations import kept_to_members
 from bot.history import _replies
 from bot.learned_blocks import confirmation_message, removed_message
 from bot.settings import BotSettings
@@ -39,7 +40,6 @@ from knowledge.types import Answer, Document, Turn
 
 log = logging.getLogger(__name__)
 
-_SHARED = ("is_shared", "is_ext_shared", "is_org_shared", "is_pending_ext_shared")  # conversations.info flags
 SOURCE_PREFIX = "slack/"  # a saved answer's Document.source is "slack/<id>.md"
 NOT_ALLOWED = "Only the person who asked, the channel's experts or an admin can save an answer here."
 NOT_A_REPLY = "Only a reply in a thread the bot took part in can be saved as an answer."
@@ -172,6 +172,7 @@ class Learner:
         self._admins = admins or AdminCache()
         self._names = UserNames(client)
         self._sync_lock = threading.Lock()
+        self._sync_failed = False  # the last sync failed: recheck_channels retries it
         self._cache_lock = threading.Lock()
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(maxsize=256, ttl=300)
         attach(kb, store)
@@ -246,8 +247,7 @@ class Learner:
             return Outcome(message=NOT_A_REPLY)
         # A shared channel (Slack Connect, or across an org's workspaces) keeps its answers to its own
         # members too: one customer's thread is never cited to another organisation.
-        private = bool(info.get("is_private") or info.get("is_group") or info.get("is_mpim")
-                       or any(info.get(flag) for flag in _SHARED) or channel.startswith("G"))
+        private = kept_to_members(info, channel)
         author = reply.get("user", "")
         saved = SavedAnswer(
             id=new_id(), status=PENDING if self._needs_review(trusted) else ACTIVE,
@@ -374,6 +374,30 @@ class Learner:
         log.info("saved answer %s removed: %s/%s was deleted", saved.id, channel, message_ts)
         return self.remove(saved.id, note="The reply was deleted, so I won't use it any more.").saved
 
+    def recheck_channels(self) -> int:
+        """The safety net under channel_became_private (run hourly by the sweeper): a failed
+        index sync is retried, and each channel that still has public saved answers is looked
+        up, so one made private or shared while no replica heard of it is caught. A lookup that
+        fails is tried again next time; "channel_not_found" (private now, without the bot)
+        counts as private. Returns how many answers moved."""
+        if self._sync_failed:
+            self.sync()
+        moved = 0
+        for channel in self.store.public_channels():
+            try:
+                info = self._client.conversations_info(channel=channel).get("channel") or {}
+            except SlackApiError as error:
+                if _code(error) != "channel_not_found":
+                    log.info("conversations.info for %s failed (%s): rechecked next time", channel, _code(error))
+                    continue
+                info = {"is_private": True}
+            except (SlackClientError, OSError) as error:
+                log.info("conversations.info for %s failed (%s): rechecked next time", channel, _code(error))
+                continue
+            if kept_to_members(info, channel):
+                moved += self.channel_became_private(channel)
+        return moved
+
     def channel_became_private(self, channel: str) -> int:
         """`channel` was made private or shared with another organisation: its saved answers,
         public until now, move to the channel's own source (only its members read them from
@@ -394,8 +418,10 @@ class Learner:
             try:
                 self._kb.sync_documents(documents_of(self.store), source_names=names)
             except (KnowledgeError, ValueError) as error:
-                log.warning("indexing the saved answers failed (the next refresh retries): %s", error)
+                log.warning("indexing the saved answers failed (retried within the hour): %s", error)
+                self._sync_failed = True
                 return False
+            self._sync_failed = False
         return True
 
     def record_uses(self, answer: Answer, record_id: str, *, private: bool) -> None:

@@ -154,7 +154,8 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         renew=[services.renew_leases, runs.renew, services.access.forget_changed],
         # A /reindex queued by a replica that stopped runs on one that is up.
         take_over=lambda: (refresher.adopt_queued(), services.take_over()),
-        purge=lambda: (services.purge(), runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS)),
+        hourly=[services.purge, lambda: runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS),
+                lambda: services.learner and services.learner.recheck_channels()],
         lease_seconds=settings.claim_lease_seconds, sweep_seconds=settings.claim_sweep_seconds,
     )
     observability = server = None

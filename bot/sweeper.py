@@ -7,7 +7,9 @@
   acknowledging them) and answer them here, and dispatch again the events kept in the inbox
   whose replica died before handling them (Services.take_over), and start a /reindex
   that a stopped replica had queued (Refresher.adopt_queued);
-- every hour: purge old claims, limit slots, refresh runs and records (RECORDS_RETENTION_DAYS).
+- every hour (and at start): purge old claims, limit slots, refresh runs and records
+  (RECORDS_RETENTION_DAYS), and recheck the channels of the team's saved answers (one made
+  private while no replica heard of it: Learner.recheck_channels).
 
 A failing database is logged and retried at the next beat; it never stops the thread.
 """
@@ -25,15 +27,15 @@ PURGE_EVERY = 3600.0
 
 
 class Sweeper:
-    """Runs `renew` callables, `take_over` and `purge` on their own beats until `stop()`."""
+    """Runs `renew` callables, `take_over` and the `hourly` callables on their own beats until `stop()`."""
 
     def __init__(
-        self, *, renew: list[Callable[[], object]], take_over: Callable[[], int], purge: Callable[[], None],
+        self, *, renew: list[Callable[[], object]], take_over: Callable[[], int], hourly: list[Callable[[], object]],
         lease_seconds: float, sweep_seconds: float, purge_seconds: float = PURGE_EVERY,
     ) -> None:
         self._renew = renew
         self._take_over = take_over
-        self._purge = purge
+        self._hourly = hourly
         self._renew_every = max(0.2, lease_seconds / 3)
         self._sweep_every = sweep_seconds
         self._purge_every = purge_seconds
@@ -59,7 +61,8 @@ class Sweeper:
                 self._safely(self._take_over, "taking over lapsed events and questions")
             if now >= next_purge:
                 next_purge = now + self._purge_every
-                self._safely(self._purge, "purging old records")
+                for chore in self._hourly:  # each on its own: one failing does not skip the next
+                    self._safely(chore, "the hourly chores")
             self._stop.wait(max(0.05, min(next_renew, next_sweep, next_purge) - time.monotonic()))
 
     @staticmethod

@@ -146,6 +146,37 @@ def test_a_channel_made_private_or_shared_keeps_its_saved_answers_to_its_members
     assert saved.permalink in shown and PRIVATE_TEXT in shown
 
 
+def test_a_channel_made_private_while_no_replica_heard_is_caught_by_the_hourly_recheck(
+        learning_kb, fake_slack, start_bot):
+    """No event arrived (the bot was down, or removed from the channel first): the sweeper's
+    hourly recheck looks the channel up; a failed lookup waits for the next one."""
+    kb = learning_kb()
+    fake_slack.set_channel("CHELP", name="help-internal", members=("U1", "U9", "UBOT"))
+    bot = start_bot(kb, escalation_contacts="*=U9", learn_review="false")
+    _save_reply(fake_slack, channel="CHELP")
+    learner = bot.services.learner
+    [saved] = learner.store.list()
+    assert learner.store.public_channels() == ["CHELP"]
+    assert learner.recheck_channels() == 0  # still public
+
+    fake_slack.set_channel("CHELP", name="help-internal", private=True, members=("U1", "U9", "UBOT"))
+    fake_slack.fail_next("conversations.info", status=200, error="internal_error", retry_after=None)
+    assert learner.recheck_channels() == 0  # Slack did not answer: nothing decided
+    assert learner.store.get(saved.id).source_name == "team-answers"
+
+    assert learner.recheck_channels() == 1
+    assert learner.store.get(saved.id).source_name == "team-answers-chelp"
+    assert set(kb.store.source_names().values()) == {"docs", "team-answers-chelp"}
+    assert learner.store.public_channels() == [] and learner.recheck_channels() == 0
+
+    # Private now and the bot is not in it: Slack answers channel_not_found, which counts as private.
+    fake_slack.set_channel("COPS", name="ops")
+    _save_reply(fake_slack, channel="COPS")
+    fake_slack.fail_next("conversations.info", status=200, error="channel_not_found", retry_after=None)
+    assert learner.recheck_channels() == 1
+    assert learner.store.list()[0].source_name == "team-answers-cops"
+
+
 def test_channel_sources_keep_the_teams_saved_answers_out_unless_listed(
         learning_kb, fake_slack, fake_openai, start_bot):
     kb = learning_kb()

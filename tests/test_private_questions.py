@@ -77,3 +77,23 @@ def test_a_mention_counts_as_private_when_slack_cannot_say(learning_kb, fake_sla
     fake_slack.send_event(fake_slack.mention(QUESTION, channel="CUNKNOWN", user="U1"))
     [answer] = _wait_answers(fake_slack, "CUNKNOWN", 1)
     assert bot.services.records.answer(_button(answer.params, ASK_HUMAN)).conversation == "private"
+
+
+def test_conversation_kinds_count_shared_channels_as_private_and_forget_a_changed_one(fake_slack):
+    """The cached kind of a channel: shared with another organisation counts as private; a channel
+    Slack says changed is asked again (not after the cache's hour)."""
+    from slack_sdk import WebClient
+
+    from bot.conversations import ConversationKinds
+
+    client = WebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    kinds = ConversationKinds()
+    fake_slack.set_channel("CEXT", name="acme-support")
+    fake_slack.channels["CEXT"].update(is_ext_shared=True, is_shared=True)
+    assert kinds.kind("CEXT", client=client) == "private"
+    fake_slack.set_channel("CHELP", name="help")
+    assert kinds.kind("CHELP", client=client) == "channel"
+    fake_slack.set_channel("CHELP", name="help", private=True)
+    assert kinds.kind("CHELP", client=client) == "channel"  # cached
+    kinds.forget("CHELP")
+    assert kinds.kind("CHELP", client=client) == "private"

@@ -109,16 +109,25 @@ class SavedAnswers:
         return self._update(saved_id, **values)
 
     def make_private(self, channel: str, *, source_name: str) -> int:
-        """`channel` turned private or shared: its saved answers (any status) become private and
-        move to `source_name`, which only its members may read. Returns how many moved."""
+        """`channel` turned private or shared: its saved answers in use or waiting for review become
+        private and move to `source_name`, which only its members may read. Returns how many moved."""
         if not channel:
             return 0
         with self._db.begin() as connection:
             result = connection.execute(
                 saved_table.update()
-                .where(saved_table.c.channel == channel, saved_table.c.source_name != source_name)
+                .where(saved_table.c.channel == channel, saved_table.c.source_name != source_name,
+                       saved_table.c.status.in_((ACTIVE, PENDING)))  # a re-save decides anew
                 .values(private=True, source_name=source_name, updated_at=time.time()))
         return int(result.rowcount or 0)
+
+    def public_channels(self) -> list[str]:
+        """The channels whose saved answers in use or waiting for review are the whole team's."""
+        with self._db.begin() as connection:
+            rows = connection.execute(
+                sa.select(saved_table.c.channel).distinct()
+                .where(saved_table.c.private.is_(False), saved_table.c.status.in_((ACTIVE, PENDING))))
+            return sorted(row[0] for row in rows if row[0])
 
     def set_confirm_ts(self, saved_id: str, confirm_ts: str) -> None:
         self._update(saved_id, confirm_ts=confirm_ts)
