@@ -1,4 +1,4 @@
-"""The background chores of a serving replica, on one daemon thread.
+"""The background chores of a serving replica, on two daemon threads.
 
 - every `lease/3` seconds: renew the leases of what this replica works on (question claims,
   per-person slots, a running refresh), so no other replica takes them over, and forget the
@@ -11,7 +11,8 @@
   (RECORDS_RETENTION_DAYS), and recheck the channels of the team's saved answers (one made
   private while no replica heard of it: Learner.recheck_channels).
 
-A failing database is logged and retried at the next beat; it never stops the thread.
+A failing database is logged and retried at the next beat; it never stops the threads (the
+hourly chores run on a second one, so a slow chore never delays a renewal).
 """
 
 from __future__ import annotations
@@ -40,16 +41,20 @@ class Sweeper:
         self._sweep_every = sweep_seconds
         self._purge_every = purge_seconds
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> "Sweeper":
-        self._thread = threading.Thread(target=self._loop, name="state-sweeper", daemon=True)
-        self._thread.start()
+        # The hourly chores on a thread of their own: a slow one (many channels to look up, Slack
+        # asking to wait) must never delay the lease renewals, or other replicas take work over.
+        self._threads = [threading.Thread(target=self._loop, name="state-sweeper", daemon=True),
+                         threading.Thread(target=self._hourly_loop, name="hourly-chores", daemon=True)]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def _loop(self) -> None:
         now = time.monotonic()
-        next_renew, next_sweep, next_purge = now, now + self._sweep_every, now
+        next_renew, next_sweep = now, now + self._sweep_every
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_renew:
@@ -59,11 +64,15 @@ class Sweeper:
             if now >= next_sweep:
                 next_sweep = now + self._sweep_every
                 self._safely(self._take_over, "taking over lapsed events and questions")
-            if now >= next_purge:
-                next_purge = now + self._purge_every
-                for chore in self._hourly:  # each on its own: one failing does not skip the next
-                    self._safely(chore, "the hourly chores")
-            self._stop.wait(max(0.05, min(next_renew, next_sweep, next_purge) - time.monotonic()))
+            self._stop.wait(max(0.05, min(next_renew, next_sweep) - time.monotonic()))
+
+    def _hourly_loop(self) -> None:
+        while not self._stop.is_set():
+            for chore in self._hourly:  # each on its own: one failing does not skip the next
+                if self._stop.is_set():
+                    return
+                self._safely(chore, "an hourly chore")
+            self._stop.wait(self._purge_every)
 
     @staticmethod
     def _safely(call: Callable[[], object], what: str) -> None:
@@ -74,5 +83,6 @@ class Sweeper:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
