@@ -200,6 +200,7 @@ class SourceAccess:
         self._changes = changes
         self._seen_changes: dict[str, float] = {}
         self._seen_lock = threading.Lock()
+        self._on_forget: list[Callable[[str], None]] = []  # other caches keyed by channel (kinds)
 
     @classmethod
     def from_settings(cls, settings, *, client: WebClient | None,
@@ -281,6 +282,16 @@ class SourceAccess:
         self._memberships.update(group.upper(), added=added, removed=removed)
         self._share_change(group.upper())
 
+    def channel_changed(self, channel: str) -> None:
+        """Slack said the channel itself changed (made private, shared): every replica forgets
+        what it cached about it, here and (through the state database) there."""
+        self._memberships.forget(channel.upper())
+        self._share_change(channel.upper())
+
+    def on_forget(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(channel)` whenever another replica's change makes this one forget it."""
+        self._on_forget.append(callback)
+
     def _share_change(self, principal: str) -> None:
         """Tell the other replicas (the event came to this one only); never raises."""
         if self._changes is None:
@@ -311,6 +322,8 @@ class SourceAccess:
                     continue
                 self._seen_changes[principal] = changed_at
             self._memberships.forget(principal)
+            for callback in self._on_forget:
+                callback(principal)
             forgotten += 1
         return forgotten
 

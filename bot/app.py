@@ -153,6 +153,7 @@ def build_app(
         access=access,
         bot_name=identity.get("user", ""),
     )
+    access.on_forget(services.kinds.forget)  # a channel made private, heard by another replica
     if saved_answers is not None:
         services.learner = responder.learner = Learner(
             store=saved_answers, kb=kb, client=client, settings=settings, rules=rules,

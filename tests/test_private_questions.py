@@ -97,3 +97,30 @@ def test_conversation_kinds_count_shared_channels_as_private_and_forget_a_change
     assert kinds.kind("CHELP", client=client) == "channel"  # cached
     kinds.forget("CHELP")
     assert kinds.kind("CHELP", client=client) == "private"
+
+
+def test_a_channel_made_private_is_seen_so_by_every_replica(learning_kb, fake_slack, start_bot, tmp_path):
+    """channel_convert_to_private reaches one replica; the other forgets the channel's cached kind
+    at its sweeper's next beat (through the state database), not after the cache's hour."""
+    import time
+
+    from slack_sdk import WebClient
+
+    fake_slack.set_channel("CHELP", name="help")
+    settings = dict(feedback_db=tmp_path / "shared.sqlite")
+    a, b = start_bot(learning_kb, **settings), start_bot(learning_kb, **settings)
+    fake_slack.wait_connected(count=2)
+    conn_a = fake_slack.connections()[-2]
+    client = WebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    assert b.services.kinds.kind("CHELP", client=client) == "channel"  # B has it cached
+
+    fake_slack.set_channel("CHELP", name="help", private=True)
+    event = {"type": "message", "subtype": "channel_convert_to_private", "channel": "CHELP", "user": "U1",
+             "text": "made this channel *private*.", "ts": fake_slack.next_ts(), "channel_type": "group"}
+    fake_slack.wait_ack(fake_slack.send_event(event, connection=conn_a))
+    deadline = time.monotonic() + 20
+    while b.services.kinds.kind("CHELP", client=client) != "private":  # B's beat (or this call's)
+        assert time.monotonic() < deadline, "B still calls the channel public"
+        b.services.access.forget_changed()
+        time.sleep(0.05)
+    assert a.services.kinds.kind("CHELP", client=client) == "private"

@@ -16,6 +16,7 @@ def register(app: App, services: Services) -> None:
         if not channel:
             return
         services.kinds.forget(channel)  # its next questions count as private ones
+        services.access.channel_changed(channel)  # on the other replicas too, at their next beat
         if services.learner is not None:
             services.learner.channel_became_private(channel)
 
