@@ -12,6 +12,7 @@ import pytest
 
 from bot.learned_blocks import LEARN_APPROVE
 from bot.state.saved_answers import ACTIVE, PENDING
+from knowledge.errors import StoreUnavailableError
 from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
 from tests.test_learning import (REPHRASED, REPLY, _ask_and_hand_off, _confirmations, _expert_replies,
                                  _team_chunks, _text, _wait_answers, learning_kb)  # noqa: F401  (fixture)
@@ -147,7 +148,7 @@ def test_a_channel_made_private_or_shared_keeps_its_saved_answers_to_its_members
 
 
 def test_a_channel_made_private_while_no_replica_heard_is_caught_by_the_hourly_recheck(
-        learning_kb, fake_slack, start_bot):
+        learning_kb, fake_slack, start_bot, monkeypatch):
     """No event arrived (the bot was down, or removed from the channel first): the sweeper's
     hourly recheck looks the channel up; a failed lookup waits for the next one."""
     kb = learning_kb()
@@ -164,10 +165,20 @@ def test_a_channel_made_private_while_no_replica_heard_is_caught_by_the_hourly_r
     assert learner.recheck_channels() == 0  # Slack did not answer: nothing decided
     assert learner.store.get(saved.id).source_name == "team-answers"
 
+    # The index is down when the answer moves: the public copy stays until the next recheck's retry.
+    sync_documents = kb.sync_documents
+
+    def down_once(*args, **kwargs):
+        monkeypatch.setattr(kb, "sync_documents", sync_documents)
+        raise StoreUnavailableError("Milvus is not reachable")
+
+    monkeypatch.setattr(kb, "sync_documents", down_once)
     assert learner.recheck_channels() == 1
     assert learner.store.get(saved.id).source_name == "team-answers-chelp"
+    assert set(kb.store.source_names().values()) == {"docs", "team-answers"}
+    assert learner.recheck_channels() == 0  # nothing left to move; the failed sync is retried
     assert set(kb.store.source_names().values()) == {"docs", "team-answers-chelp"}
-    assert learner.store.public_channels() == [] and learner.recheck_channels() == 0
+    assert learner.store.public_channels() == []
 
     # Private now and the bot is not in it: Slack answers channel_not_found, which counts as private.
     fake_slack.set_channel("COPS", name="ops")
