@@ -41,7 +41,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.logging_setup import redact
 from bot.mrkdwn import escape as _escape
-from bot.state.refresh_runs import JOINED, RunRow
+from bot.state.refresh_runs import RunRow
 from knowledge.errors import KnowledgeError, RefreshInProgressError
 
 log = logging.getLogger(__name__)
@@ -437,12 +437,10 @@ class Refresher:
         if not request_id or self.runs is None:
             return None
         try:
-            request = self.runs.get(request_id)
-            run = self.runs.get(request.joined_run) if request is not None and request.state == JOINED else None
+            return self.runs.served_by(request_id)
         except Exception as error:  # noqa: BLE001 - the database is down: ask again at the next poll
             log.warning("cannot read the queued refresh request: %s", one_line(error))
             return None
-        return run if run is not None and run.state != "running" else None
 
     def adopt_queued(self) -> None:
         """Start a request queued in the state database when no replica runs a refresh, for

@@ -180,6 +180,7 @@ def test_a_queued_request_is_served_by_the_next_run_on_any_replica(two_databases
     for request_id in ids:
         row = a.get(request_id)
         assert (row.state, row.joined_run) == (JOINED, served.id)
+        assert b.served_by(request_id) is None  # taken, but its run goes on
     assert a.running().rebuild  # the run itself is recorded as the rebuild it is
     # The replica running it dies: the requests it served wait for the next run again.
     clock.now += 11
@@ -189,6 +190,7 @@ def test_a_queued_request_is_served_by_the_next_run_on_any_replica(two_databases
     assert isinstance(again, Started) and again.rebuild and a.get(ids[0]).joined_run == again.id
     # A request made after that run started waits for the next one; the purge keeps it.
     a.finish(again.id, state="ok")
+    assert b.served_by(ids[0]).id == again.id and b.served_by(again.id) is None  # ended: its requesters hear
     later = a.queue(by="<@U4>", rebuild=False)
     assert later not in ids
     b.purge(older_than=clock.now + 1)

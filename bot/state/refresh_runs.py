@@ -119,6 +119,19 @@ class RefreshRuns(HolderState):
             row = connection.execute(sa.select(refresh_runs).where(refresh_runs.c.id == run_id)).first()
         return _run(row)
 
+    def served_by(self, request_id: int) -> RunRow | None:
+        """The run that took a queued request, once it has ended (None while the request waits or
+        its run goes on; a run whose replica died queues its requests again). One transaction."""
+        with self.db.begin() as connection:
+            self._bury_dead(connection, self._clock())
+            run_id = connection.execute(sa.select(refresh_runs.c.joined_run).where(
+                refresh_runs.c.id == request_id, refresh_runs.c.state == JOINED)).scalar()
+            if run_id is None:
+                return None
+            row = connection.execute(sa.select(refresh_runs).where(
+                refresh_runs.c.id == run_id, refresh_runs.c.state != "running")).first()
+        return _run(row)
+
     def finish(self, run_id: int, *, state: str, report: dict | None = None, error: str = "",
                skipped: str = "") -> None:
         """Record how the run ended and free the lease for the next one."""
