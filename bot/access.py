@@ -96,6 +96,15 @@ class SourceAccessError(KnowledgeError):
     """SOURCE_ACCESS restricts a source the bot does not have."""
 
 
+def known_sources(knowledge_sources: str) -> set[str] | None:
+    """The source names answers may draw on: KNOWLEDGE_SOURCES' and `team-answers`; None when
+    KNOWLEDGE_SOURCES cannot be parsed (reported where the index is built)."""
+    try:
+        return {spec.name for spec in parse_sources(knowledge_sources)} | {TEAM_ANSWERS_SOURCE}
+    except SourceError:
+        return None
+
+
 def check_source_access(source_access: str, knowledge_sources: str) -> None:
     """Refuse SOURCE_ACCESS entries naming no source of KNOWLEDGE_SOURCES (or `team-answers`): a typo,
     a rename or a derived name that changed would leave the content they mean open to everyone.
@@ -105,11 +114,8 @@ def check_source_access(source_access: str, knowledge_sources: str) -> None:
     the index is built).
     """
     named = parse_source_access(source_access)
-    if not named:
-        return
-    try:
-        known = {spec.name for spec in parse_sources(knowledge_sources)} | {TEAM_ANSWERS_SOURCE}
-    except SourceError:
+    known = known_sources(knowledge_sources) if named else None
+    if known is None:
         return
     unknown = sorted(set(named) - known)
     if unknown:

@@ -12,10 +12,8 @@ from bot.listeners.commands import register as register_commands
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
 from bot.listeners.events import app_home_opened, app_mention, channel_privacy, message, message_edits, reaction_added
 from bot.listeners.shortcuts import save_answer
+from bot.access import known_sources
 from bot.services import Services
-from knowledge.errors import SourceError
-from knowledge.prompts import TEAM_ANSWERS_SOURCE
-from knowledge.sources import parse_sources
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +44,8 @@ def _check_channel_sources(services: Services) -> None:
     """Warn about CHANNEL_SOURCES names no source has: a typo there silently empties a channel's answers."""
     # The knowledge base's own settings: what the index was actually built from.
     sources = getattr(getattr(services.kb, "settings", None), "knowledge_sources", services.settings.knowledge_sources)
-    try:
-        known = {spec.name for spec in parse_sources(sources)} | {TEAM_ANSWERS_SOURCE}
-    except SourceError:
+    known = known_sources(sources)
+    if known is None:
         return  # reported where the index is built
     unknown = services.rules.unknown_sources(known)
     if unknown:
