@@ -245,7 +245,7 @@ def register_secret(value: str) -> None:
 def question_log_fields(question: str, *, log_questions: bool) -> dict[str, object]:
     """Fields for `extra=`: the text when LOG_QUESTIONS is on, else its length and hash.
 
-    The hash (12 hex digits of an HMAC-SHA256 keyed by the configured secrets) lets one
+    The hash (12 hex digits of an HMAC-SHA256 keyed by the Slack app's secrets) lets one
     follow a question across log lines and replicas without recording what was asked, and
     without letting a reader of the logs confirm a guess of it.
     """

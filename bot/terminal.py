@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TextIO
 
-from knowledge.pipeline import CITATION_MARKER
+from knowledge.pipeline import CITATION_MARKER, CONTROL_CHARS, LONE_SURROGATES
 from knowledge.types import Answer
 
 # ANSI/VT escape sequences: CSI (ESC [ … or its C1 byte), strings ended by BEL or ST (OSC
@@ -28,8 +28,6 @@ _ESCAPE_START = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*|(?:\x1b[\]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*\x1b?|\x1b[ -/]*"
 )
 _ESCAPE_OPENERS = "\x1b\x9b\x90\x98\x9d\x9e\x9f"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 but \t and \n
-_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a strict UTF-8 stdout cannot print them
 
 # The pipeline's markers (CITATION_MARKER and its full-width form), complete or not yet.
 _MARKER_START = re.compile(r"\[[\d\s,\-–]*")
@@ -40,7 +38,8 @@ _SURE_MARKER = "1"  # the model is only asked with at least one passage, so [1] 
 
 def clean(text: str) -> str:
     """`text` safe to print: escape sequences and control characters (but newline and tab) removed."""
-    return _CONTROL.sub("", _SURROGATE.sub("\ufffd", _ESCAPE.sub("", text)))
+    # Lone surrogates become U+FFFD: a strict UTF-8 stdout cannot print them.
+    return CONTROL_CHARS.sub("", LONE_SURROGATES.sub("\ufffd", _ESCAPE.sub("", text)))
 
 
 def format_sources(answer: Answer) -> str:

@@ -48,15 +48,15 @@ TEXTS = {
 _EXCERPT_CHARS = 300
 ANSWER_RECHECK_SECONDS = 30.0  # how often /readyz re-checks a language model found broken
 # C0/C1 control characters other than tab and newline: noise to search, risky in logs.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LONE_SURROGATES = re.compile(r"[\ud800-\udfff]")
+_LEADING_HEADINGS = re.compile(r"\A(?:#{1,6}[ \t][^\n]*\n\s*)+")
 
 
 def _cleaned(text: str) -> str:
     """Lone surrogates (valid JSON escapes, invalid UTF-8; stdin's undecodable bytes) would break
     the tokenizer, Milvus and SQLite: each becomes U+FFFD. Control characters become spaces."""
-    return _CONTROL.sub(" ", _SURROGATE.sub("\ufffd", text or ""))
-_LEADING_HEADINGS = re.compile(r"\A(?:#{1,6}[ \t][^\n]*\n\s*)+")
+    return CONTROL_CHARS.sub(" ", LONE_SURROGATES.sub("\ufffd", text or ""))
 
 
 class KnowledgeBase:
