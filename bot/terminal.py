@@ -94,16 +94,16 @@ class AnswerPrinter:
 
     def error(self, message: str) -> None:
         """One "(error) …" line, on a line of its own."""
-        if self._started:
-            self._output.write("\n")
-        self._output.write(f"(error) {clean(message)}\n")
-        self._output.flush()
+        self._own_line(f"(error) {clean(message)}\n")
 
     def cancelled(self) -> None:
         """The answer was abandoned (Ctrl-C): say so on a line of its own."""
-        if self._started:
+        self._own_line("(cancelled)\n\n")
+
+    def _own_line(self, text: str) -> None:
+        if self._started:  # end the streamed text's line first
             self._output.write("\n")
-        self._output.write("(cancelled)\n\n")
+        self._output.write(text)
         self._output.flush()
 
     def _write(self, text: str) -> None:

@@ -126,8 +126,7 @@ def test_a_channel_made_private_or_shared_keeps_its_saved_answers_to_its_members
 
     if change == "made private":
         fake_slack.set_channel("CHELP", name="help-internal", private=True, members=("U1", "U9", "UBOT"))
-        event = {"type": "message", "subtype": "channel_convert_to_private", "channel": "CHELP", "user": "U1",
-                 "text": "made this channel *private*.", "ts": "1730984822.596869", "channel_type": "group"}
+        event = fake_slack.converted_to_private_event("CHELP", user="U1")
     else:
         fake_slack.channels["CHELP"].update(is_ext_shared=True, is_shared=True)
         event = {"type": "channel_shared", "connected_team_id": "E0OTHER", "channel": "CHELP",

@@ -5,10 +5,13 @@ answers' use counts, and not when an @mention comes from a private channel whose
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+from slack_sdk import WebClient
 
 from bot.blocks import ASK_HUMAN
+from bot.conversations import ConversationKinds
 from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
 from tests.test_learning import (QUESTION, REPHRASED, _answer_calls, _button, _confirmations, _expert_replies,
                                  _wait_answers)
@@ -82,11 +85,7 @@ def test_a_mention_counts_as_private_when_slack_cannot_say(learning_kb, fake_sla
 def test_conversation_kinds_count_shared_channels_as_private_and_forget_a_changed_one(fake_slack):
     """The cached kind of a channel: shared with another organisation counts as private; a channel
     Slack says changed is asked again (not after the cache's hour)."""
-    from slack_sdk import WebClient
-
-    from bot.conversations import ConversationKinds
-
-    client = WebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    client = WebClient(token=fake_slack.bot_token, base_url=fake_slack.api_url)
     kinds = ConversationKinds()
     fake_slack.set_channel("CEXT", name="acme-support")
     fake_slack.channels["CEXT"].update(is_ext_shared=True, is_shared=True)
@@ -102,22 +101,17 @@ def test_conversation_kinds_count_shared_channels_as_private_and_forget_a_change
 def test_a_channel_made_private_is_seen_so_by_every_replica(learning_kb, fake_slack, start_bot, tmp_path):
     """channel_convert_to_private reaches one replica; the other forgets the channel's cached kind
     at its sweeper's next beat (through the state database), not after the cache's hour."""
-    import time
-
-    from slack_sdk import WebClient
-
     fake_slack.set_channel("CHELP", name="help")
     settings = dict(feedback_db=tmp_path / "shared.sqlite")
     a, b = start_bot(learning_kb, **settings), start_bot(learning_kb, **settings)
     fake_slack.wait_connected(count=2)
     conn_a = fake_slack.connections()[-2]
-    client = WebClient(token="xoxb-test", base_url=fake_slack.api_url)
+    client = WebClient(token=fake_slack.bot_token, base_url=fake_slack.api_url)
     assert b.services.kinds.kind("CHELP", client=client) == "channel"  # B has it cached
 
     fake_slack.set_channel("CHELP", name="help", private=True)
-    event = {"type": "message", "subtype": "channel_convert_to_private", "channel": "CHELP", "user": "U1",
-             "text": "made this channel *private*.", "ts": fake_slack.next_ts(), "channel_type": "group"}
-    fake_slack.wait_ack(fake_slack.send_event(event, connection=conn_a))
+    fake_slack.wait_ack(fake_slack.send_event(fake_slack.converted_to_private_event("CHELP", user="U1"),
+                                              connection=conn_a))
     deadline = time.monotonic() + 20
     while b.services.kinds.kind("CHELP", client=client) != "private":  # B's beat (or this call's)
         assert time.monotonic() < deadline, "B still calls the channel public"
