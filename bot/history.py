@@ -83,12 +83,19 @@ def thread_history(
 
 def _replies(client: WebClient, *, channel: str, thread_ts: str) -> list[dict]:
     """The thread's messages, oldest first, following the cursor for up to _MAX_PAGES pages."""
+    return read_thread(client, channel=channel, thread_ts=thread_ts)[0]
+
+
+def read_thread(client: WebClient, *, channel: str, thread_ts: str, max_pages: int = _MAX_PAGES,
+                page_size: int = _REPLIES_PAGE) -> tuple[list[dict], bool]:
+    """The thread's messages, oldest first, following the cursor for up to `max_pages` pages, and
+    whether that was all of it. Raises what the Slack client raises."""
     messages: list[dict] = []
     cursor = None
-    for _ in range(_MAX_PAGES):
-        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=_REPLIES_PAGE, cursor=cursor)
+    for _ in range(max_pages):
+        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=page_size, cursor=cursor)
         messages.extend(response.get("messages") or [])
         cursor = (response.get("response_metadata") or {}).get("next_cursor")
         if not cursor:
-            break
-    return messages
+            return messages, True
+    return messages, False

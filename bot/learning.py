@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from bot.access import private_answers_source
 from bot.admins import AdminCache, is_admin
 from bot.channels import ChannelRules
 from bot.conversations import kept_to_members
-from bot.history import _replies
+from bot.history import _replies, read_thread
 from bot.learned_blocks import confirmation_message, removed_message
 from bot.settings import BotSettings
 from bot.slack_text import UserNames, plain_text
@@ -145,6 +146,9 @@ def saved_ids_cited(answer: Answer) -> list[str]:
         if citation.source.startswith(SOURCE_PREFIX) and citation.source.endswith(".md"):
             ids.append(citation.source[len(SOURCE_PREFIX):-3])
     return ids
+
+
+REREAD_MAX_PAGES = 50  # 10,000 replies: past that a missing reply may just be unread
 
 
 class Learner:
@@ -349,7 +353,7 @@ class Learner:
         saved = self.store.by_message(channel, message_ts)
         if saved is None or saved.status not in (ACTIVE, PENDING):
             return None
-        answer = plain_text(text, user_name=self._names)
+        answer = self._plain(text)
         if not answer:
             return self.message_deleted(channel, message_ts)
         if answer == saved.answer:
@@ -373,6 +377,47 @@ class Learner:
             return None
         log.info("saved answer %s removed: %s/%s was deleted", saved.id, channel, message_ts)
         return self.remove(saved.id, note="The reply was deleted, so I won't use it any more.").saved
+
+    def reread_saved(self) -> int:
+        """The safety net under message_changed / message_deleted (run hourly by one replica): each
+        saved reply in use or waiting for review is read again from Slack, so an edit or a deletion
+        that no replica heard (Socket Mode does not redeliver what came while nobody was connected)
+        is followed. An edit counts when Slack dates it after the saved answer last changed (an
+        admin's own wording at review is kept otherwise). A thread that cannot be read (the bot
+        left the channel, Slack failing) is read again next time; being rate limited ends the round.
+        Returns how many saved answers changed."""
+        threads: defaultdict[tuple[str, str], list[SavedAnswer]] = defaultdict(list)
+        for saved in self.store.list((ACTIVE, PENDING)):
+            threads[(saved.channel, saved.thread_ts)].append(saved)
+        changed = 0
+        for (channel, thread_ts), answers in threads.items():
+            try:
+                messages, whole = read_thread(self._client, channel=channel, thread_ts=thread_ts,
+                                              max_pages=REREAD_MAX_PAGES)
+            except SlackApiError as error:
+                if _code(error) != "thread_not_found":  # the parent and every reply are gone
+                    log.info("could not read %s/%s again (%s): next time", channel, thread_ts, _code(error))
+                    if _code(error) == "ratelimited":
+                        break
+                    continue
+                messages, whole = [], True
+            except (SlackClientError, OSError) as error:
+                log.info("could not read %s/%s again (%s): next time", channel, thread_ts, _code(error))
+                continue
+            by_ts = {message.get("ts"): message for message in messages}
+            for saved in answers:
+                message = by_ts.get(saved.message_ts)
+                if message is None or message.get("subtype") == "tombstone":
+                    if whole and self.message_deleted(channel, saved.message_ts) is not None:
+                        changed += 1
+                    continue
+                edited = (message.get("edited") or {}).get("ts", "")
+                if edited and _ts_time(edited) > saved.updated_at:
+                    after = self.message_changed(channel, saved.message_ts, message.get("text", ""))
+                    changed += after is not None and after != saved
+        if changed:
+            log.info("%d saved answer(s) follow edits or deletions read again from Slack", changed)
+        return changed
 
     def recheck_channels(self) -> int:
         """The safety net under channel_became_private (run hourly by the sweeper): a failed

@@ -155,7 +155,10 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
         # A /reindex queued by a replica that stopped runs on one that is up.
         take_over=lambda: (refresher.adopt_queued(), services.take_over()),
         hourly=[services.purge, lambda: runs.purge(older_than=time.time() - RUNS_KEPT_SECONDS),
-                lambda: services.learner and services.learner.recheck_channels()],
+                lambda: services.learner and services.learner.recheck_channels(),
+                # Read on every replica, the saved replies would cost N times the Slack calls: one a turn.
+                lambda: services.learner and services.claims.take_turn("reread-saved", every=3600)
+                and services.learner.reread_saved()],
         lease_seconds=settings.claim_lease_seconds, sweep_seconds=settings.claim_sweep_seconds,
     )
     observability = server = None

@@ -290,6 +290,52 @@ def test_editing_or_deleting_the_reply_updates_the_saved_answer(learning_kb, fak
     assert learner.store.get(saved.id).status == REMOVED and _team_chunks(kb) == {}
 
 
+def test_edits_and_deletions_no_replica_heard_are_read_again_from_slack(learning_kb, fake_slack, start_bot):
+    """Socket Mode does not redeliver events missed while no replica was connected: the hourly
+    re-read follows the edit and the deletion anyway, and leaves what it cannot read alone."""
+    kb = learning_kb()
+    bot = start_bot(kb, escalation_contacts="CHELP=U9")
+    learner = bot.services.learner
+    mention = _ask_and_hand_off(fake_slack, channel="CHELP", user="U1")
+    reply = _expert_replies(fake_slack, channel="CHELP", thread_ts=mention["ts"])
+    fake_slack.send_event(fake_slack.reaction_event(reply, channel="CHELP", user="U9"))
+    _confirmations(fake_slack, "CHELP")
+    [saved] = learner.store.list()
+    assert learner.reread_saved() == 0  # nothing changed: nothing moves
+
+    fake_slack.edit_message("CHELP", reply["ts"], "Since June, Priya in finance approves them in Payflow.")
+    fake_slack.fail_next("conversations.replies", status=200, error="not_in_channel", retry_after=None)
+    assert learner.reread_saved() == 0  # unreadable this time: kept as it is, read next time
+    assert learner.store.get(saved.id).answer == saved.answer
+    assert learner.reread_saved() == 1
+    [chunk] = kb.store.get(list(_team_chunks(kb)))
+    assert "Priya" in chunk.text and "Dana in finance" not in chunk.text
+    assert learner.reread_saved() == 0  # followed once
+
+    fake_slack.delete_message("CHELP", reply["ts"])
+    assert learner.reread_saved() == 1
+    assert learner.store.get(saved.id).status == REMOVED and _team_chunks(kb) == {}
+    confirm_ts = learner.store.get(saved.id).confirm_ts
+    fake_slack.wait_for("chat.update", where=lambda c: c.params.get("ts") == confirm_ts
+                        and "was deleted" in c.params.get("text", ""))
+
+
+def test_a_saved_reply_is_never_taken_for_deleted_when_its_thread_was_not_read_to_the_end(fake_slack):
+    """A thread longer than the re-read's pages: the replies past them are unread, not deleted."""
+    from slack_sdk import WebClient
+
+    from bot.history import read_thread
+
+    parent = fake_slack.add_message("CLONG", text="a question")
+    for n in range(5):
+        fake_slack.add_message("CLONG", text=f"reply {n}", thread_ts=parent["ts"])
+    client = WebClient(token="xoxb-fake-bot-token", base_url=fake_slack.api_url)
+    messages, whole = read_thread(client, channel="CLONG", thread_ts=parent["ts"], max_pages=2, page_size=2)
+    assert len(messages) == 4 and not whole
+    messages, whole = read_thread(client, channel="CLONG", thread_ts=parent["ts"], max_pages=3, page_size=2)
+    assert len(messages) == 6 and whole
+
+
 def test_answers_command_lists_removes_and_exports(make_kb, tmp_path, monkeypatch, capsys):
     """`supportbot answers list|remove ID|export` over the same database and index the bot uses."""
     import logging

@@ -62,6 +62,19 @@ def test_one_replica_wins_an_event_and_a_message(two_databases):
     assert won[0] or won[1] == question_key("C1", "1.1")
 
 
+def test_one_replica_takes_each_turn_of_a_periodic_chore(two_databases):
+    clock = Clock(now=3600 * 300)  # on the hour
+    a = Claims(database=two_databases[0], holder="A", clock=clock)
+    b = Claims(database=two_databases[1], holder="B", clock=clock)
+    won = _race(lambda: a.take_turn("reread", every=3600), lambda: b.take_turn("reread", every=3600))
+    assert sorted(won) == [False, True]
+    clock.now += 1800  # still the same hour
+    assert not a.take_turn("reread", every=3600) and not b.take_turn("reread", every=3600)
+    assert a.take_turn("other chore", every=3600)  # chores take turns apart
+    clock.now += 1800
+    assert sorted([b.take_turn("reread", every=3600), a.take_turn("reread", every=3600)]) == [False, True]
+
+
 def test_a_lapsed_lease_is_taken_over_once(two_databases):
     clock = Clock()
     a = Claims(database=two_databases[0], holder="A", lease_seconds=10, clock=clock)

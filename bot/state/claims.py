@@ -92,6 +92,11 @@ class Claims(HolderState):
         with self.db.begin() as connection:
             return self.db.insert_ignore(connection, event_claims, row)
 
+    def take_turn(self, chore: str, *, every: float) -> bool:
+        """True for exactly one replica in each `every` seconds of the clock: for periodic work that
+        every replica schedules and one should do. Kept (and purged) like an event id."""
+        return self.first_delivery(f"chore:{chore}:{int(self._clock() // every)}")
+
     def handled(self, event_id: str) -> None:
         """A listener dealt with the event: drop its body, keep the id for dedupe until `purge`."""
         if not event_id:
