@@ -74,8 +74,9 @@ def _origin(saved: SavedAnswer) -> str:
 
 
 def home_blocks(*, pending: Sequence[SavedAnswer], active: Sequence[SavedAnswer], active_count: int,
-                usage: dict[str, Usage]) -> list[dict]:
-    """The admins' "Learned answers" section of the App Home."""
+                usage: dict[str, Usage], hidden: int = 0) -> list[dict]:
+    """The admins' "Learned answers" section of the App Home; `hidden`: answers from channels the
+    admin is not in, counted only."""
     blocks: list[dict] = [
         {"type": "divider"},
         {"type": "header", "text": {"type": "plain_text", "text": "Learned answers (admins)", "emoji": True}},
@@ -83,7 +84,11 @@ def home_blocks(*, pending: Sequence[SavedAnswer], active: Sequence[SavedAnswer]
             f"*In use:* {active_count}   *Waiting for review:* {len(pending)}\n"
             "Replies saved from the bot's threads (✅ or *Save as answer*); cited as the team's answers.")},
     ]
-    for saved in list(pending)[:HOME_LIMIT]:
+    if hidden:
+        blocks.append({"type": "context", "elements": [_text(
+            f"{hidden} more from private or shared channels you are not in: admins who are members see and "
+            "review them here (or the operator with `supportbot answers list`).")]})
+    for saved in list(pending)[:HOME_LIMIT]:  # counted above in full
         blocks.append({"type": "section", "text": _text(
             f"*Pending:* {escape(_short(saved.question, 150))}\n> {escape(_short(saved.answer))}\n{_origin(saved)}")})
         blocks.append({"type": "actions", "block_id": f"review_{saved.id}", "elements": [
@@ -99,7 +104,7 @@ def home_blocks(*, pending: Sequence[SavedAnswer], active: Sequence[SavedAnswer]
             f"{escape(_short(saved.question, 150))}\n{_origin(saved)} · {figures}{asked}")}
         section["accessory"] = _button(LEARN_REMOVE, "Remove", saved.id, style="danger")
         blocks.append(section)
-    if not pending and not active:
+    if not pending and not active and not hidden:
         blocks.append({"type": "context", "elements": [_text("_None yet._")]})
     return blocks
 

@@ -35,7 +35,7 @@ def _asks(fake_slack, fake_openai, *, channel, user, connection=None, dm=False) 
 def test_a_private_answer_approved_after_a_restart_stays_with_its_members(
         learning_kb, fake_slack, fake_openai, start_bot, tmp_path):
     kb = learning_kb()
-    fake_slack.set_channel("GPRIV", name="finance-private", private=True, members=("U1", "U9", "UBOT"))
+    fake_slack.set_channel("GPRIV", name="finance-private", private=True, members=("U1", "U9", "UBOT", "UADMIN"))
     settings = dict(feedback_db=tmp_path / "shared.sqlite", escalation_contacts="*=U9", admin_user_ids="UADMIN",
                     learn_review="auto")
     first = start_bot(kb, **settings)
@@ -55,6 +55,44 @@ def test_a_private_answer_approved_after_a_restart_stays_with_its_members(
     assert saved.permalink not in shown and PRIVATE_TEXT not in shown
     shown = _asks(fake_slack, fake_openai, channel="D100", user="U1", dm=True)  # a member, in a DM
     assert saved.permalink in shown and PRIVATE_TEXT in shown
+
+
+def test_a_private_channels_answers_are_reviewed_only_by_admins_who_are_its_members(
+        learning_kb, fake_slack, start_bot):
+    """The App Home shows an admin who is not in the channel only how many there are, and a review
+    button pressed anyway (a stale view, a crafted payload) changes nothing."""
+    kb = learning_kb()
+    fake_slack.set_channel("GPRIV", name="finance-private", private=True, members=("U1", "U9", "UBOT", "UIN"))
+    bot = start_bot(kb, escalation_contacts="*=U9", admin_user_ids="UIN,UOUT", learn_review="auto")
+    mention = _ask_and_hand_off(fake_slack, channel="GPRIV", user="U1")
+    reply = _expert_replies(fake_slack, channel="GPRIV", thread_ts=mention["ts"])
+    fake_slack.send_event(fake_slack.reaction_event(reply, channel="GPRIV", user="U1"))  # the asker: review
+    _confirmations(fake_slack, "GPRIV")
+    [saved] = bot.services.learner.store.list((PENDING,))
+
+    def home(user):
+        before = len(fake_slack.calls("views.publish"))
+        fake_slack.send_event({"type": "app_home_opened", "user": user, "channel": "D1", "tab": "home"})
+        view = fake_slack.wait_for("views.publish", before + 1)[-1].params["view"]
+        return view if isinstance(view, str) else json.dumps(view, ensure_ascii=False)
+
+    outside = home("UOUT")
+    assert PRIVATE_TEXT not in outside and f"review_{saved.id}" not in outside
+    assert "1 more from private or shared channels you are not in" in outside
+    assert "*Waiting for review:* 0" in outside
+    before = len(fake_slack.calls("views.publish"))
+    fake_slack.send_action(fake_slack.action_payload(LEARN_APPROVE, saved.id, channel="", user="UOUT"))
+    time.sleep(1)
+    assert bot.services.learner.store.get(saved.id).status == PENDING and not _team_chunks(
+        kb, names=("team-answers-gpriv",))
+    assert len(fake_slack.calls("views.publish")) == before  # refused before anything was done
+
+    inside = home("UIN")
+    assert PRIVATE_TEXT in inside and f"review_{saved.id}" in inside and "you are not in" not in inside
+    fake_slack.send_action(fake_slack.action_payload(LEARN_APPROVE, saved.id, channel="", user="UIN"))
+    fake_slack.wait_for("views.publish", before + 2)
+    assert bot.services.learner.store.get(saved.id).status == ACTIVE
+    assert _team_chunks(kb, names=("team-answers-gpriv",))
 
 
 def test_a_replica_that_did_not_save_a_private_answer_keeps_it_with_its_members(

@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, services: Services) -> None:
+    def may_review(user: str, saved_id: str) -> bool:
+        """A private or shared channel's answer is reviewed only by admins who are its members
+        (its Home entry is hidden from the others; a stale view's button must not do more)."""
+        saved = services.learner.store.get(saved_id) if services.learner else None
+        if saved is None or services.access.user_may_read(user, saved.source_name):
+            return True  # an unknown id: the learner says it is gone
+        log.info("review of %s by %s refused: not a member of %s", saved_id, user, saved.channel)
+        return False
+
     @app.action(LEARN_UNDO)
     def on_undo(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
         ack()
@@ -43,6 +52,8 @@ def register(app: App, services: Services) -> None:
             return
         saved_id = action.get("value", "")
         kind = action.get("action_id")
+        if not may_review(user, saved_id):
+            return
         if kind == LEARN_EDIT:
             saved = learner.store.get(saved_id)
             if saved is None:
@@ -74,7 +85,7 @@ def register(app: App, services: Services) -> None:
         ack()
         learner = services.learner
         user = (body.get("user") or {}).get("id", "")
-        if learner is None or not learner.is_admin(user):
+        if learner is None or not learner.is_admin(user) or not may_review(user, view.get("private_metadata", "")):
             return
         learner.approve(view.get("private_metadata", ""), user, question=question.strip(), answer=answer.strip())
         publish_home(services, client, user, bot_user_id=context.bot_user_id or "")

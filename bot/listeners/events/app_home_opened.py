@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from slack_bolt import App, BoltContext
 from slack_sdk import WebClient
@@ -12,6 +13,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot.admins import AdminCache, is_admin
 from bot.home import INSIGHT_DAYS, TOP_GAPS, home_view
 from bot.services import Services
+from bot.state.saved_answers import SavedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ def publish_home(services: Services, client: WebClient, user: str, *, bot_user_i
         insights = services.records.insights(since=time.time() - INSIGHT_DAYS * 86400, top=TOP_GAPS)
         index = _index_status(services)
         if services.learner is not None:
-            extra = learned_home_blocks(services.learner.store)
+            # A private or shared channel's answers only for the admins who are its members.
+            extra = learned_home_blocks(services.learner.store,
+                                        readable=lambda saved: services.access.user_may_read(user, saved.source_name))
     view = home_view(
         bot_user_id=bot_user_id,
         auto_channels=services.rules.auto_answer,
@@ -52,15 +56,18 @@ def publish_home(services: Services, client: WebClient, user: str, *, bot_user_i
         log.warning("views.publish for %s failed: %s", user, reason)
 
 
-def learned_home_blocks(store) -> list[dict]:
-    """The learned answers for the admins' Home: pending ones to review, the ones in use with their figures."""
+def learned_home_blocks(store, *, readable: Callable[[SavedAnswer], bool] = lambda saved: True) -> list[dict]:
+    """The learned answers for the admins' Home: pending ones to review, the ones in use with their
+    figures; those `readable` refuses are only counted."""
     from bot.learned_blocks import HOME_LIMIT, home_blocks
     from bot.state.saved_answers import ACTIVE, PENDING
 
-    pending = store.list((PENDING,), limit=HOME_LIMIT)
-    active = store.list((ACTIVE,), limit=HOME_LIMIT)
-    return home_blocks(pending=pending, active=active, active_count=store.count(ACTIVE),
-                       usage=store.usage([saved.id for saved in active]))
+    listed = store.list((PENDING, ACTIVE))  # all: admin-only and small rows; the filter needs them
+    shown = [saved for saved in listed if readable(saved)]
+    pending = [saved for saved in shown if saved.status == PENDING]
+    active = [saved for saved in shown if saved.status == ACTIVE][:HOME_LIMIT]
+    return home_blocks(pending=pending, active=active, active_count=len(shown) - len(pending),
+                       usage=store.usage([saved.id for saved in active]), hidden=len(listed) - len(shown))
 
 
 def _index_status(services: Services) -> dict:
