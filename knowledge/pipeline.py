@@ -89,11 +89,17 @@ class KnowledgeBase:
 
     @classmethod
     def from_settings(cls, settings: KnowledgeSettings) -> KnowledgeBase:
-        """Load the models and open the store. Raises ModelLoadError, StoreError subclasses."""
+        """Check the store can be reached, load the models and open the store.
+        Raises StoreError subclasses (before any model loads), ModelLoadError."""
+        from knowledge.store import VectorStore
+
+        token = settings.milvus_token.get_secret_value()
+        # Milvus first: a wrong or unreachable MILVUS_URI is one line at once, not after torch,
+        # the models (and even the openai library) have loaded.
+        VectorStore.check_reachable(uri=settings.milvus_target, token=token)
         from knowledge.answerer import Answerer
         from knowledge.breaker import CircuitBreaker
         from knowledge.indexer import Indexer
-        from knowledge.store import VectorStore
 
         if not (settings.embedding_base_url and (settings.reranker_base_url or not settings.reranking)):
             # A model runs here: only then is torch imported (remote models keep the process small).
@@ -104,7 +110,7 @@ class KnowledgeBase:
         reranker = make_reranker(settings) if settings.reranking else None
         store = VectorStore(
             uri=settings.milvus_target,
-            token=settings.milvus_token.get_secret_value(),
+            token=token,
             collection=settings.milvus_collection,
             dimension=embedder.dimension,
             model_id=embedder.model_id,

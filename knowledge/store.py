@@ -149,9 +149,19 @@ class VectorStore:
 
     # ---- opening -----------------------------------------------------------------
 
-    def _connect(self, uri: str, token: str, timeout: float) -> MilvusClient:
+    @classmethod
+    def check_reachable(cls, *, uri: str, token: str = "", timeout: float = 30.0) -> None:
+        """Connect to Milvus and let go, before the models load (seconds to a minute), so a
+        store that cannot be opened is reported at once. Opening the store next costs little
+        more: pymilvus 3 keeps one connection per address and token, a Lite server stays up.
+        Raises StoreUnavailableError (StoreLockedError for a Lite file another process holds)."""
+        cls._connect(uri, token, timeout).close()
+
+    @staticmethod
+    def _connect(uri: str, token: str, timeout: float) -> MilvusClient:
         shown = _safe_uri(uri)
-        if self._is_lite:
+        is_lite = _is_lite_uri(uri)
+        if is_lite:
             path = Path(uri)
             if path.suffix != ".db":
                 raise StoreUnavailableError(
@@ -169,7 +179,7 @@ class VectorStore:
         try:
             return MilvusClient(uri=uri, token=token, timeout=timeout)
         except Exception as error:  # pymilvus raises several unrelated types here
-            if self._is_lite and _lite_locked_elsewhere(Path(uri)):
+            if is_lite and _lite_locked_elsewhere(Path(uri)):
                 raise _locked_error(Path(uri)) from None
             reason = _one_line(error)
             raise StoreUnavailableError(f"Cannot open Milvus at {shown}: {reason}") from None

@@ -262,6 +262,24 @@ def test_unreachable_milvus_uri_is_one_line(cli_env, capsys, monkeypatch):
     assert_one_line_error(code, err, "127.0.0.1:9")
 
 
+@pytest.mark.parametrize(("command", "uri"), [
+    *((command, "http://127.0.0.1:9") for command in ("index", "ask", "eval", "chat")),
+    ("ask", "https://127.0.0.1:9"),  # a Zilliz-style URI
+])
+def test_unreachable_milvus_is_reported_before_any_model_loads(cli_env, capsys, monkeypatch, tmp_path, dev_set,
+                                                                 command, uri):
+    """Loading the models takes seconds to a minute: a store that cannot be reached is said first.
+    The models' paths do not exist, so loading either would fail with its own error instead."""
+    monkeypatch.setenv("MILVUS_URI", uri)
+    monkeypatch.setenv("EMBEDDING_MODEL", str(tmp_path / "no-such-embedder"))
+    monkeypatch.setenv("RERANKER_MODEL", str(tmp_path / "no-such-reranker"))
+    argv = {"index": ["index"], "ask": ["ask", "How is data stored?"], "eval": ["eval", str(dev_set)],
+            "chat": ["chat"]}[command]
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "Cannot open Milvus at", uri)
+    assert code == 1 and out == "" and "no-such" not in err
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "bad-zip"])
 def test_bad_sources_are_one_line(cli_env, capsys, monkeypatch, tmp_path, kind):
     if kind == "missing":
