@@ -56,6 +56,14 @@ _NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "hugging
 _BODY_LOGGERS = ("slack_sdk", "slack_bolt", "openai")
 
 
+class _BodyHolder(logging.Filter):
+    """Drops the body loggers' DEBUG records. Their levels alone do not hold: `import openai`
+    with OPENAI_LOG=debug sets its logger to DEBUG, and the CLI imports it after configuring."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO or record.name.split(".", 1)[0] not in _BODY_LOGGERS
+
+
 # The password of any URL in a line ("postgresql://bot:pw@db", "http://user:pw@llm:8000/v1"),
 # unless it is a placeholder (docs and examples: "USER:PASSWORD@HOST", "<password>", "${PW}").
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.IGNORECASE)
@@ -175,9 +183,9 @@ def configure_logging(
 ) -> SecretRedactor:
     """Send all logs to `stream` (stderr) as plain or JSON lines, secrets masked.
 
-    At DEBUG, the Slack and OpenAI clients' own debug lines (request and response bodies,
-    which hold questions) are shown only with `log_bodies`. `question_key` (the Slack signing
-    secret and bot token) keys question hashes; without it they are keyed per process.
+    The Slack and OpenAI clients' own debug lines (request and response bodies, which hold
+    questions), at DEBUG or with OPENAI_LOG=debug, are shown only with `log_bodies`. `question_key`
+    (the Slack signing secret and bot token) keys question hashes; without it they are keyed per process.
 
     Calling it again replaces the handler it installed before (secrets already
     registered are kept); handlers installed by others (pytest) are left alone.
@@ -200,6 +208,8 @@ def configure_logging(
                                        + question_key.encode("utf-8", "surrogatepass")).digest()
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler._supportbot = True  # type: ignore[attr-defined]  # marks the handler as ours
+    if not log_bodies:
+        handler.addFilter(_BodyHolder())
     handler.addFilter(redactor)
     handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
     root.addHandler(handler)
@@ -209,6 +219,10 @@ def configure_logging(
     for name in _BODY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if numeric <= logging.DEBUG and not log_bodies
                                          else logging.NOTSET)
+    if not log_bodies and os.environ.get("OPENAI_LOG", "").strip().lower() == "debug":
+        logging.getLogger(__name__).warning(
+            "OPENAI_LOG=debug is ignored unless LOG_QUESTIONS=true: the openai library's debug lines "
+            "can hold request bodies (questions and passages)")
     return redactor
 
 

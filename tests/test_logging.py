@@ -6,6 +6,10 @@ import hashlib
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +205,37 @@ def test_client_bodies_at_debug_only_when_questions_may_be_logged(output, fake_s
     assert ("payroll-eu" in text) is log_bodies
     for name in ("slack_sdk", "slack_bolt", "openai"):  # the levels outlive the handler: put them back
         logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+# What the CLI does: configure logging from the settings, then (building the answerer) import openai.
+_OPENAI_CALL = """
+import sys
+from bot.cli import _configure_logging
+from bot.settings import BotSettings
+_configure_logging(BotSettings(_env_file=None), verbose=False)
+from openai import OpenAI
+client = OpenAI(api_key="test-key", base_url=sys.argv[1], max_retries=0)
+client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": sys.argv[2]}])
+"""
+
+
+@pytest.mark.parametrize(("log_level", "log_questions"), [("INFO", "false"), ("DEBUG", "false"), ("INFO", "true")])
+def test_openai_log_debug_keeps_request_bodies_out_unless_questions_may_be_logged(fake_openai, log_level,
+                                                                                   log_questions):
+    """OPENAI_LOG=debug makes `import openai` set its logger to DEBUG, past LOG_LEVEL and LOG_QUESTIONS:
+    its DEBUG lines (which carried whole requests, "Request options: …", in openai 1.x) are held back
+    unless questions may be logged. A new process: openai reads OPENAI_LOG when imported."""
+    question = "How do I reset the VPN of payroll-eu?"
+    env = {**os.environ, "OPENAI_LOG": "debug", "LOG_LEVEL": log_level, "LOG_QUESTIONS": log_questions,
+           "LOG_FORMAT": "plain", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", _OPENAI_CALL, fake_openai.base_url, question],
+                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert fake_openai.requests[-1]["messages"][-1]["content"] == question  # the call was made
+    openai_debug = [line for line in result.stderr.splitlines() if " DEBUG openai" in line]
+    warned = "OPENAI_LOG=debug is ignored unless LOG_QUESTIONS=true" in result.stderr
+    if log_questions == "true":
+        assert openai_debug and not warned  # OPENAI_LOG does what it says
+    else:
+        assert question not in result.stderr and "payroll-eu" not in result.stderr
+        assert openai_debug == [] and warned, result.stderr
