@@ -265,15 +265,21 @@ def test_a_private_channels_answer_is_read_by_its_members_only(learning_kb, fake
         assert "team answer" in _passages_sent(fake_openai)
 
 
+def _saved_by_the_expert(fake, kb, start_bot):
+    """A bot with #help's expert U9 whose reply to U1's handed-off question U9 marked ✅:
+    (the bot's learner, the reply, the saved answer)."""
+    bot = start_bot(kb, escalation_contacts="CHELP=U9")
+    mention = _ask_and_hand_off(fake, channel="CHELP", user="U1")
+    reply = _expert_replies(fake, channel="CHELP", thread_ts=mention["ts"])
+    fake.send_event(fake.reaction_event(reply, channel="CHELP", user="U9"))
+    _confirmations(fake, "CHELP")
+    [saved] = bot.services.learner.store.list()
+    return bot.services.learner, reply, saved
+
+
 def test_editing_or_deleting_the_reply_updates_the_saved_answer(learning_kb, fake_slack, start_bot, tmp_path):
     kb = learning_kb()
-    bot = start_bot(kb, escalation_contacts="CHELP=U9")
-    learner = bot.services.learner
-    mention = _ask_and_hand_off(fake_slack, channel="CHELP", user="U1")
-    reply = _expert_replies(fake_slack, channel="CHELP", thread_ts=mention["ts"])
-    fake_slack.send_event(fake_slack.reaction_event(reply, channel="CHELP", user="U9"))
-    [confirmation] = _confirmations(fake_slack, "CHELP")
-    [saved] = learner.store.list()
+    learner, reply, saved = _saved_by_the_expert(fake_slack, kb, start_bot)
 
     fake_slack.wait_ack(fake_slack.send_event(fake_slack.edit_message(
         "CHELP", reply["ts"], "Since June, Priya in finance approves them in Payflow.")))
@@ -294,13 +300,7 @@ def test_edits_and_deletions_no_replica_heard_are_read_again_from_slack(learning
     """Socket Mode does not redeliver events missed while no replica was connected: the hourly
     re-read follows the edit and the deletion anyway, and leaves what it cannot read alone."""
     kb = learning_kb()
-    bot = start_bot(kb, escalation_contacts="CHELP=U9")
-    learner = bot.services.learner
-    mention = _ask_and_hand_off(fake_slack, channel="CHELP", user="U1")
-    reply = _expert_replies(fake_slack, channel="CHELP", thread_ts=mention["ts"])
-    fake_slack.send_event(fake_slack.reaction_event(reply, channel="CHELP", user="U9"))
-    _confirmations(fake_slack, "CHELP")
-    [saved] = learner.store.list()
+    learner, reply, saved = _saved_by_the_expert(fake_slack, kb, start_bot)
     assert learner.reread_saved() == 0  # nothing changed: nothing moves
 
     fake_slack.edit_message("CHELP", reply["ts"], "Since June, Priya in finance approves them in Payflow.")
