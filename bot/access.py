@@ -96,6 +96,12 @@ class SourceAccessError(KnowledgeError):
     """SOURCE_ACCESS restricts a source the bot does not have."""
 
 
+def indexed_sources(kb, settings) -> str:
+    """The KNOWLEDGE_SOURCES the index was built from: the knowledge base's own settings (a test's
+    or an embedding app's may differ from the bot's environment), else the bot's."""
+    return getattr(getattr(kb, "settings", None), "knowledge_sources", settings.knowledge_sources)
+
+
 def known_sources(knowledge_sources: str) -> set[str] | None:
     """The source names answers may draw on: KNOWLEDGE_SOURCES' and `team-answers`; None when
     KNOWLEDGE_SOURCES cannot be parsed (reported where the index is built)."""

@@ -15,7 +15,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot import listeners
-from bot.access import SourceAccess, check_source_access
+from bot.access import SourceAccess, check_source_access, indexed_sources
 from bot.channels import ChannelRules
 from bot.learning import Learner
 from bot.limits import UserLimiter
@@ -85,9 +85,7 @@ def build_app(
 
     Without `database` one is opened from the settings (and closed with the bot).
     """
-    # The knowledge base's own settings say what the index was built from.
-    check_source_access(settings.source_access,
-                        getattr(getattr(kb, "settings", None), "knowledge_sources", settings.knowledge_sources))
+    check_source_access(settings.source_access, indexed_sources(kb, settings))
     token = settings.slack_bot_token.get_secret_value()
     if not token:
         raise SlackSetupError("SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-...) into .env")

@@ -12,7 +12,7 @@ from bot.listeners.commands import register as register_commands
 from bot.listeners.events import member_joined_channel, member_left_channel, subteam_members_changed
 from bot.listeners.events import app_home_opened, app_mention, channel_privacy, message, message_edits, reaction_added
 from bot.listeners.shortcuts import save_answer
-from bot.access import known_sources
+from bot.access import indexed_sources, known_sources
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,7 @@ def register(app: App, services: Services) -> None:
 
 def _check_channel_sources(services: Services) -> None:
     """Warn about CHANNEL_SOURCES names no source has: a typo there silently empties a channel's answers."""
-    # The knowledge base's own settings: what the index was actually built from.
-    sources = getattr(getattr(services.kb, "settings", None), "knowledge_sources", services.settings.knowledge_sources)
-    known = known_sources(sources)
+    known = known_sources(indexed_sources(services.kb, services.settings))
     if known is None:
         return  # reported where the index is built
     unknown = services.rules.unknown_sources(known)
