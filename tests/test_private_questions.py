@@ -13,8 +13,8 @@ from slack_sdk import WebClient
 from bot.blocks import ASK_HUMAN
 from bot.conversations import ConversationKinds
 from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
-from tests.test_learning import (QUESTION, REPHRASED, _answer_calls, _button, _confirmations, _expert_replies,
-                                 _wait_answers)
+from tests.test_learning import (QUESTION, REPHRASED, _answer_calls, _blocks, _button, _confirmations,
+                                 _expert_replies, _wait_answers)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -72,6 +72,16 @@ def test_a_mention_in_a_private_channel_with_a_c_id_is_recorded_as_private(learn
     assert asked.count("CPRIVNEW") == 1  # cached: asked once for two mentions
     home = _home_text(fake_slack)
     assert "(U1)" not in home and "(U2)" in home  # unanswered questions: only the public one quoted
+
+
+def test_an_ask_command_in_a_private_channel_with_a_c_id_is_recorded_as_private(learning_kb, fake_slack, start_bot):
+    """/ask's payload names the channel, not its kind: a private channel's own name is no hint."""
+    fake_slack.set_channel("CPRIVASK", name="layoffs-planning", private=True, members=("U1", "UBOT"))
+    bot = start_bot(learning_kb, admin_user_ids="UADMIN")
+    fake_slack.send_command(fake_slack.command_payload("/ask", QUESTION, channel="CPRIVASK", user="U1"))
+    [reply] = fake_slack.wait_for("response_url", where=lambda c: _blocks(c.params))
+    assert bot.services.records.answer(_button(reply.params, ASK_HUMAN)).conversation == "private"
+    assert QUESTION not in _home_text(fake_slack)
 
 
 def test_a_mention_counts_as_private_when_slack_cannot_say(learning_kb, fake_slack, start_bot):

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import re
 import uuid
+from collections.abc import Callable
 
 from slack_bolt import Ack, App, BoltContext, Respond
 
@@ -56,8 +57,10 @@ def register(app: App, services: Services) -> None:
 
         def answer() -> None:
             try:
+                # On the worker: the kind may take a conversations.info call.
                 _answer(services, rules, respond, text=text, user=user, channel=channel,
-                        conversation=_conversation(command))
+                        conversation=_conversation(command, lookup=lambda channel: services.kinds.kind(
+                            channel, client=context.client)))
             finally:
                 services.limiter.release(user_key)
 
@@ -74,14 +77,19 @@ def _without_handle(text: str, handle: str) -> str:
     return re.sub(rf"^@{re.escape(handle)}(?![\w.-])[\s,:]*", "", text, flags=re.IGNORECASE).strip()
 
 
-def _conversation(command: dict) -> str:
-    """The kind of conversation /ask was typed in (private ones are never quoted to admins)."""
+def _conversation(command: dict, *, lookup: Callable[[str], str]) -> str:
+    """The kind of conversation /ask was typed in (private ones are never quoted to admins).
+
+    `channel_name` is only a hint: a private channel's id starts with C and its name is its own,
+    so what the payload does not settle is looked up (`lookup`: private when Slack cannot say)."""
     name, channel = command.get("channel_name") or "", command.get("channel_id") or ""
     if name == "directmessage" or channel.startswith("D"):
         return "im"
     if name.startswith("mpdm-"):
         return "mpim"
-    return "private" if name == "privategroup" or channel.startswith("G") else "channel"
+    if name == "privategroup" or channel.startswith("G"):
+        return "private"
+    return lookup(channel) if channel else "private"
 
 
 def _answer(services: Services, rules: ChannelRules, respond: Respond, *, text: str, user: str, channel: str,
