@@ -40,7 +40,16 @@ UNAVAILABLE_TEXT = (
     "Please try again in a few minutes. (error id: `{error_id}`)"
 )
 # Slack's answers to a post that no retry or later post in the conversation can change.
-CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
+CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action",
+                         "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
+                         "restricted_action_non_threadable_channel", "ekm_access_denied",
+                         "team_access_not_granted"})
+
+
+def replacing(message: dict) -> dict:
+    """A chat.update that replaces the whole message: without `blocks` Slack keeps the old ones
+    (a text-only apology under an answer's blocks would never show)."""
+    return {"blocks": [], **message}
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,8 @@ class Responder:
             self._post(question, {"text": BUSY_TEXT}, what="the busy reply")
             return
         try:
-            self._event_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, text=BUSY_TEXT)
+            self._event_client.chat_update(channel=question.channel, ts=progress.placeholder_ts,
+                                           **replacing({"text": BUSY_TEXT}))
         except (SlackClientError, OSError) as error:
             log.warning("could not post the busy reply: %s", slack_error_code(error))
 
@@ -269,7 +279,8 @@ class Responder:
         for index, message in enumerate(messages):
             if index == 0 and progress.placeholder_ts:
                 try:
-                    self._answer_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+                    self._answer_client.chat_update(channel=question.channel, ts=progress.placeholder_ts,
+                                                    **replacing(message))
                     first_ts = progress.placeholder_ts
                     continue
                 except SlackApiError as error:
@@ -319,7 +330,8 @@ class _Stream:
         message = progress_message("".join(self._parts), placeholder=responder._settings.placeholder_text)
         try:
             if progress.placeholder_ts:
-                responder._stream_client.chat_update(channel=question.channel, ts=progress.placeholder_ts, **message)
+                responder._stream_client.chat_update(channel=question.channel, ts=progress.placeholder_ts,
+                                                     **replacing(message))
             else:
                 response = responder._stream_client.chat_postMessage(
                     channel=question.channel, thread_ts=question.thread_ts, **message

@@ -272,6 +272,23 @@ def test_unexpected_failure_apologises_with_error_id(fake_slack, start_bot, capl
     assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+def test_an_apology_replaces_an_answer_that_could_not_be_posted_whole(make_kb, fake_openai, fake_slack, start_bot):
+    """The first part of a long answer went into the placeholder, the next post failed: the apology
+    takes the placeholder's place whole (Slack keeps a message's blocks unless told otherwise)."""
+    running = start_bot(make_kb())
+    fake_openai.reply("\n\n".join(f"Paragraph {i} [1]: " + "lorem ipsum " * 250 for i in range(60)))
+    question = fake_slack.mention(QUESTION, channel="C7")
+    fake_slack.send_event(question)
+    fake_slack.wait_for("chat.postMessage", where=lambda c: c.params.get("channel") == "C7")  # the placeholder
+    fake_slack.fail_next("chat.postMessage", status=200, error="internal_error", retry_after=None)
+    _final(fake_slack, "C7", timeout=60)  # the first part, in the placeholder
+    fake_slack.wait_for("chat.update", timeout=60, where=lambda c: c.params.get("channel") == "C7"
+                        and c.params.get("text", "").startswith("Sorry, something went wrong"))
+    assert running.bot.services.pool.wait_idle(30)
+    shown = [m for m in fake_slack.messages("C7") if m.get("user") == BOT_USER_ID][0]  # the placeholder
+    assert shown["text"].startswith("Sorry, something went wrong") and not shown.get("blocks")
+
+
 def test_http_mode_signatures(make_kb, fake_slack, start_bot):
     kb = make_kb(abstain_threshold=0.0)
     running = start_bot(kb, mode="http")
