@@ -285,7 +285,7 @@ def test_an_apology_replaces_an_answer_that_could_not_be_posted_whole(make_kb, f
     fake_slack.wait_for("chat.update", timeout=60, where=lambda c: c.params.get("channel") == "C7"
                         and c.params.get("text", "").startswith("Sorry, something went wrong"))
     assert running.bot.services.pool.wait_idle(30)
-    shown = [m for m in fake_slack.messages("C7") if m.get("user") == BOT_USER_ID][0]  # the placeholder
+    shown = next(m for m in fake_slack.messages("C7") if m.get("user") == BOT_USER_ID)  # the placeholder
     assert shown["text"].startswith("Sorry, something went wrong") and not shown.get("blocks")
 
 
