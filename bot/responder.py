@@ -39,6 +39,7 @@ UNAVAILABLE_TEXT = (
     "The docs index is unavailable right now, so I can't look this up. "
     "Please try again in a few minutes. (error id: `{error_id}`)"
 )
+HISTORY_MAX_WAIT = 3.0  # seconds a throttled thread read may wait before answering without it
 # Slack's answers to a post that no retry or later post in the conversation can change.
 CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action",
                          "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
@@ -113,6 +114,10 @@ class Responder:
         # the event thread's calls, instead of ending in an apology that would be throttled too.
         self._answer_client = _same_slack(client, ConnectionErrorRetryHandler(max_retry_count=2),
                                           RateLimitErrorRetryHandler(max_retry_count=ANSWER_RATE_LIMIT_RETRIES))
+        # The thread's earlier messages are worth a short wait, not a long one: past HISTORY_MAX_WAIT
+        # the question is answered without them (thread_history gives [] and logs why).
+        self._history_client = _same_slack(client, ConnectionErrorRetryHandler(max_retry_count=2),
+                                           BriefRateLimitRetry(max_retry_count=1, max_wait=HISTORY_MAX_WAIT))
         self._records = records
         self._settings = settings
         self._rules = rules  # CHANNEL_SOURCES: what each channel may see
@@ -232,7 +237,7 @@ class Responder:
         if not question.in_thread:
             return []
         return thread_history(
-            self._client,
+            self._history_client,
             channel=question.channel,
             thread_ts=question.thread_ts,
             before_ts=question.message_ts,
@@ -343,6 +348,23 @@ class _Stream:
             wait = retry_after(error)
             if wait is not None:
                 self._last = time.monotonic() + wait  # no more updates until Slack allows them
+
+
+class BriefRateLimitRetry(RateLimitErrorRetryHandler):
+    """Waits out a 429 only when its Retry-After is at most `max_wait` seconds."""
+
+    def __init__(self, *, max_retry_count: int = 1, max_wait: float) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        wait = next((value for name, value in response.headers.items() if name.lower() == "retry-after"), ["1"])
+        try:
+            return float(wait[0] if isinstance(wait, list) else wait) <= self.max_wait
+        except ValueError:
+            return False
 
 
 def _same_slack(client: WebClient, *retry_handlers) -> WebClient:

@@ -3,6 +3,9 @@ needs no mention once the bot has taken the thread, even before its first answer
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from tests.bot_helpers import final_answers, outcomes, start_bot  # noqa: F401  (fixtures)
@@ -37,3 +40,22 @@ def test_a_reply_to_the_bots_request_for_a_question_is_answered(make_kb, fake_op
                                                    thread_ts=hello["ts"]))
     assert outcomes.wait(2)[-1].outcome == "answered"
     assert len(final_answers(fake_slack, "CX5", hello["ts"])) == 1
+
+
+@pytest.mark.parametrize("retry_after, with_context", [(1, True), (30, False)])
+def test_a_throttled_thread_read_waits_briefly_or_answers_without_it(make_kb, fake_openai, fake_slack, start_bot,
+                                                                     outcomes, retry_after, with_context):
+    """conversations.replies answering 429: a short Retry-After is waited out, a long one is not
+    (the person would wait for context the answer can do without)."""
+    start_bot(make_kb(abstain_threshold=0.0))
+    mention = fake_slack.mention(QUESTION, channel="CX6")
+    fake_slack.send_event(mention)
+    assert outcomes.wait(1, timeout=60)[-1].outcome == "answered"
+    asked = len(fake_openai.requests)
+    fake_slack.fail_next("conversations.replies", status=429, retry_after=retry_after)
+    started = time.monotonic()
+    fake_slack.send_event(fake_slack.message_event("and on ARM?", channel="CX6", thread_ts=mention["ts"]))
+    assert outcomes.wait(2, timeout=60)[-1].outcome == "answered"
+    assert time.monotonic() - started < 20
+    sent = json.dumps(fake_openai.requests[asked:])
+    assert (QUESTION in sent) is with_context
