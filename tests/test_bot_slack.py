@@ -361,6 +361,21 @@ def test_http_mode_refuses_junk_in_a_line_and_never_answers_500(make_kb, fake_sl
     _final(fake_slack, "C8")
 
 
+def test_a_changed_assistant_context_leaves_the_bots_reply_alone(fake_slack, start_bot):
+    """Bolt's default handler would chat.update the bot's first reply (and read it with
+    conversations.replies) to keep the channel the person is viewing: the bot does not use it."""
+    start_bot(_Slow())
+    thread_ts = fake_slack.next_ts()
+    fake_slack.add_message("D3", text="Ask me about the docs", user=BOT_USER_ID, thread_ts=thread_ts)
+    before = {m: len(fake_slack.calls(m)) for m in ("chat.update", "conversations.replies")}
+    fake_slack.wait_ack(fake_slack.send_event({
+        "type": "assistant_thread_context_changed", "event_ts": fake_slack.next_ts(), "assistant_thread": {
+            "user_id": "U1", "channel_id": "D3", "thread_ts": thread_ts,
+            "context": {"channel_id": "C9", "team_id": "T0001", "enterprise_id": ""}}}))
+    time.sleep(1.0)  # Bolt runs listeners after the ack
+    assert {m: len(fake_slack.calls(m)) for m in before} == before
+
+
 class _Slow:
     """Streams ten deltas over ~1.5 s, like a model writing."""
 

@@ -22,6 +22,11 @@ def register(app: App, services: Services) -> None:
         if prompts:
             set_suggested_prompts(prompts=prompts, title="Ask me about the docs")
 
+    @assistant.thread_context_changed
+    def context_changed() -> None:
+        """The person moved to another channel beside the pane: answers do not use it, so nothing is
+        kept (Bolt's default rewrites the bot's first reply in the thread to store it there)."""
+
     @assistant.user_message
     @handles_inbox(services)
     def on_user_message(event: dict, context: BoltContext) -> None:
