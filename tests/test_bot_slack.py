@@ -317,6 +317,16 @@ def test_http_mode_signatures(make_kb, fake_slack, start_bot):
 
 
 
+def test_http_mode_acknowledges_slacks_rate_limit_notice(make_kb, fake_slack, start_bot, caplog):
+    """Slack posts app_rate_limited to the Request URL when it holds events back: a 200 and a warning."""
+    running = start_bot(make_kb(), mode="http")
+    body = json.dumps({"token": "legacy", "type": "app_rate_limited", "team_id": "T0001",
+                       "minute_rate_limited": 1518467820, "api_app_id": "A0001"}).encode()
+    assert fake_slack.post_signed(running.url, body, "application/json")[0] == 200
+    assert any("holding back this app's events" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+
+
 def test_http_mode_refuses_junk_in_a_line_and_never_answers_500(make_kb, fake_slack, start_bot, caplog):
     """Anyone who can reach the URL may send anything: unsigned junk gets a 401 unread, an oversized
     body a 413 unread, a signed body Bolt cannot read a 400; none logs a traceback or the body."""

@@ -46,6 +46,16 @@ def register(app: App, services: Services) -> None:
             log.info("retried event %s (retry %s) is the first seen here: handling it", event_id, retry)
         return next()
 
+    @app.middleware
+    def note_rate_limited(body: dict, next) -> BoltResponse | None:
+        # Slack's own notice that it holds back this app's events (over 30,000 an hour in a
+        # workspace): no listener type fits it, and Bolt would answer 404.
+        if body.get("type") != "app_rate_limited":
+            return next()
+        log.warning("Slack is holding back this app's events for team %s (over its hourly limit) from minute %s",
+                    body.get("team_id", "?"), body.get("minute_rate_limited", "?"))
+        return BoltResponse(status=200, body="")
+
     def redeliver(body: dict) -> None:
         # Socket Mode form: the body was verified when Slack sent it, and is a dict now.
         app.dispatch(BoltRequest(body=body, mode="socket_mode", context={REDELIVERED: True}))
