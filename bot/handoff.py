@@ -14,6 +14,8 @@ ALREADY = "A person was already asked to help in this thread."
 UNKNOWN_ANSWER = "Sorry, I can't find that answer any more, so I can't hand it over."
 POST_FAILED = "Sorry, I couldn't post in this channel to reach the team. Please ask them directly."
 QUOTE_LIMIT = 1500  # the question as quoted; Slack sections take 3,000
+NOT_HERE = "I'm not a member of this channel, so I couldn't ask the team here."
+NOT_IN_DMS = "I can't post in a direct message between people, so I couldn't ask the team here."
 
 
 def citations_from(sources: list[dict]) -> list[Citation]:
@@ -34,6 +36,18 @@ def citations_from(sources: list[dict]) -> list[Citation]:
         except (KeyError, TypeError, ValueError):
             continue
     return citations
+
+
+def not_in_conversation(*, channel: str, contacts: tuple[str, ...], bot_name: str = "", retry: bool = True) -> str:
+    """What the person is told when the bot may not post the hand-off where they asked (it is not
+    a member): why, and what they can do. `retry`: clicking again will try again."""
+    reach = f" You can also reach the team directly: {' '.join(mention(c) for c in contacts)}." if contacts else ""
+    if channel.startswith("D"):  # a direct message between people: no app can be added to it
+        return (f"{NOT_IN_DMS} Ask in a channel I'm in (mention me there, or use `/ask`) "
+                f"and click *Ask a human* on that answer.{reach}")
+    invite = f"Invite me (`/invite @{bot_name}`)" if bot_name else "Invite me to it"
+    again = " and click *Ask a human* again" if retry else ""
+    return f"{NOT_HERE} {invite}{again}, or ask in a channel I'm in.{reach}"
 
 
 def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ...], sources: list[dict],

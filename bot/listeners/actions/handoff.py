@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import logging
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import ASK_HUMAN
-from bot.handoff import ALREADY, POST_FAILED, UNKNOWN_ANSWER, handoff_message
+from bot.handoff import (
+    ALREADY,
+    POST_FAILED,
+    UNKNOWN_ANSWER,
+    handoff_message,
+    not_in_conversation,
+)
 from bot.responder import slack_error_code
 from bot.services import Services
 
 log = logging.getLogger(__name__)
+
+# Slack's answer when the bot is not in the conversation: not_in_channel (a public channel),
+# channel_not_found (a private channel or a direct message between people it cannot see).
+NOT_A_MEMBER = frozenset({"not_in_channel", "channel_not_found"})
 
 
 def register(app: App, services: Services) -> None:
@@ -21,13 +31,13 @@ def register(app: App, services: Services) -> None:
     records = services.records
 
     @app.action(ASK_HUMAN)
-    def on_ask_human(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
+    def on_ask_human(ack: Ack, body: dict, action: dict, client: WebClient, respond: Respond) -> None:
         ack()
         user = (body.get("user") or {}).get("id", "")
         channel = (body.get("channel") or {}).get("id", "")
         row = records.answer(action.get("value", ""))
         if row is None or not channel:
-            _tell(client, channel, user, UNKNOWN_ANSWER)
+            tell_privately(client, respond, body, UNKNOWN_ANSWER)
             return
         message = body.get("message") or {}
         # The record knows the thread of a public answer; a private /ask answer has none yet.
@@ -44,25 +54,57 @@ def register(app: App, services: Services) -> None:
         else:
             already = not records.claim_handoff(row.id, channel=channel, user_id=user, contacts=contacts)
         if already:
-            _tell(client, channel, user, ALREADY, thread_ts=thread_ts or None)
+            tell_privately(client, respond, body, ALREADY, thread_ts=thread_ts)
             return
         try:
             posted = client.chat_postMessage(channel=channel, thread_ts=thread_ts or None, **payload)
         except (SlackApiError, SlackClientError) as error:
-            log.warning("could not post the hand-off in %s: %s", channel, slack_error_code(error))
+            code = slack_error_code(error)
+            log.warning("could not post the hand-off in %s: %s", channel, code)
             if not thread_ts:
                 records.release_handoff(row.id, channel=channel)
-            _tell(client, channel, user, POST_FAILED, thread_ts=thread_ts or None)
+            # Where the bot is not a member (an /ask answer often is), say so and what to do.
+            text = not_in_conversation(channel=channel, contacts=contacts, bot_name=services.bot_name,
+                                       retry=not thread_ts) if code in NOT_A_MEMBER else POST_FAILED
+            tell_privately(client, respond, body, text, thread_ts=thread_ts)
             return
         if not thread_ts:  # a new top-level message: its thread is where people answer
             records.finish_handoff(row.id, channel=channel, thread_ts=posted.get("ts", ""))
         log.info("hand-off in %s/%s to %d contact(s) by %s", channel, thread_ts or posted.get("ts"), len(contacts), user)
 
 
-def _tell(client: WebClient, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> None:
-    if not channel or not user:
+def tell_privately(client: WebClient, respond: Respond | None, body: dict, text: str, *,
+                   thread_ts: str | None = None, if_not_member: str = "") -> None:
+    """Say `text` so that only the person behind `body` (a click or a message shortcut) sees it.
+
+    chat.postEphemeral needs the bot in the conversation; the payload's response_url does not
+    (Slack sends one with clicks on messages and with message shortcuts). A click on an ephemeral
+    message (a private /ask answer, often where the bot is not a member) is answered through the
+    response_url; otherwise chat.postEphemeral, and the response_url when Slack refuses it, with
+    `if_not_member` instead of `text` (when given) if the bot is not in that conversation.
+    """
+    user = (body.get("user") or {}).get("id", "")
+    channel = (body.get("channel") or {}).get("id", "")
+    if channel and user and not (body.get("container") or {}).get("is_ephemeral"):
+        try:
+            client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts or None)
+            return
+        except (SlackApiError, SlackClientError) as error:
+            code = slack_error_code(error)
+            log.info("chat.postEphemeral in %s failed (%s): replying through the response_url", channel, code)
+            if code in NOT_A_MEMBER and if_not_member:
+                text = if_not_member
+    respond_privately(respond, text, thread_ts=thread_ts)
+
+
+def respond_privately(respond: Respond | None, text: str, *, thread_ts: str | None = None) -> None:
+    """`text` through the payload's response_url, as a new ephemeral message; failures are logged."""
+    if respond is None or respond.response_url is None:
+        log.info("no response_url to reply through: the person is not told %r", text[:60])
         return
     try:
-        client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts)
-    except (SlackApiError, SlackClientError) as error:
-        log.info("chat.postEphemeral failed: %s", slack_error_code(error))
+        response = respond(text=text, response_type="ephemeral", replace_original=False, thread_ts=thread_ts or None)
+        if response.status_code != 200:
+            log.warning("response_url answered %s", response.status_code)
+    except Exception as error:  # noqa: BLE001 - a listener must not fail on a dropped connection
+        log.warning("replying through the response_url failed: %s", type(error).__name__)
