@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import re
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 
 from bot.blocks import FEEDBACK_DOWN, FEEDBACK_UP
+from bot.listeners.actions.handoff import tell_privately
 from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def register(app: App, services: Services) -> None:
     @app.action(re.compile(f"^({FEEDBACK_UP}|{FEEDBACK_DOWN})$"))
-    def on_feedback(ack: Ack, body: dict, action: dict, client: WebClient) -> None:
+    def on_feedback(ack: Ack, body: dict, action: dict, client: WebClient, respond: Respond) -> None:
         ack()
         user = (body.get("user") or {}).get("id", "")
         value = 1 if action.get("action_id") == FEEDBACK_UP else -1
@@ -26,16 +26,7 @@ def register(app: App, services: Services) -> None:
             return
         if services.learner is not None:  # counted for the saved answers it cited (App Home)
             services.learner.record_feedback(action.get("value", ""), value)
-        channel = (body.get("channel") or {}).get("id")
-        message = body.get("message") or {}
-        if not channel or not user:
-            return
-        try:
-            client.chat_postEphemeral(
-                channel=channel,
-                user=user,
-                thread_ts=message.get("thread_ts"),
-                text="Thanks for the feedback!" if value > 0 else "Thanks — noted, we'll look at this answer.",
-            )
-        except SlackApiError as error:
-            log.info("chat.postEphemeral failed: %s", error.response.get("error"))
+        # Privately, also where the bot is not a member (a private /ask answer): bot.listeners.actions.handoff.
+        tell_privately(client, respond, body,
+                       "Thanks for the feedback!" if value > 0 else "Thanks — noted, we'll look at this answer.",
+                       thread_ts=(body.get("message") or {}).get("thread_ts"))
