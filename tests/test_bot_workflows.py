@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from bot.blocks import ABSTAINED_OFFER, ASK_HUMAN, SHARE_ANSWER
-from bot.handoff import ALREADY
+from bot.blocks import ABSTAINED_OFFER, ASK_HUMAN, FEEDBACK_UP, SHARE_ANSWER
+from bot.handoff import ALREADY, NOT_HERE, NOT_IN_DMS
+from bot.learning import NO_DMS
 from bot.listeners.actions.share import NOT_IN_CHANNEL
 from bot.listeners.commands.ask import USAGE
+from bot.listeners.shortcuts.save_answer import SAVE_ANSWER
 from knowledge.types import Answer, Citation
 from tests.bot_helpers import start_bot  # noqa: F401  (fixture)
 
@@ -146,9 +148,97 @@ def test_ask_privately_then_share_in_channel(make_kb, fake_openai, fake_slack, s
     [handoff] = fake_slack.wait_for("chat.postMessage", where=lambda c: "asked for a person" in c.params.get("text", ""))
     assert handoff.params["channel"] == "CASK" and "thread_ts" not in handoff.params
     assert "<@U7>" in _text(handoff.params) and "What is a partition?" in _text(handoff.params)
-    fake_slack.send_action(click)
-    fake_slack.wait_for("chat.postEphemeral", where=lambda c: c.params.get("text") == ALREADY)
+    fake_slack.send_action(click)  # said through the click's response_url, like everything on a private answer
+    fake_slack.wait_for("response_url", where=lambda c: c.params.get("text") == ALREADY)
     assert len(fake_slack.calls("chat.postMessage")) == 3
+
+
+def _said_privately(fake, where, count=1):
+    """The texts sent through a response_url as new ephemeral messages, matching `where(text)`."""
+    calls = fake.wait_for("response_url", count, where=lambda c: where(c.params.get("text", "")))
+    assert all((c.params["response_type"], c.params["replace_original"]) == ("ephemeral", False) for c in calls)
+    return [c.params["text"] for c in calls]
+
+
+def test_buttons_and_shortcut_reach_the_person_where_the_bot_is_not_a_member(make_kb, fake_slack, start_bot):
+    """/ask in a channel the bot was never invited to: Slack refuses its chat.postMessage and
+    chat.postEphemeral there, so every reply goes through the payload's response_url."""
+    kb = make_kb(abstain_threshold=0.0)
+    bot = start_bot(kb, escalation_contacts="*=U7")
+    fake_slack.not_in_channel.add("CNOBOT")
+    fake_slack.send_command(fake_slack.command_payload("/ask", QUESTION, channel="CNOBOT", user="U3"))
+    [reply] = fake_slack.wait_for("response_url", where=lambda c: _blocks(c.params))
+    record_id = _record_id(reply.params, FEEDBACK_UP)
+
+    def click(action_id):
+        fake_slack.send_action(fake_slack.action_payload(action_id, record_id, channel="CNOBOT", user="U3",
+                                                         ephemeral=True))
+
+    click(FEEDBACK_UP)
+    _said_privately(fake_slack, lambda text: text == "Thanks for the feedback!")
+    assert [(f.value, f.user_id) for f in bot.services.records.recent_feedback()] == [(1, "U3")]
+
+    # "Ask a human": the hand-off cannot be posted; the person is told why and what they can do.
+    click(ASK_HUMAN)
+    [told] = _said_privately(fake_slack, lambda text: text.startswith(NOT_HERE))
+    assert "`/invite @docsbot`" in told and "click *Ask a human* again" in told and "<@U7>" in told
+    assert not bot.services.records.answer_handed_off(record_id)  # released: the next click tries again
+    assert not fake_slack.messages("CNOBOT")
+
+    # "Save as answer" on a reply there: the bot cannot read the thread, and says so through the shortcut.
+    question = fake_slack.add_message("CNOBOT", text="How is data stored?", user="U3")
+    answer = fake_slack.add_message("CNOBOT", text="In object storage.", user="U7", thread_ts=question["ts"])
+    fake_slack.send_action(fake_slack.shortcut_payload(SAVE_ANSWER, answer, channel="CNOBOT", user="U3"))
+    [told] = _said_privately(fake_slack, lambda text: "can't read its threads" in text)
+    assert "couldn't save" in told and "`/invite @docsbot`" in told
+    assert not bot.services.learner.store.list()
+
+    # Invited, the next click hands it over; a further one is told it was done, privately.
+    fake_slack.not_in_channel.discard("CNOBOT")
+    click(ASK_HUMAN)
+    fake_slack.wait_for("chat.postMessage", 2, where=lambda c: c.params.get("channel") == "CNOBOT")
+    [handoff] = fake_slack.messages("CNOBOT")[-1:]
+    assert "asked for a person" in handoff["text"] and "<@U7>" in handoff["text"]
+    assert bot.services.records.answer_handed_off(record_id)
+    click(ASK_HUMAN)
+    _said_privately(fake_slack, lambda text: text == ALREADY)
+    # Clicks on a private answer never try chat.postEphemeral; the shortcut tried (was refused) once.
+    assert ["couldn't save" in c.params["text"] for c in fake_slack.calls("chat.postEphemeral")] == [True]
+
+
+def test_buttons_and_shortcut_in_a_direct_message_between_people(make_kb, fake_slack, start_bot):
+    """/ask in a DM between two people: the bot can never post there (channel_not_found)."""
+    kb = make_kb(abstain_threshold=0.0)
+    bot = start_bot(kb, escalation_contacts="*=U7")
+    fake_slack.not_in_channel.add("D0PEOPLE")
+    fake_slack.send_command(fake_slack.command_payload("/ask", QUESTION, channel="D0PEOPLE", user="U3"))
+    [reply] = fake_slack.wait_for("response_url", where=lambda c: _blocks(c.params))
+    fake_slack.send_action(fake_slack.action_payload(ASK_HUMAN, _record_id(reply.params), channel="D0PEOPLE",
+                                                     user="U3", ephemeral=True))
+    [told] = _said_privately(fake_slack, lambda text: text.startswith(NOT_IN_DMS))
+    assert "Ask in a channel I'm in" in told and "/invite" not in told and "<@U7>" in told
+    assert not bot.services.records.answer_handed_off(_record_id(reply.params))
+
+    message = fake_slack.add_message("D0PEOPLE", text="Object storage, I think.", user="U4")
+    fake_slack.send_action(fake_slack.shortcut_payload(SAVE_ANSWER, message, channel="D0PEOPLE", user="U3"))
+    _said_privately(fake_slack, lambda text: text == NO_DMS)
+
+
+def test_thanks_for_feedback_reaches_the_person_after_the_bot_left_the_channel(make_kb, fake_slack, start_bot):
+    """A public answer, then the bot is removed from the channel: chat.postEphemeral is refused,
+    the response_url of the click is used instead."""
+    kb = make_kb(abstain_threshold=0.0)
+    start_bot(kb)
+    mention = fake_slack.mention(QUESTION, channel="CLEFT", user="U1")
+    fake_slack.send_event(mention)
+    [answer] = _answers(fake_slack, "CLEFT")
+    fake_slack.not_in_channel.add("CLEFT")
+    fake_slack.send_action(fake_slack.action_payload(FEEDBACK_UP, _record_id(answer.params, FEEDBACK_UP),
+                                                     channel="CLEFT", user="U1", message_ts=answer.params["ts"],
+                                                     thread_ts=mention["ts"], response_url=True))
+    _said_privately(fake_slack, lambda text: text == "Thanks for the feedback!")
+    [refused] = fake_slack.calls("chat.postEphemeral")
+    assert refused.params["channel"] == "CLEFT"
 
 
 def test_ask_a_human_tags_experts_and_the_bot_stays_quiet(make_kb, fake_openai, fake_slack, start_bot):
