@@ -9,7 +9,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.blocks import FEEDBACK_DOWN, FEEDBACK_UP
-from bot.listeners.actions.handoff import tell_privately
+from bot.listeners.private_replies import tell_privately
 from bot.services import Services
 
 log = logging.getLogger(__name__)

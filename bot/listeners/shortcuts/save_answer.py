@@ -8,13 +8,13 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.learning import ALREADY_SAVED, NO_DMS
-from bot.listeners.actions.handoff import tell_privately
+from bot.listeners.private_replies import tell_privately
 from bot.services import Services
 
 log = logging.getLogger(__name__)
 
 SAVE_ANSWER = "save_as_answer"  # the callback id in manifest.yaml
-NOT_A_MEMBER = "I'm not a member of this channel, so I can't read its threads: {invite} and try again."
+NOT_A_MEMBER_TEXT = "I'm not a member of this channel, so I can't read its threads: {invite} and try again."
 
 
 def register(app: App, services: Services) -> None:
@@ -37,6 +37,6 @@ def register(app: App, services: Services) -> None:
         # through the shortcut's response_url, saying what to do.
         invite = f"invite me (`/invite @{services.bot_name}`)" if services.bot_name else "invite me"
         hint = "" if outcome.message in (NO_DMS, ALREADY_SAVED) else (
-            f"{outcome.message}\n{NOT_A_MEMBER.format(invite=invite)}")
+            f"{outcome.message}\n{NOT_A_MEMBER_TEXT.format(invite=invite)}")
         tell_privately(client, respond, body, outcome.message, thread_ts=message.get("thread_ts"),
                        if_not_member=hint)
