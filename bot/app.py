@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -99,18 +100,8 @@ def build_app(
         raise SlackSetupError(f"cannot reach Slack at {settings.slack_api_url}: {reason}") from error
     signing_secret = settings.slack_signing_secret.get_secret_value()
     listener_threads = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="slack-listener")
-    app = App(
-        client=client,
-        signing_secret=signing_secret or None,
-        # Socket Mode needs no signature; HTTP mode always verifies (see bot.server).
-        request_verification_enabled=bool(signing_secret),
-        token_verification_enabled=False,  # auth.test was called just above
-        # Listeners only queue work, so acknowledging first costs nothing and beats Slack's 3 s.
-        process_before_response=False,
-        ignoring_self_events_enabled=True,
-        logger=logging.getLogger("slack_bolt"),
-        listener_executor=listener_threads,
-    )
+    with _hidden_from_bolt():
+        app = _bolt_app(client, signing_secret, listener_threads)
     owns_database = database is None
     holder = replica_id()
     database = database or Database.from_settings(settings)
@@ -160,3 +151,38 @@ def build_app(
     listeners.register(app, services)
     log.info("Slack app ready as %s (%s)", identity.get("user"), identity.get("team"))
     return SupportBot(app=app, services=services, listener_threads=listener_threads)
+
+
+# What Bolt's App reads from the environment by itself. With both OAuth names set it switches to its
+# multi-workspace installation store and drops the bot's token: events are acknowledged and never
+# answered. SLACK_BOT_TOKEN there only earns a "token will be unused" warning beside our client.
+_BOLT_READS = ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET", "SLACK_BOT_TOKEN")
+
+
+@contextmanager
+def _hidden_from_bolt():
+    """The environment without _BOLT_READS while the Bolt app is made (given back after)."""
+    hidden = {name: os.environ.pop(name) for name in _BOLT_READS if name in os.environ}
+    if "SLACK_CLIENT_ID" in hidden and "SLACK_CLIENT_SECRET" in hidden:
+        log.info("SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are not used: the bot serves one workspace "
+                 "with SLACK_BOT_TOKEN")
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+def _bolt_app(client: WebClient, signing_secret: str, listener_threads: ThreadPoolExecutor) -> App:
+    """The Bolt app on our client (one workspace, its bot token)."""
+    return App(
+        client=client,
+        signing_secret=signing_secret or None,
+        # Socket Mode needs no signature; HTTP mode always verifies (see bot.server).
+        request_verification_enabled=bool(signing_secret),
+        token_verification_enabled=False,  # build_app called auth.test already
+        # Listeners only queue work, so acknowledging first costs nothing and beats Slack's 3 s.
+        process_before_response=False,
+        ignoring_self_events_enabled=True,
+        logger=logging.getLogger("slack_bolt"),
+        listener_executor=listener_threads,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -287,6 +288,22 @@ def test_an_apology_replaces_an_answer_that_could_not_be_posted_whole(make_kb, f
     assert running.bot.services.pool.wait_idle(30)
     shown = next(m for m in fake_slack.messages("C7") if m.get("user") == BOT_USER_ID)  # the placeholder
     assert shown["text"].startswith("Sorry, something went wrong") and not shown.get("blocks")
+
+
+def test_slack_oauth_settings_in_the_environment_do_not_take_the_bot_over(make_kb, fake_slack, start_bot,
+                                                                           monkeypatch, caplog):
+    """Bolt switches to its OAuth installation store when both are set (compose passes .env through)
+    and then answers nothing; the bot serves its one workspace anyway, and says it ignores them."""
+    monkeypatch.setenv("SLACK_CLIENT_ID", "1234.5678")
+    monkeypatch.setenv("SLACK_CLIENT_SECRET", "not-used")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", fake_slack.bot_token)
+    caplog.set_level(logging.INFO)
+    start_bot(make_kb())
+    fake_slack.send_event(fake_slack.mention(QUESTION, channel="C11"))
+    _final(fake_slack, "C11")
+    assert os.environ["SLACK_CLIENT_ID"] == "1234.5678"  # given back once the app is made
+    assert any("SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are not used" in r.getMessage() for r in caplog.records)
+    assert not any("token will be unused" in r.getMessage() for r in caplog.records)
 
 
 def test_http_mode_signatures(make_kb, fake_slack, start_bot):
