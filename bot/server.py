@@ -134,6 +134,8 @@ def serve(settings: BotSettings, kb, *, stop: threading.Event | None = None) -> 
     adopt_library_loggers()  # the KnowledgeBase is built: pymilvus has set up its own handler
     if settings.citation_warning():  # once per start: every cited link would mislead
         log.warning(settings.citation_warning())
+    if settings.state_warning():  # two such replicas would both answer every question
+        log.warning(settings.state_warning())
     stop = stop or threading.Event()
     _stop_on_sigterm(stop)
     metrics = Metrics()

@@ -6,6 +6,8 @@ listed in `.env.example` with its default.
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Literal
 
@@ -94,6 +96,16 @@ class BotSettings(KnowledgeSettings):
             value = str(self.feedback_db)
         url = database_url(value, default_path=self.data_dir / "feedback.sqlite")
         return url.render_as_string(hide_password=False)
+
+    def state_warning(self) -> str:
+        """Why replicas of this configuration would not share their state ("" when they would, or
+        when the store is a Lite file, which only one process opens anyway)."""
+        served = re.match(r"^[a-z][a-z0-9+.-]*://", self.milvus_target, re.I)  # not a Lite file
+        if served and self.database_target().startswith("sqlite"):
+            return ("MILVUS_URI is a server but DATABASE_URL is not set: this process keeps its claims, limits "
+                    "and refresh lease in its own SQLite file, so a second replica would answer every question "
+                    "again. Run one replica, or give every replica the same PostgreSQL in DATABASE_URL")
+        return ""
 
     @field_validator("auto_answer_channels", "channel_sources", "escalation_contacts")
     @classmethod

@@ -80,3 +80,14 @@ def test_data_dir_defaults_to_the_per_user_folder_wherever_the_bot_starts(tmp_pa
     assert KnowledgeSettings().data_dir == tmp_path / "xdg" / "supportbot"  # empty, as in .env.example
     monkeypatch.setenv("DATA_DIR", "~/bot-data")
     assert KnowledgeSettings().data_dir == Path("~/bot-data").expanduser()
+
+
+def test_a_milvus_server_without_a_shared_database_is_warned_about(tmp_path):
+    """Replicas on one Milvus server, each with its own SQLite state, would all answer every question."""
+    def warning(**values) -> str:
+        return BotSettings(_env_file=None, data_dir=tmp_path, **values).state_warning()
+
+    assert "DATABASE_URL is not set" in warning(milvus_uri="http://127.0.0.1:19530")
+    assert "DATABASE_URL is not set" in warning(milvus_uri="https://in01-x.zillizcloud.com", feedback_db=tmp_path / "f.db")
+    assert warning(milvus_uri="http://127.0.0.1:19530", database_url="postgresql://bot:pw@127.0.0.1/bot") == ""
+    assert warning() == "" and warning(milvus_uri=str(tmp_path / "milvus.db")) == ""  # Lite: one process anyway
