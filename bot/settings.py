@@ -100,7 +100,7 @@ class BotSettings(KnowledgeSettings):
     def state_warning(self) -> str:
         """Why replicas of this configuration would not share their state ("" when they would, or
         when the store is a Lite file, which only one process opens anyway)."""
-        served = re.match(r"^[a-z][a-z0-9+.-]*://", self.milvus_target, re.I)  # not a Lite file
+        served = re.match(r"^[a-z][a-z0-9+.-]*://", self.milvus_target, re.IGNORECASE)  # not a Lite file
         if served and self.database_target().startswith("sqlite"):
             return ("MILVUS_URI is a server but DATABASE_URL is not set: this process keeps its claims, limits "
                     "and refresh lease in its own SQLite file, so a second replica would answer every question "
