@@ -7,7 +7,6 @@ listed in `.env.example` with its default.
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Literal
 
