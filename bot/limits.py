@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
 RATE_MESSAGE = "You're asking faster than I can answer — try again in {seconds} {unit}."
-BUSY_MESSAGE = "I'm still working on your previous question… I'll get to the next one once it's answered."
+# Refused, not queued: the text must not promise an answer later.
+BUSY_MESSAGE = "I'm still working on your previous question… please ask this one again once that answer is in."
 
 
 @dataclass(frozen=True)
