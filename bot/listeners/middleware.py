@@ -33,8 +33,10 @@ def register(app: App, services: Services) -> None:
             log.warning("cannot record event %s (%s): handling it", event_id, error)
             first = True
         if not first:
-            # Slack retries when an ack was late; the first delivery is (being) answered.
-            log.info("retried event %s (retry %s) acknowledged and dropped", event_id, retry)
+            # Slack retries when an ack was late, and may deliver one event to two replicas (or both
+            # connections); the first delivery is (being) answered.
+            log.info("event %s seen before (%s) acknowledged and dropped", event_id,
+                     f"retry {retry}" if retry not in ("", "0") else "delivered again")
             return BoltResponse(status=200, body="")
         if retry not in ("", "0"):
             event = body.get("event") or {}
