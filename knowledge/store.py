@@ -133,12 +133,14 @@ class VectorStore:
         self._broken = False
         self._reconnect_lock = threading.Lock()
         self._client = self._connect(uri, token, timeout)
-        self._server_hybrid = self._server_supports_hybrid()
+        version = self._server_version()
+        self._server_hybrid = version is None or version >= (2, 5)
         self.mismatch = ""  # why the serving collection cannot be used, "" when it can
         self.stale = ""  # why it serves dense-only until rebuilt, "" when it is current
         self.supports_hybrid = self._server_hybrid
-        # Several vector fields per collection came with Milvus 2.4; 2.3 refuses them.
-        self._server_title = True
+        # Several vector fields per collection came with Milvus 2.4; 2.3 refuses them (known from
+        # its version, so no failing create on the way: pymilvus logs those as errors with a traceback).
+        self._server_title = version is None or version >= (2, 4)
         self.has_title_vector = False
         self.has_sentence_vectors = False
         self._sentences_field = False
@@ -184,16 +186,16 @@ class VectorStore:
             reason = _one_line(error)
             raise StoreUnavailableError(f"Cannot open Milvus at {shown}: {reason}") from None
 
-    def _server_supports_hybrid(self) -> bool:
-        """BM25 functions and hybrid search came with Milvus 2.5 (and Milvus Lite 3)."""
+    def _server_version(self) -> tuple[int, int] | None:
+        """The server's (major, minor); None for Milvus Lite (3.x: everything) or when unknown (try
+        each feature, and fall back on the first refusal). BM25 functions and hybrid search came
+        with Milvus 2.5."""
         try:
             version = str(self._client.get_server_version())
         except Exception:
-            return True  # unknown: try, and fall back on the first refusal
-        if version.startswith("milvus_lite"):
-            return True
-        match = re.search(r"(\d+)\.(\d+)", version)
-        return not match or (int(match[1]), int(match[2])) >= (2, 5)
+            return None
+        match = None if version.startswith("milvus_lite") else re.search(r"(\d+)\.(\d+)", version)
+        return (int(match[1]), int(match[2])) if match else None
 
     def _open_serving(self) -> None:
         target = self.physical_name()
