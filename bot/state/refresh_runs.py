@@ -41,6 +41,7 @@ class RunRow:
     error: str
     skipped: str
     joined_run: int | None = None  # the run that serves a joined request
+    holder: str = ""  # the replica (host:pid:random) that runs it or queued it
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ class RefreshRuns(HolderState):
                 if running is not None:
                     return running
                 # The lease is held but its run row is not visible yet: report the holder's start.
-                return RunRow(0, "another replica", False, now, None, "running", None, "", "")
+                holder = connection.execute(sa.select(leases.c.holder).where(
+                    leases.c.name == REFRESH_LEASE)).scalar() or ""
+                return RunRow(0, "another replica", False, now, None, "running", None, "", "", holder=holder)
             run_id = connection.execute(refresh_runs.insert().values(
                 requested_by=by, rebuild=rebuild, holder=self.holder, started_at=now,
                 lease_until=now + self.lease_seconds, state="running",
@@ -211,5 +214,5 @@ def _run(row) -> RunRow | None:
     return RunRow(
         id=row.id, by=row.requested_by, rebuild=bool(row.rebuild), started_at=row.started_at,
         finished_at=row.finished_at, state=row.state, report=json.loads(row.report) if row.report else None,
-        error=row.error, skipped=row.skipped, joined_run=row.joined_run,
+        error=row.error, skipped=row.skipped, joined_run=row.joined_run, holder=row.holder,
     )
