@@ -41,8 +41,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.logging_setup import redact
 from bot.mrkdwn import escape as _escape
-from bot.state.refresh_runs import RunRow
+from bot.state.refresh_runs import DIED, RunRow, Started
 from knowledge.errors import KnowledgeError, RefreshInProgressError
+from knowledge.types import RefreshReport
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,24 @@ TICK_TOLERANCE = 30.0  # seconds a replica's scheduler may fire late and still n
 # unseen here; this process's own run wakes it at once) and gives up after this long.
 QUEUE_POLL_SECONDS = 2.0
 QUEUE_WAIT_SECONDS = 6 * 3600.0
+# A refresh in the foreground (the first index at `serve` start, `supportbot index`) that finds one
+# running on another replica looks this often whether it has ended, says every WAIT_NOTE_SECONDS
+# that it still waits, and gives up after LEASE_WAIT_SECONDS. A runner that died stops renewing its
+# lease (CLAIM_LEASE_SECONDS), so a waiter takes over within that time after its death.
+LEASE_POLL_SECONDS = 2.0
+LEASE_WAIT_SECONDS = QUEUE_WAIT_SECONDS
+WAIT_NOTE_SECONDS = 300.0
+# After another replica's run ended well, how long its writes may take to show here (Milvus's
+# default "Bounded" consistency lags up to 5 s) before this process builds the index itself.
+SETTLE_SECONDS = 10.0
 
 
 class ScheduleError(KnowledgeError):
     """REINDEX_SCHEDULE is not a crontab, an interval or "never"."""
+
+
+class RefreshWaitError(KnowledgeError):
+    """A foreground refresh waited LEASE_WAIT_SECONDS for one running on another replica, which still runs."""
 
 
 def parse_schedule(value: str, *, timezone=None) -> BaseTrigger | None:
@@ -606,6 +621,115 @@ class Refresher:
             scheduler.shutdown(wait=False)
         if thread is not None and timeout > 0:
             thread.join(timeout)
+
+
+# ---- in the foreground, across replicas ---------------------------------------------------
+
+
+def refresh_under_lease(kb, runs, *, by: str, rebuild: bool = False, progress: bool = False,
+                        needed: Callable[[], bool] | None = None, purpose: str = "") -> RefreshReport | None:
+    """Refresh `kb` in this thread as the one holder of the replicas' refresh lease (`runs`,
+    bot.state.refresh_runs.RefreshRuns), renewing it meanwhile, and record the run; the report.
+
+    When another process runs a refresh, wait for it to end (saying whose it is), then refresh
+    here, unless `needed()` (asked once it has ended) says its run did what this one was for:
+    then return None. A runner that dies stops renewing its lease, so a waiter takes over once
+    it lapses. Raises RefreshWaitError after LEASE_WAIT_SECONDS of waiting, StateError when the
+    state database fails, and what kb.refresh raises (the run is recorded as failed first).
+    """
+    deadline = time.monotonic() + LEASE_WAIT_SECONDS
+    ended: RunRow | None = None  # the other process's run this one waited for, once it ended
+    noted: tuple[int, str] | None = None
+    while True:
+        if noted is not None and needed is not None and not _still_needed(needed, ended):
+            log.info("The refresh on another replica did what this one was for: none here.")
+            return None
+        started = runs.start(by=by, rebuild=rebuild)
+        if isinstance(started, Started):
+            if ended is not None and ended.state != "ok":
+                how = "stopped before it finished" if ended.error == DIED else f"ended {ended.state}"
+                log.info("The index refresh by %s on %s %s: refreshing here.", ended.by,
+                         ended.holder or "another replica", how)
+            return _refresh_holding(kb, runs, started, by=by, progress=progress)
+        if noted != (started.id, started.holder):
+            noted = (started.id, started.holder)
+            log.info("Waiting for the index refresh by %s on %s (running since %s) to end%s; if it stops, "
+                     "this process takes over within %.0f s.", started.by, started.holder or "another replica",
+                     _clock_text(started.started_at), f" {purpose}" if purpose else "", runs.lease_seconds)
+        _wait_while_running(runs, started, deadline=deadline)
+        ended = runs.get(started.id) if started.id else None
+
+
+def _wait_while_running(runs, run: RunRow, *, deadline: float) -> None:
+    """Until `run`, another process's, is no longer running (ended, or its lease lapsed)."""
+    began = noted = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise RefreshWaitError(
+                f"Gave up after {_duration(now - began)} waiting for the index refresh by {run.by} on "
+                f"{run.holder or 'another replica'} (running since {_clock_text(run.started_at)}), which still runs; "
+                "start again once it has ended.")
+        time.sleep(min(LEASE_POLL_SECONDS, max(0.0, deadline - now)))
+        current = runs.running()
+        if current is None or current.id != run.id:
+            return
+        if time.monotonic() - noted >= WAIT_NOTE_SECONDS:
+            noted = time.monotonic()
+            log.info("Still waiting for the index refresh by %s on %s (%s so far).", run.by,
+                     run.holder or "another replica", _duration(noted - began))
+
+
+def _still_needed(needed: Callable[[], bool], ended: RunRow | None) -> bool:
+    """Whether this process must still refresh after another's run ended: at once when that run
+    failed, else once its writes have had SETTLE_SECONDS to show and still do not."""
+    if not needed():
+        return False
+    if ended is None or ended.state != "ok":
+        return True
+    settle = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < settle:
+        time.sleep(min(LEASE_POLL_SECONDS, SETTLE_SECONDS))
+        if not needed():
+            return False
+    log.warning("The index refresh by %s on %s ended well, but the index here still needs one (another "
+                "MILVUS_URI than that replica's?): refreshing here.", ended.by, ended.holder or "another replica")
+    return True
+
+
+def _refresh_holding(kb, runs, started: Started, *, by: str, progress: bool):
+    """kb.refresh while a thread renews the lease; the run's end is recorded and the lease freed."""
+    if started.serves:
+        log.info("index refresh by %s also serves the request(s) queued by %s", by, ", ".join(started.serves))
+    stop = threading.Event()
+
+    def keep_lease() -> None:
+        while not stop.wait(max(runs.lease_seconds / 3, 0.05)):
+            try:
+                runs.renew()
+            except Exception as error:  # noqa: BLE001 - the next beat retries; the lease lapses if it cannot
+                log.warning("could not renew the refresh lease: %s", one_line(error))
+
+    keeper = threading.Thread(target=keep_lease, name="refresh-lease", daemon=True)
+    keeper.start()
+    state, report, error, skipped = "failed", None, "", ""
+    try:
+        result = kb.refresh(rebuild=started.rebuild, progress=progress)
+        state, report = "ok", result.to_dict()
+        return result
+    except RefreshInProgressError as busy:  # another process of this DATA_DIR, without the lease
+        state, skipped = "skipped", busy_message(busy.started_at, "another process")
+        raise
+    except BaseException as failure:  # Ctrl-C too: the lease is freed now, not when it lapses
+        error = one_line(failure)
+        raise
+    finally:
+        stop.set()
+        keeper.join()
+        try:
+            runs.finish(started.id, state=state, report=report, error=error, skipped=skipped)
+        except Exception as failure:  # noqa: BLE001 - its lease lapses; the run reads as stopped
+            log.warning("could not record the end of refresh run %d: %s", started.id, one_line(failure))
 
 
 # ---- texts ------------------------------------------------------------------------------
