@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -30,6 +31,9 @@ Typical first run:  supportbot index  then  supportbot ask "How is data stored?"
 
 
 log = logging.getLogger("supportbot")
+
+START_UP_BY = "start-up"  # who ran a refresh, as /reindex status shows it
+INDEX_BY = "supportbot index"
 
 
 class SettingsProblem(Exception):
@@ -81,7 +85,16 @@ def _print_json(data: object) -> None:
 def cmd_index(args: argparse.Namespace, settings) -> int:
     kb = _knowledge_base(settings)
     try:
-        report = kb.refresh(rebuild=args.rebuild, progress=not args.json)
+        # The replicas' refresh lease: a refresh running elsewhere (a replica building the first
+        # index, a scheduled one, /reindex) is waited for, then this one brings in what it missed.
+        with _refresh_lease(settings, required=False) as runs:
+            if runs is None:
+                report = kb.refresh(rebuild=args.rebuild, progress=not args.json)
+            else:
+                from bot.refresher import refresh_under_lease
+
+                report = refresh_under_lease(kb, runs, by=INDEX_BY, rebuild=args.rebuild, progress=not args.json,
+                                             purpose="before indexing (Ctrl-C stops waiting)")
     finally:
         kb.close()
     if args.json:
@@ -204,15 +217,18 @@ def _require_index(kb) -> None:
                              "(it reads the docs KNOWLEDGE_SOURCES names).")
 
 
-def _ensure_index(kb, *, progress: bool) -> None:
+def _ensure_index(kb, *, progress: bool, runs=None) -> None:
     """Build the index when there is none or it cannot serve (built for another model).
 
     An index whose keywords an older version analysed still serves (dense only):
     `serve` rebuilds it in the background, `supportbot index --rebuild` at once.
+
+    With `runs` (bot.state.refresh_runs.RefreshRuns on DATABASE_URL) the build holds the
+    replicas' refresh lease: of the replicas starting on one empty index one builds it, the
+    others wait for that run to end and serve what it built (and take over if it dies).
     """
-    status = kb.status()
-    reason = status.get("rebuild_reason", "")
-    if status.get("chunks", 0) and (not reason or status.get("serves_until_rebuilt")):
+    serves, reason = _index_serves(kb)
+    if serves:
         if reason:
             log.warning("%s Dense search only until it is rebuilt (`supportbot index --rebuild`; "
                         "`serve` starts that in the background).", reason)
@@ -221,11 +237,65 @@ def _ensure_index(kb, *, progress: bool) -> None:
         log.info("%s Rebuilding it from KNOWLEDGE_SOURCES", reason)
     else:
         log.info("No index yet: building it from KNOWLEDGE_SOURCES")
-    report = kb.refresh(progress=progress)
+    if runs is None:
+        report = kb.refresh(progress=progress)
+    else:
+        from bot.refresher import refresh_under_lease
+
+        report = refresh_under_lease(kb, runs, by=START_UP_BY, progress=progress, purpose="before serving",
+                                     needed=lambda: not _index_serves(kb, follow=True)[0])
+        if report is None:
+            log.info("Serving the index another replica built (%d chunks)", kb.status().get("chunks", 0))
+            return
     log.info("Indexed %d documents into %d chunks in %.1f s",
              report.documents, report.chunks, report.seconds)
     for name, reason in report.failed.items():
         log.warning("Source %r failed: %s", name, reason)
+
+
+def _index_serves(kb, *, follow: bool = False) -> tuple[bool, str]:
+    """Whether the index can serve as it is, and why it needs a rebuild ("" when it does not).
+
+    `follow`: first serve the collection the serving name points at now (another replica may
+    have switched it to the one it rebuilt)."""
+    follow_serving = getattr(kb.store, "follow_serving", None) if follow else None
+    if follow_serving is not None:
+        follow_serving()
+    status = kb.status()
+    reason = status.get("rebuild_reason", "")
+    return bool(status.get("chunks", 0) and (not reason or status.get("serves_until_rebuilt"))), reason
+
+
+@contextmanager
+def _refresh_lease(settings, *, required: bool = True):
+    """The replicas' refresh runs (bot.state.refresh_runs.RefreshRuns) on DATABASE_URL, for this
+    process; raises StateError when the state database cannot be opened, unless not `required`:
+    then it says so and yields None (the refresh runs without the lease)."""
+    from bot.state import Database, StateError
+    from bot.state.refresh_runs import RefreshRuns
+
+    try:
+        database = Database.from_settings(settings)
+    except StateError as error:
+        if required:
+            raise
+        log.warning("%s: refreshing without the replicas' refresh lease (a replica may refresh at the same time)",
+                    error)
+        database = None
+    try:
+        yield database and RefreshRuns(database=database, holder=_process_id(),
+                                       lease_seconds=settings.claim_lease_seconds)
+    finally:
+        if database is not None:
+            database.close()
+
+
+def _process_id() -> str:
+    """This process among the replicas, as bot.app names a replica: host, pid and a random part."""
+    import socket
+    import uuid
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _check_answerer(kb) -> None:
@@ -251,7 +321,8 @@ def cmd_serve(args: argparse.Namespace, settings) -> int:
     kb = _knowledge_base(settings)
     try:
         _check_answerer(kb)
-        _ensure_index(kb, progress=settings.log_format != "json")
+        with _refresh_lease(settings) as runs:  # replicas starting together build the index once
+            _ensure_index(kb, progress=settings.log_format != "json", runs=runs)
         serve(settings, kb)
     finally:
         kb.close()
@@ -383,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("index", cmd_index, "build or refresh the index from KNOWLEDGE_SOURCES",
             "Read the sources, chunk them by section, embed new or changed chunks and update "
-            "the Milvus index in place (unchanged chunks are not re-embedded).")
+            "the Milvus index in place (unchanged chunks are not re-embedded). It holds the "
+            "refresh lease the bot replicas share (DATABASE_URL): when a refresh runs elsewhere "
+            "(a replica building the first index, a scheduled refresh, /reindex) it says so, "
+            "waits for it to end, then refreshes what that one missed.")
     p.add_argument("--rebuild", action="store_true",
                    help="build a fresh collection and switch to it atomically")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
@@ -420,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
         "use the earlier turns. Ctrl-D or 'exit' ends it.")
     add("serve", cmd_serve, "run the Slack bot (Socket Mode or HTTP Events API)",
         "Socket Mode when SLACK_APP_TOKEN is set, the HTTP Events API when "
-        "SLACK_SIGNING_SECRET is set. Builds the index first when there is none.")
+        "SLACK_SIGNING_SECRET is set. Builds the index first when there is none; replicas "
+        "sharing DATABASE_URL build it once (the others wait for that build, then serve it).")
     add("run", cmd_run, "index if needed, then serve Slack (or chat when no Slack tokens are set)")
 
     p = add("feedback", cmd_feedback, "recent 👍/👎 feedback and questions the docs did not answer")
