@@ -67,6 +67,19 @@ from knowledge.types import Candidate, Chunk, as_source_filter
 
 logger = logging.getLogger(__name__)
 
+
+class _AliasExistsFilter(logging.Filter):
+    """Drops pymilvus's ERROR line, with its traceback, for a create_alias refused because the
+    alias exists: processes opening or switching the same index at one moment meet that, and
+    VectorStore._create_alias handles it (it logs one INFO line instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("[create_alias]" in message and re.search(r"already (exist|aliased)", message, re.IGNORECASE))
+
+
+logging.getLogger("pymilvus.decorators").addFilter(_AliasExistsFilter())
+
 HEADING_SEPARATOR = "\n"  # headings never contain a newline
 MODEL_PROPERTY = "supportbot.model_id"
 DIMENSION_PROPERTY = "supportbot.dimension"
@@ -200,16 +213,29 @@ class VectorStore:
     def _open_serving(self) -> None:
         target = self.physical_name()
         if target is None:
-            target = self._create_physical()
-            try:
-                self._client.create_alias(target, self.name)
-            except MilvusException:
+            created = self._create_physical()
+            target = self._create_alias(created)
+            if target != created:
                 # Another process created the serving collection at the same moment: use theirs.
-                self._call(self._client.drop_collection, target)
-                target = self.physical_name()
-                if target is None:
-                    raise StoreError(f"Cannot create the Milvus alias {self.name}") from None
+                self._call(self._client.drop_collection, created)
         self._adopt(target)
+
+    def _create_alias(self, target: str) -> str:
+        """Point the serving name at `target` by creating it; the collection it points at then:
+        `target`, or the one another process (a replica starting at the same moment) gave it
+        just before. Raises StoreError when the alias can be neither created nor found."""
+        try:
+            self._call(self._client.create_alias, target, self.name)
+            return target
+        except StoreUnavailableError:
+            raise
+        except StoreError as error:
+            current = self.physical_name()
+            if current is None or current == self.name:
+                raise StoreError(f"Cannot create the Milvus alias {self.name}: {error}") from None
+            logger.info("The Milvus alias %s was created by another process at the same moment (on %s)",
+                        self.name, current)
+            return current
 
     def _adopt(self, target: str) -> None:
         """Serve `target`: load it and read what it can do, whether it fits this model, and
@@ -448,10 +474,12 @@ class VectorStore:
         if old == self.name:
             # A plain collection holds the name: it must go before the alias can exist.
             self._call(self._client.drop_collection, old)
-            self._call(self._client.create_alias, staging, self.name)
-        elif old is None:
-            self._call(self._client.create_alias, staging, self.name)
-        else:
+            old = None
+        if old is None:
+            # Another process may create the alias at the same moment (opening an empty index):
+            # then it is altered to point here like any other, and that collection dropped.
+            old = self._create_alias(staging)
+        if old != staging:
             self._call(self._client.alter_alias, staging, self.name)
             # Switch first, then drop: Milvus Lite drops an alias along with its collection.
             self._call(self._client.drop_collection, old)
