@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import uuid
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from bot.channels import ChannelRules
 from bot.learning import Learner
 from bot.limits import UserLimiter
 from bot.observability import Metrics
-from bot.state import Database, Records
+from bot.state import Database, Records, replica_id
 from bot.state.claims import Claims
 from bot.state.limits import SharedLimits
 from bot.state.membership_changes import MembershipChanges
@@ -70,11 +68,6 @@ def web_client(settings: BotSettings) -> WebClient:
         base_url=settings.slack_api_url,
         retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2), RateLimitErrorRetryHandler(max_retry_count=2)],
     )
-
-
-def replica_id() -> str:
-    """This process among the replicas: host, pid and a random part (pids repeat across restarts)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def build_app(

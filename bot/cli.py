@@ -271,7 +271,7 @@ def _refresh_lease(settings, *, required: bool = True):
     """The replicas' refresh runs (bot.state.refresh_runs.RefreshRuns) on DATABASE_URL, for this
     process; raises StateError when the state database cannot be opened, unless not `required`:
     then it says so and yields None (the refresh runs without the lease)."""
-    from bot.state import Database, StateError
+    from bot.state import Database, StateError, replica_id
     from bot.state.refresh_runs import RefreshRuns
 
     try:
@@ -283,19 +283,11 @@ def _refresh_lease(settings, *, required: bool = True):
                     error)
         database = None
     try:
-        yield database and RefreshRuns(database=database, holder=_process_id(),
+        yield database and RefreshRuns(database=database, holder=replica_id(),
                                        lease_seconds=settings.claim_lease_seconds)
     finally:
         if database is not None:
             database.close()
-
-
-def _process_id() -> str:
-    """This process among the replicas, as bot.app names a replica: host, pid and a random part."""
-    import socket
-    import uuid
-
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _check_answerer(kb) -> None:

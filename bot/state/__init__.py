@@ -33,7 +33,7 @@ Adding a table (or a column):
      tests/test_state.py has the SQLite and PostgreSQL (pgserver) fixtures.
 """
 
-from bot.state.database import Database, StateError, database_url
+from bot.state.database import Database, StateError, database_url, replica_id
 from bot.state.records import (
     AnswerRow,
     FeedbackRow,
@@ -53,4 +53,5 @@ __all__ = [
     "StateError",
     "database_url",
     "format_feedback_report",
+    "replica_id",
 ]

@@ -10,8 +10,11 @@ transaction-scoped advisory locks.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,6 +194,12 @@ _PRE_ALEMBIC = (
     "CREATE INDEX IF NOT EXISTS answers_thread ON answers (channel, thread_ts)",
     "CREATE INDEX IF NOT EXISTS answers_status ON answers (status, created_at)",
 )
+
+
+def replica_id() -> str:
+    """This process among the replicas, as a holder of claims and leases: host, pid and a random
+    part (pids repeat across restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class HolderState:
