@@ -77,13 +77,26 @@ def pack(vectors: np.ndarray) -> str:
     Cosines from the unpacked rows differ from float32's by about 0.003: plenty to
     rank a few candidates' sentences. "" for no rows.
     """
+    return pack_quantised(quantise(vectors))
+
+
+def quantise(vectors: np.ndarray) -> np.ndarray:
+    """The int8 rows `pack` stores: each row on its own, so rows quantised apart and
+    stacked pack exactly as the same rows quantised together."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.size == 0:
-        return ""
+        return np.zeros(vectors.shape, dtype=np.int8)
     scale = np.abs(vectors).max(axis=1, keepdims=True)
     scale[scale == 0] = 1.0
-    quantised = np.round(vectors / scale * 127).astype(np.int8)
-    return base64.b64encode(quantised.tobytes()).decode("ascii")
+    return np.round(vectors / scale * 127).astype(np.int8)
+
+
+def pack_quantised(rows: np.ndarray) -> str:
+    """`quantise`'s int8 rows as `pack` stores them; "" for no rows."""
+    rows = np.asarray(rows, dtype=np.int8)
+    if rows.size == 0:
+        return ""
+    return base64.b64encode(rows.tobytes()).decode("ascii")
 
 
 def unpack(packed: str, dimension: int) -> np.ndarray:

@@ -260,6 +260,13 @@ class Indexer:
         # Similar lengths side by side: each model batch pads to its longest text, and
         # sorting the whole list (not just each encode call's share) removes most padding.
         chunks = sorted(chunks, key=lambda c: len(c.search_text))
+        # Each distinct sentence is embedded once per run, whatever batch meets it again:
+        # chunk overlap repeats sentences and markup repeats across pages (over the Milvus
+        # docs, 35k sentences but 24k distinct texts). The dict lives for this call only and
+        # keeps the int8 rows `evidence.pack` stores (1 byte a dimension): about 30 MB with
+        # its keys for 25,000 distinct sentences of a 1024-d model (float32 rows: ~105 MB).
+        # It grows with the corpus, as the chunk list this call already holds does.
+        sentence_rows: dict[str, np.ndarray] = {}
         bar = _progress_bar(len(chunks)) if progress else None
         try:
             for start in range(0, len(chunks), self.batch_size):
@@ -270,7 +277,7 @@ class Indexer:
                     titles = self._title_vectors(batch)
                 sentences = None
                 if store.holds_sentence_vectors(collection=collection):
-                    sentences = self._sentence_vectors(batch, dimension=store.dimension)
+                    sentences = self._sentence_vectors(batch, dimension=store.dimension, known=sentence_rows)
                 store.upsert(batch, vectors, title_vectors=titles, sentence_vectors=sentences,
                              collection=collection)
                 if bar is not None:
@@ -288,17 +295,24 @@ class Indexer:
         row = {text: i for i, text in enumerate(unique)}
         return vectors[[row[text] for text in texts]]
 
-    def _sentence_vectors(self, chunks: Sequence[Chunk], *, dimension: int) -> list[str]:
-        """Each chunk's sentences' vectors, packed for its row (knowledge.evidence)."""
+    def _sentence_vectors(self, chunks: Sequence[Chunk], *, dimension: int,
+                          known: dict[str, np.ndarray] | None = None) -> list[str]:
+        """Each chunk's sentences' vectors, packed for its row (knowledge.evidence).
+
+        Each distinct sentence not in `known` (text -> its quantised row, filled here) is
+        embedded once, as the titles are. Its vector is the one it got among its chunk's
+        neighbours, up to float noise (the embedder batches by tokens; docs/performance.md).
+        """
+        known = {} if known is None else known
         limit = evidence.max_sentences(dimension)
         per_chunk = [evidence.sentences(c.text, limit=limit) for c in chunks]
-        flat = [text for texts in per_chunk for text in texts]
-        vectors = np.asarray(self.embedder.embed_documents(flat)) if flat else np.zeros((0, dimension))
-        packed, start = [], 0
-        for texts in per_chunk:
-            packed.append(evidence.pack(vectors[start : start + len(texts)]))
-            start += len(texts)
-        return packed
+        new = list(dict.fromkeys(text for texts in per_chunk for text in texts if text not in known))
+        if new:
+            rows = evidence.quantise(np.asarray(self.embedder.embed_documents(new)))
+            known.update(zip(new, rows, strict=True))
+        empty = np.zeros((0, dimension), dtype=np.int8)
+        return [evidence.pack_quantised(np.stack([known[text] for text in texts]) if texts else empty)
+                for texts in per_chunk]
 
 
 def section_title(chunk: Chunk) -> str:

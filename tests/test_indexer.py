@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from knowledge import evidence
@@ -300,3 +301,72 @@ def test_killed_refresh_then_rerun_ends_consistent(settings, embedder, docs):
         assert store.content_hashes() == expected_hashes(settings, embedder)
     finally:
         store.close()
+
+
+# ---- sentence vectors: each distinct sentence embedded once a run -------------------------
+
+REPEATED = "Milvus Lite runs inside your Python process and suits quick prototypes."
+SENTENCE_DOCS = {
+    "alpha.md": f"# Alpha guide\n\n## Install\n\n{REPEATED} Install it with pip before you start.\n\n"
+                f"## Scale\n\nAdd query nodes when searches queue up behind each other. {REPEATED}\n",
+    "beta.md": f"# Beta guide\n\n## Try it\n\n{REPEATED} Move to a cluster for production traffic.\n",
+}
+
+
+class Recording:
+    """An embedder that records each embed_documents call's texts apart (sentence calls from the rest)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.batches: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed_documents(self, texts, *, progress=False):
+        self.batches.append(list(texts))
+        return self.inner.embed_documents(texts, progress=progress)
+
+
+@pytest.mark.parametrize(("model", "batch_size"), [("hashing", 1), ("hashing", 100), ("tiny", 1)])
+def test_each_distinct_sentence_is_embedded_once_a_run_and_every_chunk_keeps_its_vectors(
+        request, tmp_path, milvus_lite_uri, model, batch_size):
+    folder = tmp_path / "sentence-docs"
+    folder.mkdir()
+    for name, text in SENTENCE_DOCS.items():
+        (folder / name).write_text(text)
+    settings = KnowledgeSettings(_env_file=None, knowledge_sources=f"docs={folder}::*.md",
+                                 data_dir=tmp_path / "data", milvus_uri=milvus_lite_uri)
+    if model == "tiny":  # the real Embedder (token batches) over the tiny Qwen3-shaped model
+        from knowledge.embedder import Embedder
+
+        path = request.getfixturevalue("tiny_embedder_path")
+        embedder = Recording(Embedder(model=str(path), device="cpu", dtype="float32"))
+    else:
+        embedder = Recording(HashingEmbedder(dimension=64))
+    store = open_store(settings, embedder)
+    try:
+        # batch_size=1: every chunk is an upsert batch of its own, so the repeats cross batches.
+        report = Indexer(settings=settings, embedder=embedder, store=store, batch_size=batch_size).refresh()
+        chunks = store.get(list(store.content_hashes()))
+        packed = store.sentence_vectors([c.id for c in chunks])
+    finally:
+        store.close()
+    assert report.chunks == len(chunks) >= 2
+    limit = evidence.max_sentences(embedder.dimension)
+    per_chunk = {c.id: evidence.sentences(c.text, limit=limit) for c in chunks}
+    # The case in point: a sentence repeated across chunks (and batches), within one too when
+    # the sections are joined (the tiny model's tokens split them).
+    assert sum(texts.count(REPEATED) for texts in per_chunk.values()) == 3
+    assert sum(REPEATED in texts for texts in per_chunk.values()) >= 2
+    distinct = {text for texts in per_chunk.values() for text in texts}
+    sentence_calls = [batch for batch in embedder.batches if set(batch) <= distinct]
+    embedded = [text for batch in sentence_calls for text in batch]
+    assert sorted(embedded) == sorted(distinct)  # each once, over the whole run
+    # Every chunk's row still holds one vector per sentence, in order, each its sentence's own
+    # (embedded alone here: int8 packing and batch padding move it by little).
+    for chunk_id, texts in per_chunk.items():
+        rows = evidence.unpack(packed[chunk_id], embedder.dimension)
+        assert rows.shape == (len(texts), embedder.dimension)
+        expected = np.concatenate([embedder.inner.embed_documents([text]) for text in texts])
+        assert np.einsum("ij,ij->i", rows, expected).min() > 0.99
