@@ -29,6 +29,11 @@ _BOUNDARY = re.compile(r"(?<=[.!?])\s+|(?<=[。！？；])\s*|\n+")
 MIN_SENTENCE_CHARS = 20
 # The packed vectors of one chunk go into one VARCHAR field (at most 65,535 bytes).
 PACKED_BYTES = 65535
+# HTML tags (the docs' tables, tabs and notes are HTML) and a letter or digit in any script:
+# a sentence with none outside its tags ("</tr> </thead> <tbody>", "|---|---|", "//   ],")
+# is markup or punctuation, and its vector would only match other markup.
+_HTML_TAG = re.compile(r"<[^<>]*>")
+_WORD_CHAR = re.compile(r"[^\W_]")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -41,7 +46,9 @@ def sentences(text: str, *, limit: int) -> list[str]:
     """The sentences of `text` worth a vector, at most `limit` (neighbours merged to fit).
 
     Link targets are dropped (their words are not the docs'); a piece too short to stand
-    alone ("e.g.", a short heading) joins the next one, or the last. [] for empty text.
+    alone ("e.g.", a short heading) joins the next one, or the last; a piece without a word
+    (`has_words`: pure HTML markup or punctuation) is no evidence and is left out. [] for
+    empty text.
     """
     if limit < 1:
         return []
@@ -59,11 +66,17 @@ def sentences(text: str, *, limit: int) -> list[str]:
             parts[-1] = f"{parts[-1]} {pending}"
         else:
             parts = [pending]
+    parts = [part for part in parts if has_words(part)]
     if len(parts) > limit:
         # Neighbours merged into `limit` groups: every word keeps a vector somewhere.
         groups = np.array_split(np.arange(len(parts)), limit)
         parts = [" ".join(parts[i] for i in group) for group in groups if len(group)]
     return parts
+
+
+def has_words(text: str) -> bool:
+    """Whether `text` holds a letter or digit outside its HTML tags."""
+    return bool(_WORD_CHAR.search(_HTML_TAG.sub(" ", text)))
 
 
 def max_sentences(dimension: int) -> int:

@@ -59,6 +59,24 @@ def test_sentences_split_on_punctuation_and_lines_and_merge_to_the_limit():
     assert evidence.sentences("", limit=5) == []
 
 
+def test_sentences_without_a_word_outside_html_tags_get_no_vector():
+    for markup in ("</tr> </thead> <tbody>", '<div class="alert note">', "|---|---|---|---|---|",
+                   "//                 ],", '</div> <div class="language-java">', "``` <div class=\"alert note\">"):
+        assert not evidence.has_words(markup), markup
+    for worded in ('<th class="width80">Description</th>', '<a href="#python">Python </a>', "<td>-1</td>",
+                   "accessKeyID: <your_s3_access_key_id>", "设置分区键之后。", "x = 1"):
+        assert evidence.has_words(worded), worded
+    text = ('<table>\n<thead> <tr> <th class="width80">Description</th>\n</tr> </thead> <tbody>\n'
+            "<tr> <td>The maximum number of partitions in a collection.</td>\n</tr> </tbody> </table>")
+    assert evidence.sentences(text, limit=10) == [
+        '<table> <thead> <tr> <th class="width80">Description</th>',  # "<table>" is short: it joins
+        "<tr> <td>The maximum number of partitions in a collection.</td>",
+    ]
+    assert evidence.sentences("</tr> </thead> <tbody>\n|---|---|---|---|---|", limit=10) == []
+    # A short worded piece joining markup makes it worth a vector.
+    assert evidence.sentences('Note\n<div class="alert note">', limit=10) == ['Note <div class="alert note">']
+
+
 def test_the_best_sentence_decides_after_the_search_orders_fading_head_start():
     def merge(best, *, prior=0.3, prior_k=3.0, weight=1.0, lift=(), fallback=None):
         return evidence.scored_order(best, fallback=fallback or [0.0] * len(best), weight=weight,

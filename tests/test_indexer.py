@@ -303,13 +303,15 @@ def test_killed_refresh_then_rerun_ends_consistent(settings, embedder, docs):
         store.close()
 
 
-# ---- sentence vectors: each distinct sentence embedded once a run -------------------------
+# ---- sentence vectors: each distinct sentence with words embedded once a run -------------
 
 REPEATED = "Milvus Lite runs inside your Python process and suits quick prototypes."
+MARKUP = '<div class="alert note">'  # no word outside its tags: no evidence, no vector
 SENTENCE_DOCS = {
     "alpha.md": f"# Alpha guide\n\n## Install\n\n{REPEATED} Install it with pip before you start.\n\n"
                 f"## Scale\n\nAdd query nodes when searches queue up behind each other. {REPEATED}\n",
-    "beta.md": f"# Beta guide\n\n## Try it\n\n{REPEATED} Move to a cluster for production traffic.\n",
+    "beta.md": f"# Beta guide\n\n## Try it\n\n{MARKUP}\n\n{REPEATED} Move to a cluster for production traffic.\n\n"
+               "</div>\n",
 }
 
 
@@ -329,7 +331,7 @@ class Recording:
 
 
 @pytest.mark.parametrize(("model", "batch_size"), [("hashing", 1), ("hashing", 100), ("tiny", 1)])
-def test_each_distinct_sentence_is_embedded_once_a_run_and_every_chunk_keeps_its_vectors(
+def test_each_distinct_worded_sentence_is_embedded_once_a_run_and_every_chunk_keeps_its_vectors(
         request, tmp_path, milvus_lite_uri, model, batch_size):
     folder = tmp_path / "sentence-docs"
     folder.mkdir()
@@ -363,6 +365,8 @@ def test_each_distinct_sentence_is_embedded_once_a_run_and_every_chunk_keeps_its
     sentence_calls = [batch for batch in embedder.batches if set(batch) <= distinct]
     embedded = [text for batch in sentence_calls for text in batch]
     assert sorted(embedded) == sorted(distinct)  # each once, over the whole run
+    assert any(MARKUP in c.text for c in chunks) and MARKUP not in distinct
+    assert not any(MARKUP in batch for batch in embedder.batches)
     # Every chunk's row still holds one vector per sentence, in order, each its sentence's own
     # (embedded alone here: int8 packing and batch padding move it by little).
     for chunk_id, texts in per_chunk.items():
