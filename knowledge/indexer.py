@@ -263,8 +263,8 @@ class Indexer:
         # Each distinct sentence is embedded once per run, whatever batch meets it again:
         # chunk overlap repeats sentences and markup repeats across pages (over the Milvus
         # docs, 35k sentences but 24k distinct texts). The dict lives for this call only and
-        # keeps the int8 rows `evidence.pack` stores (1 byte a dimension): about 30 MB with
-        # its keys for 25,000 distinct sentences of a 1024-d model (float32 rows: ~105 MB).
+        # keeps the int8 rows `evidence.pack` stores (1 byte a dimension): about 33 MB with
+        # its keys for 25,000 distinct sentences of a 1024-d model (float32 rows: ~110 MB).
         # It grows with the corpus, as the chunk list this call already holds does.
         sentence_rows: dict[str, np.ndarray] = {}
         bar = _progress_bar(len(chunks)) if progress else None
