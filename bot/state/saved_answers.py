@@ -130,14 +130,18 @@ class SavedAnswers:
             return sorted(row[0] for row in rows if row[0])
 
     def set_confirm_ts(self, saved_id: str, confirm_ts: str) -> None:
-        self._update(saved_id, confirm_ts=confirm_ts)
+        # Where the bot said it saved the reply is no change to the answer: updated_at stays, so
+        # an edit made in Slack just after still counts as newer (bot.learning.reread_saved).
+        self._update(saved_id, touch=False, confirm_ts=confirm_ts)
 
-    def _update(self, saved_id: str, **values) -> SavedAnswer | None:
+    def _update(self, saved_id: str, *, touch: bool = True, **values) -> SavedAnswer | None:
         if not saved_id:
             return None
+        if touch:
+            values["updated_at"] = time.time()
         with self._db.begin() as connection:
             row = connection.execute(saved_table.update().where(saved_table.c.id == saved_id)
-                                     .values(updated_at=time.time(), **values)
+                                     .values(**values)
                                      .returning(*saved_table.c)).mappings().first()
         return _answer(row) if row is not None else None
 
