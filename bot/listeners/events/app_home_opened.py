@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot.admins import AdminCache, is_admin
 from bot.home import INSIGHT_DAYS, TOP_GAPS, home_view
 from bot.services import Services
-from bot.state.saved_answers import SavedAnswer
+from bot.state.saved_answers import ACTIVE, PENDING, SavedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ def learned_home_blocks(store, *, readable: Callable[[SavedAnswer], bool] = lamb
     """The learned answers for the admins' Home: pending ones to review, the ones in use with their
     figures; those `readable` refuses are only counted."""
     from bot.learned_blocks import HOME_LIMIT, home_blocks
-    from bot.state.saved_answers import ACTIVE, PENDING
 
     listed = store.list((PENDING, ACTIVE))  # all: admin-only and small rows; the filter needs them
     shown = [saved for saved in listed if readable(saved)]
