@@ -27,6 +27,7 @@ from bot.state.saved_answers import SavedAnswers
 from bot.responder import Responder
 from bot.services import Services
 from bot.settings import BotSettings
+from bot.waiting import WaitingLine
 from bot.workers import WorkerPool
 from knowledge.errors import KnowledgeError
 
@@ -117,6 +118,10 @@ def build_app(
         bot_user_id=identity.get("user_id", ""),
         bot_id=identity.get("bot_id", ""),
     )
+    limiter = UserLimiter(
+        per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent,
+        shared=SharedLimits(database=database, holder=holder, lease_seconds=settings.claim_lease_seconds),
+    )
     services = Services(
         settings=settings,
         kb=kb,
@@ -126,10 +131,8 @@ def build_app(
         pool=WorkerPool(workers=settings.bot_workers, queue_size=settings.bot_queue_size),
         claims=Claims(database=database, holder=holder, lease_seconds=settings.claim_lease_seconds),
         responder=responder,
-        limiter=UserLimiter(
-            per_minute=settings.user_rate_per_minute, max_concurrent=settings.user_max_concurrent,
-            shared=SharedLimits(database=database, holder=holder, lease_seconds=settings.claim_lease_seconds),
-        ),
+        limiter=limiter,
+        waiting=WaitingLine(limiter=limiter, size=settings.user_queue_size) if settings.user_queue_size else None,
         metrics=metrics,
         rules=rules,
         access=access,

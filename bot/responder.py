@@ -140,8 +140,9 @@ class Responder:
         return self._access.for_question(channel=channel, user=user, private=private, base=base)
 
     # -- on the event thread ------------------------------------------------
-    def start(self, question: Question) -> Progress:
-        """Show that the question was seen; Slack failures are logged, never raised."""
+    def start(self, question: Question, *, text: str = "") -> Progress:
+        """Show that the question was seen (`text`, else PLACEHOLDER_TEXT); Slack failures are
+        logged, never raised."""
         progress = Progress()
         if question.assistant:
             try:
@@ -154,7 +155,7 @@ class Responder:
                 # Not an assistant thread after all (a plain DM thread): use a placeholder.
                 log.info("assistant.threads.setStatus failed (%s); posting a placeholder", slack_error_code(error))
         progress.placeholder_ts, error = self._post(
-            question, {"text": escape(self._settings.placeholder_text)}, what="the placeholder")
+            question, {"text": escape(text or self._settings.placeholder_text)}, what="the placeholder")
         if error is not None:
             code = slack_error_code(error)
             if code in CANNOT_POST:
@@ -167,15 +168,15 @@ class Responder:
         """A per-person limit said no: say so in the thread (nothing else was posted)."""
         self._post(question, {"text": escape(text)}, what="a reply")
 
-    def busy(self, question: Question, progress: Progress) -> None:
-        """Tell the person the pool is full (instead of silence); Slack failures (a 429 too: this
-        runs on the event thread) are logged."""
+    def busy(self, question: Question, progress: Progress, *, text: str = BUSY_TEXT) -> None:
+        """Tell the person no answer comes (the pool is full, or `text`), in place of the
+        placeholder; Slack failures (a 429 too: this runs on the event thread) are logged."""
         if not progress.placeholder_ts:
-            self._post(question, {"text": BUSY_TEXT}, what="the busy reply")
+            self._post(question, {"text": escape(text)}, what="the busy reply")
             return
         try:
             self._event_client.chat_update(channel=question.channel, ts=progress.placeholder_ts,
-                                           **replacing({"text": BUSY_TEXT}))
+                                           **replacing({"text": escape(text)}))
         except (SlackClientError, OSError) as error:
             log.warning("could not post the busy reply: %s", slack_error_code(error))
 

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING
 from bot.access import SourceAccess
 from bot.channels import ChannelRules
 from bot.conversations import ConversationKinds
-from bot.limits import UserLimiter
+from bot.limits import BUSY_MESSAGE, Decision, UserLimiter
 from bot.observability import Metrics
 from bot.outcomes import log_outcome
 from bot.state import Database, Records, StateError
 from bot.state.claims import Claims, ClaimedQuestion
-from bot.responder import Progress, Question, Responder
+from bot.responder import BUSY_TEXT, Progress, Question, Responder
 from bot.settings import BotSettings
 from bot.triage import SMALL_TALK_TEXT, THANKS_TEXT, is_small_talk, is_thanks
+from bot.waiting import WaitingLine
 from bot.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day unless LOG_QUESTIONS
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
+WAITING_TEXT = "I'll look into this as soon as I've answered your previous question…"
 FILES_ONLY_TEXT = "I can only read words, not attachments: please type your question."
+BUSY = Decision(allowed=False, reason="busy", message=BUSY_MESSAGE)
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Services:
     kinds: ConversationKinds = field(default_factory=ConversationKinds)  # public or private, for @mentions
     # Set by bot.listeners.middleware: dispatches an event kept in the inbox through the Bolt app again.
     redeliver: Callable[[dict], None] | None = None
+    # A person's next questions wait here while their earlier one is answered (USER_QUEUE_SIZE).
+    waiting: WaitingLine | None = None
 
     def ask(self, question: Question) -> bool:
         """Queue a question (once per Slack message, across replicas); False if it was a duplicate."""
@@ -82,8 +87,13 @@ class Services:
             self.responder.refuse(question, SHUTTING_DOWN_TEXT)
             return self._ended(question, key, "shutting_down")
         user_key = f"{question.team}:{question.user}"
-        decision = self.limiter.try_acquire(user_key)
+        if self.waiting is not None and self.waiting.has(user_key):
+            decision = BUSY  # behind the person's questions that already wait, not ahead of them
+        else:
+            decision = self.limiter.try_acquire(user_key)
         if not decision.allowed:
+            if decision.reason == "busy" and self._wait_in_line(question, key, user_key):
+                return True
             self.metrics.record_error(f"user_{decision.reason}")
             self.responder.refuse(question, decision.message)
             return self._ended(question, key, f"refused_{decision.reason}")
@@ -91,7 +101,7 @@ class Services:
             progress = self.responder.start(question)
             if progress.refused:
                 # Slack will not take a post there: answering would cost a model call nobody sees.
-                self.limiter.release(user_key)
+                self._release(user_key)
                 self.metrics.record_error(f"slack_{progress.refused}")
                 return self._ended(question, key, "undeliverable")
             submitted = self.pool.submit(self._answer, question, progress, user_key, key)
@@ -100,17 +110,67 @@ class Services:
                 self._remember_placeholder(key, progress)
         except Exception:
             # Never keep the person's slot (they would be "still working" forever).
-            self.limiter.release(user_key)
+            self._release(user_key)
             self.metrics.record_error("intake")
             log.exception("could not queue the question %s/%s", question.channel, question.message_ts)
             return self._ended(question, key, "error")
         if submitted is None:
-            self.limiter.release(user_key)
+            self._release(user_key)
             self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)
             return self._ended(question, key, "busy")
         self.metrics.queue_depth.inc()
         return True
+
+    def _wait_in_line(self, question: Question, key: str, user_key: str) -> bool:
+        """Let the question wait behind the person's earlier one; False when their line is full."""
+        if self.waiting is None or self.stopping or not self.waiting.has_room(user_key):
+            return False
+        progress = self.responder.start(question, text=WAITING_TEXT)
+        if progress.refused:
+            self.metrics.record_error(f"slack_{progress.refused}")
+            return self._ended(question, key, "undeliverable")
+        if not self.waiting.join(user_key, start=lambda: self._start_waiting(question, progress, user_key, key),
+                                 give_up=lambda reason: self._stop_waiting(question, progress, key, reason)):
+            # Filled up since has_room: the placeholder says why instead.
+            self.metrics.record_error("user_busy")
+            self.responder.busy(question, progress, text=BUSY_MESSAGE)
+            return self._ended(question, key, "refused_busy")
+        if key:
+            self._remember_placeholder(key, progress)  # a replica taking over reuses it
+        log.info("question %s/%s waits for the person's previous answer", question.channel, question.message_ts)
+        return True
+
+    def _start_waiting(self, question: Question, progress: Progress, user_key: str, key: str) -> bool:
+        """The person's slot is free (held for this question): answer it; False if the pool is full."""
+        if self.stopping:  # started just as the line was cancelled
+            self._release(user_key)
+            self._stop_waiting(question, progress, key, "stopping")
+            return True
+        if self.pool.submit(self._answer, question, progress, user_key, key) is None:
+            return False  # it keeps its place and tries again at the next poll
+        self.metrics.queue_depth.inc()
+        return True
+
+    def _stop_waiting(self, question: Question, progress: Progress, key: str, reason: str) -> None:
+        if reason == "stopping" and key:
+            # Not lost: another replica (or this one, restarted) takes it over with its placeholder.
+            try:
+                self.claims.release(key)
+                return
+            except StateError as error:
+                log.warning("could not hand over the waiting question %s: %s", key, error)
+        outcome = {"stopping": "shutting_down", "timeout": "busy"}.get(reason, "error")
+        if outcome != "shutting_down":
+            self.metrics.record_error("pool_full" if outcome == "busy" else "intake")
+        self.responder.busy(question, progress, text=SHUTTING_DOWN_TEXT if outcome == "shutting_down" else BUSY_TEXT)
+        self._ended(question, key, outcome)
+
+    def _release(self, user_key: str) -> None:
+        """Give the person's slot back; their next waiting question may start."""
+        self.limiter.release(user_key)
+        if self.waiting is not None:
+            self.waiting.freed()
 
     def in_thread(self, channel: str, thread_ts: str, *, besides: str = "") -> bool:
         """Whether the bot answered, is answering, or lately replied in this thread (for another
@@ -196,7 +256,7 @@ class Services:
             answer = self.responder.finish(question, progress)
         finally:
             if user_key is not None:
-                self.limiter.release(user_key)
+                self._release(user_key)
             self._finish(key)
         if answer is not None:
             self.metrics.observe_answer(answer)
@@ -241,8 +301,11 @@ class Services:
                 log.info("deleted %d answers older than %g days (RECORDS_RETENTION_DAYS)", deleted, days)
 
     def stop_taking_questions(self) -> None:
-        """From now on questions are answered with SHUTTING_DOWN_TEXT (answers in flight go on)."""
+        """From now on questions are answered with SHUTTING_DOWN_TEXT (answers in flight go on;
+        waiting ones are handed over to be answered by the next replica to sweep)."""
         self.stopping = True
+        if self.waiting is not None:
+            self.waiting.cancel_all("stopping")
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for queued and running answers; True when all finished."""

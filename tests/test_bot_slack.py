@@ -451,29 +451,55 @@ def test_rejected_token_is_a_clear_error(fake_slack, tmp_path):
         build_app(settings, kb=None)
 
 
-def test_per_person_limit_refuses_politely_and_metrics_count(fake_slack, start_bot):
+def test_a_persons_next_question_waits_for_their_answer_and_the_one_after_is_refused(fake_slack, start_bot):
     from bot.limits import BUSY_MESSAGE
+    from bot.services import WAITING_TEXT
 
-    running = start_bot(_Slow(), user_max_concurrent=1)
+    running = start_bot(_Slow(), user_max_concurrent=1, user_queue_size=1)
     first = fake_slack.mention(QUESTION, channel="C9", user="U7")
     fake_slack.send_event(first)
     fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", first["ts"]))
     second = fake_slack.mention("Another one?", channel="C9", user="U7")
     fake_slack.send_event(second)
-    [refusal] = fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", second["ts"]))
-    assert refusal.params["text"] == BUSY_MESSAGE.replace("&", "&amp;")
+    [waiting] = fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", second["ts"]))
+    assert waiting.params["text"] == WAITING_TEXT  # seen, and told why it is not started yet
+    third = fake_slack.mention("And a third?", channel="C9", user="U7")
+    fake_slack.send_event(third)
+    [refusal] = fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", third["ts"]))
+    assert refusal.params["text"] == BUSY_MESSAGE.replace("&", "&amp;")  # USER_QUEUE_SIZE=1 is full
     other = fake_slack.mention("Someone else asks", channel="C9", user="U8")
     fake_slack.send_event(other)
-    assert len(_final(fake_slack, "C9", count=2)) == 2  # U7's first and U8's question
+
+    finals = {c.params.get("ts"): c for c in _final(fake_slack, "C9", count=3)}  # U7's two, U8's one
+
+    def placeholder(question):
+        [message] = [m for m in fake_slack.messages("C9") if m.get("thread_ts") == question["ts"]]
+        return message["ts"]
+
+    # The waiting placeholder became the answer, which started only once U7's first was posted (~1.5 s).
+    assert finals[placeholder(second)].at - finals[placeholder(first)].at >= 1.0
 
     metrics = running.bot.services.metrics
-    expected = ("supportbot_questions_total 3.0", 'supportbot_answers_total{status="answered"} 2.0',
+    expected = ("supportbot_questions_total 4.0", 'supportbot_answers_total{status="answered"} 3.0',
                 'supportbot_errors_total{kind="user_busy"} 1.0')
     deadline = time.monotonic() + 5  # counted just after the answer is posted
     while not all(line in metrics.render()[0].decode() for line in expected) and time.monotonic() < deadline:
         time.sleep(0.02)
     text = metrics.render()[0].decode()
     assert all(line in text for line in expected), text
+
+
+def test_with_no_waiting_a_persons_second_question_is_refused(fake_slack, start_bot):
+    from bot.limits import BUSY_MESSAGE
+
+    start_bot(_Slow(), user_max_concurrent=1, user_queue_size=0)
+    first = fake_slack.mention(QUESTION, channel="C10", user="U7")
+    fake_slack.send_event(first)
+    fake_slack.wait_for("chat.postMessage", where=_in_thread("C10", first["ts"]))
+    second = fake_slack.mention("Another one?", channel="C10", user="U7")
+    fake_slack.send_event(second)
+    [refusal] = fake_slack.wait_for("chat.postMessage", where=_in_thread("C10", second["ts"]))
+    assert refusal.params["text"] == BUSY_MESSAGE.replace("&", "&amp;")
 
 
 @pytest.mark.parametrize("mode", ["socket", "http"])
