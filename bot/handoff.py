@@ -38,16 +38,15 @@ def citations_from(sources: list[dict]) -> list[Citation]:
     return citations
 
 
-def not_in_conversation(*, channel: str, contacts: tuple[str, ...], bot_name: str = "", retry: bool = True) -> str:
+def not_in_conversation(*, channel: str, contacts: tuple[str, ...], bot_name: str = "") -> str:
     """What the person is told when the bot may not post the hand-off where they asked (it is not
-    a member): why, and what they can do. `retry`: clicking again will try again."""
+    a member): why, and what they can do (clicking again tries again)."""
     reach = f" You can also reach the team directly: {' '.join(mention(c) for c in contacts)}." if contacts else ""
     if channel.startswith("D"):  # a direct message between people: no app can be added to it
         return (f"{NOT_IN_DMS} Ask in a channel I'm in (mention me there, or use `/ask`) "
                 f"and click *Ask a human* on that answer.{reach}")
     invite = f"Invite me (`/invite @{bot_name}`)" if bot_name else "Invite me to it"
-    again = " and click *Ask a human* again" if retry else ""
-    return f"{NOT_HERE} {invite}{again}, or ask in a channel I'm in.{reach}"
+    return f"{NOT_HERE} {invite} and click *Ask a human* again, or ask in a channel I'm in.{reach}"
 
 
 def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ...], sources: list[dict],

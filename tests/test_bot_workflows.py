@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot.blocks import ABSTAINED_OFFER, ASK_HUMAN, FEEDBACK_UP, SHARE_ANSWER
-from bot.handoff import ALREADY, NOT_HERE, NOT_IN_DMS
+from bot.handoff import ALREADY, NOT_HERE, NOT_IN_DMS, POST_FAILED
 from bot.learning import NO_DMS
 from bot.listeners.actions.share import NOT_IN_CHANNEL
 from bot.listeners.commands.ask import USAGE
@@ -250,8 +250,14 @@ def test_ask_a_human_tags_experts_and_the_bot_stays_quiet(make_kb, fake_openai, 
     [answer] = _answers(fake_slack, "CHELP")
     click = fake_slack.action_payload(ASK_HUMAN, _record_id(answer.params), channel="CHELP", user="U1",
                                       message_ts=answer.params["ts"], thread_ts=mention["ts"])
+    # Slack refuses the first post: the person is told, and nothing is recorded, so a click again tries again.
+    fake_slack.fail_next("chat.postMessage", status=200, error="internal_error", retry_after=None)
     fake_slack.send_action(click)
-    [handoff] = fake_slack.wait_for("chat.postMessage", where=lambda c: "asked for a person" in c.params.get("text", ""))
+    fake_slack.wait_for("chat.postEphemeral", where=lambda c: c.params.get("text") == POST_FAILED)
+    assert not bot.services.records.handed_off("CHELP", mention["ts"])
+    fake_slack.send_action(click)
+    [_, handoff] = fake_slack.wait_for("chat.postMessage", 2,
+                                       where=lambda c: "asked for a person" in c.params.get("text", ""))
     text = _text(handoff.params)
     assert handoff.params["thread_ts"] == mention["ts"]
     assert "<@U9>" in text and "<!subteam^S2>" in text and "<@U5>" not in text  # the channel's experts
@@ -281,7 +287,7 @@ def test_ask_a_human_tags_experts_and_the_bot_stays_quiet(make_kb, fake_openai, 
     assert "What is a partition?" in later and "how many can I have" in later
     assert "backed up" not in later  # the handed-off thread's follow-up never reached the model
     in_handed_off = [c for c in fake_slack.calls("chat.postMessage") if c.params.get("thread_ts") == mention["ts"]]
-    assert len(in_handed_off) == 2  # the first answer's placeholder and the hand-off, nothing after
+    assert len(in_handed_off) == 3  # the first answer's placeholder, the refused and the posted hand-off, nothing after
 
     # Another channel uses the default contact.
     elsewhere = fake_slack.mention(QUESTION, channel="CELSE", user="U1")

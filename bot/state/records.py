@@ -238,10 +238,13 @@ class Records:
                 handoffs.c.channel == channel, handoffs.c.thread_ts == _PENDING_HANDOFF + answer_id,
             ).values(thread_ts=thread_ts))
 
-    def release_handoff(self, answer_id: str, *, channel: str) -> None:
+    def release_handoff(self, answer_id: str, *, channel: str, thread_ts: str = "") -> None:
+        """Forget a hand-off that could not be posted (claimed, or recorded for `thread_ts`), so
+        that clicking again tries again instead of saying a person was already asked."""
         with self.db.begin() as connection:
             connection.execute(handoffs.delete().where(
-                handoffs.c.channel == channel, handoffs.c.thread_ts == _PENDING_HANDOFF + answer_id,
+                handoffs.c.answer_id == answer_id, handoffs.c.channel == channel,
+                handoffs.c.thread_ts == (thread_ts or _PENDING_HANDOFF + answer_id),
             ))
 
     def answer_handed_off(self, answer_id: str) -> bool:

@@ -58,11 +58,10 @@ def register(app: App, services: Services) -> None:
         except (SlackApiError, SlackClientError) as error:
             code = slack_error_code(error)
             log.warning("could not post the hand-off in %s: %s", channel, code)
-            if not thread_ts:
-                records.release_handoff(row.id, channel=channel)
+            records.release_handoff(row.id, channel=channel, thread_ts=thread_ts)  # a click again tries again
             # Where the bot is not a member (an /ask answer often is), say so and what to do.
-            text = not_in_conversation(channel=channel, contacts=contacts, bot_name=services.bot_name,
-                                       retry=not thread_ts) if code in NOT_A_MEMBER else POST_FAILED
+            text = not_in_conversation(channel=channel, contacts=contacts, bot_name=services.bot_name) \
+                if code in NOT_A_MEMBER else POST_FAILED
             tell_privately(client, respond, body, text, thread_ts=thread_ts)
             return
         if not thread_ts:  # a new top-level message: its thread is where people answer
