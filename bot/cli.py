@@ -201,7 +201,9 @@ def cmd_chat(args: argparse.Namespace, settings) -> int:
     kb = _knowledge_base(settings)
     try:
         _check_answerer(kb)
-        _ensure_index(kb, progress=True)
+        # A terminal beside running replicas (same DATABASE_URL) builds under their refresh lease too.
+        with _refresh_lease(settings, required=False) as runs:
+            _ensure_index(kb, progress=True, runs=runs)
         run_chat(kb)
     finally:
         kb.close()

@@ -260,6 +260,28 @@ def test_supportbot_index_waits_for_a_refresh_running_elsewhere_then_refreshes(
     assert [(r.requested_by, r.state) for r in _runs(state_url)] == [("the schedule", "ok"), ("supportbot index", "ok")]
 
 
+def test_supportbot_chat_on_an_empty_index_waits_for_the_build_running_elsewhere_and_takes_over_if_it_fails(
+        replica_settings, state_url, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    chatted = []
+    monkeypatch.setattr("bot.chat.run_chat", lambda kb: chatted.append(kb.store.count()))
+    database = Database(url=database_url(state_url, default_path="unused"))
+    try:
+        other = RefreshRuns(database=database, holder="host:2:busy", lease_seconds=60.0)
+        running = other.start(by="start-up", rebuild=False)
+        replicas = Replicas(monkeypatch)
+        thread = replicas.start("chat", replica_settings("chat"), command=cli.cmd_chat)
+        wait_for_log(caplog, "Waiting for the index refresh by start-up on host:2:busy")
+        time.sleep(0.5)
+        assert replicas.embedded == {} and thread.is_alive() and not chatted  # it waits while the other builds
+        other.finish(running.id, state="failed", report=None, error="the builder failed", skipped="")
+        join(thread)
+    finally:
+        database.close()
+    assert replicas.errors == {} and replicas.embedded["chat"] > 0 and chatted[0] > 0
+    assert [(r.requested_by, r.state) for r in _runs(state_url)] == [("start-up", "failed"), ("start-up", "ok")]
+
+
 def test_one_process_on_the_default_sqlite_file_builds_in_the_foreground_with_its_progress_bar(
         replica_settings, monkeypatch, tmp_path):
     """`make run`: no DATABASE_URL (the SQLite file under DATA_DIR), Milvus Lite; the index is built
