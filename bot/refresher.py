@@ -516,12 +516,8 @@ class Refresher:
                 done.set()
             record.finished_at = self.clock()
             if self.runs is not None and record.run_id:
-                state = "skipped" if record.skipped else "ok" if record.ok else "failed"
-                try:
-                    self.runs.finish(record.run_id, state=state, report=record.report, error=record.error,
-                                     skipped=record.skipped)
-                except Exception as error:  # noqa: BLE001 - its lease lapses; the run reads as stopped
-                    log.warning("could not record the end of refresh run %d: %s", record.run_id, one_line(error))
+                _record_end(self.runs, record.run_id, report=record.report, error=record.error,
+                            skipped=record.skipped, state="skipped" if record.skipped else "ok" if record.ok else "failed")
             with self._lock:
                 self._state.running = None
                 self._state.thread = None
@@ -726,10 +722,16 @@ def _refresh_holding(kb, runs, started: Started, *, by: str, progress: bool):
     finally:
         stop.set()
         keeper.join()
-        try:
-            runs.finish(started.id, state=state, report=report, error=error, skipped=skipped)
-        except Exception as failure:  # noqa: BLE001 - its lease lapses; the run reads as stopped
-            log.warning("could not record the end of refresh run %d: %s", started.id, one_line(failure))
+        _record_end(runs, started.id, state=state, report=report, error=error, skipped=skipped)
+
+
+def _record_end(runs, run_id: int, *, state: str, report: dict | None, error: str, skipped: str) -> None:
+    """The run's end in the shared run history (background and foreground refreshes alike);
+    a failure is only logged: the run's lease lapses and it reads as stopped."""
+    try:
+        runs.finish(run_id, state=state, report=report, error=error, skipped=skipped)
+    except Exception as failure:  # noqa: BLE001 - see above
+        log.warning("could not record the end of refresh run %d: %s", run_id, one_line(failure))
 
 
 # ---- texts ------------------------------------------------------------------------------
