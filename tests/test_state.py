@@ -135,6 +135,39 @@ def _head_revision() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+def test_processes_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path):
+    """`serve` and `supportbot index` (or two replicas on one machine) starting together on a new
+    file: converting it to WAL made the other's open fail with "database is locked" (8 of 40 rounds)."""
+    import threading
+
+    from bot.state.refresh_runs import RefreshRuns
+
+    failures = []
+    for round_ in range(40):
+        url = f"sqlite:///{tmp_path / f'state{round_}.sqlite'}"
+        barrier = threading.Barrier(2)
+
+        def open_and_write(name: str) -> None:
+            barrier.wait()
+            try:
+                database = Database(url=url)
+                try:
+                    runs = RefreshRuns(database=database, holder=name, lease_seconds=5)
+                    for _ in range(5):
+                        runs.renew()
+                finally:
+                    database.close()
+            except StateError as error:
+                failures.append(str(error))
+
+        threads = [threading.Thread(target=open_and_write, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+
+
 def test_the_migrations_build_exactly_the_tables(database):
     """tables.py (what the queries use) and migrations/ (what a database gets) are one schema."""
     from alembic.autogenerate import compare_metadata

@@ -107,8 +107,8 @@ class Database:
             # so "begin" below can make each one BEGIN IMMEDIATE (one writer, no upgrade race).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+            _journal_in_wal(cursor)
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -194,6 +194,23 @@ _PRE_ALEMBIC = (
     "CREATE INDEX IF NOT EXISTS answers_thread ON answers (channel, thread_ts)",
     "CREATE INDEX IF NOT EXISTS answers_status ON answers (status, created_at)",
 )
+
+
+def _journal_in_wal(cursor) -> None:
+    """PRAGMA journal_mode=WAL. Two processes opening a new file at once: one converts it while
+    the other's pragma fails with "database is locked" at once (SQLite calls no busy handler
+    there), so that one tries again until the file is in WAL (then the pragma is a no-op)."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def replica_id() -> str:
