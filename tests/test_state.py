@@ -147,7 +147,7 @@ def test_processes_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path):
         url = f"sqlite:///{tmp_path / f'state{round_}.sqlite'}"
         barrier = threading.Barrier(2)
 
-        def open_and_write(name: str) -> None:
+        def open_and_write(name: str, url: str = url, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
                 database = Database(url=url)
