@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 PRIVATE_TEXT_SECONDS = 86400.0  # private questions' text is blanked after a day unless LOG_QUESTIONS
 SHUTTING_DOWN_TEXT = "I'm restarting right now — please ask again in a minute."
 WAITING_TEXT = "I'll look into this as soon as I've answered your previous question…"
+RATE_WAITING_TEXT = "You've asked a lot in the last minute: I'll look into this one in about {seconds} {unit}…"
 FILES_ONLY_TEXT = "I can only read words, not attachments: please type your question."
 BUSY = Decision(allowed=False, reason="busy", message=BUSY_MESSAGE)
 
@@ -92,7 +94,7 @@ class Services:
         else:
             decision = self.limiter.try_acquire(user_key)
         if not decision.allowed:
-            if decision.reason == "busy" and self._wait_in_line(question, key, user_key):
+            if self._wait_in_line(question, key, user_key, decision):
                 return True
             self.metrics.record_error(f"user_{decision.reason}")
             self.responder.refuse(question, decision.message)
@@ -122,11 +124,17 @@ class Services:
         self.metrics.queue_depth.inc()
         return True
 
-    def _wait_in_line(self, question: Question, key: str, user_key: str) -> bool:
-        """Let the question wait behind the person's earlier one; False when their line is full."""
+    def _wait_in_line(self, question: Question, key: str, user_key: str, decision: Decision) -> bool:
+        """Let the question wait for the person's earlier answer (or for their minute's rate to
+        allow it) rather than refuse it; False when their line is full."""
         if self.waiting is None or self.stopping or not self.waiting.has_room(user_key):
             return False
-        progress = self.responder.start(question, text=WAITING_TEXT)
+        if decision.reason == "rate":
+            seconds = max(1, math.ceil(decision.retry_after))
+            text = RATE_WAITING_TEXT.format(seconds=seconds, unit="second" if seconds == 1 else "seconds")
+        else:
+            text = WAITING_TEXT
+        progress = self.responder.start(question, text=text)
         if progress.refused:
             self.metrics.record_error(f"slack_{progress.refused}")
             return self._ended(question, key, "undeliverable")
@@ -138,7 +146,8 @@ class Services:
             return self._ended(question, key, "refused_busy")
         if key:
             self._remember_placeholder(key, progress)  # a replica taking over reuses it
-        log.info("question %s/%s waits for the person's previous answer", question.channel, question.message_ts)
+        log.info("question %s/%s waits (%s)", question.channel, question.message_ts,
+                 "per-minute limit" if decision.reason == "rate" else "the person's previous answer")
         return True
 
     def _start_waiting(self, question: Question, progress: Progress, user_key: str, key: str) -> bool:
@@ -313,6 +322,7 @@ class Services:
         return self.pool.drain(timeout)
 
     def close(self) -> None:
+        self.stop_taking_questions()  # waiting questions are handed over while the database is open
         self.pool.shutdown(wait=False)
         self.records.close()
         if self.owns_database:

@@ -41,7 +41,7 @@ class BotSettings(KnowledgeSettings):
     # Per-person limits (bot.limits); 0 turns a limit off.
     user_rate_per_minute: int = Field(default=6, ge=0)  # questions a person may ask a minute
     user_max_concurrent: int = Field(default=1, ge=0)  # questions of one person answered at once
-    user_queue_size: int = Field(default=3, ge=0)  # a person's questions waiting for their earlier answer
+    user_queue_size: int = Field(default=3, ge=0)  # a person's questions waiting (for their earlier answer or the per-minute limit)
 
     # Behaviour
     answer_thread_followups: bool = True  # answer replies in threads it answered, no @ needed

@@ -1,9 +1,10 @@
 """A person's questions that wait behind their own earlier ones instead of being refused.
 
-USER_MAX_CONCURRENT lets one question of a person be answered at a time; the next few
-(USER_QUEUE_SIZE) wait here, in order, and start as soon as the person's slot is free:
-on this replica when its answer ends, or on another replica's (shared limits) at the
-next poll. Only when the line is full is a question refused.
+USER_MAX_CONCURRENT lets one question of a person be answered at a time (and
+USER_RATE_PER_MINUTE so many a minute); the next few (USER_QUEUE_SIZE) wait here, in
+order, and start as soon as the limits allow: on this replica when its answer ends, or
+at the next poll for another replica's answer (shared limits) or the minute's window.
+Only when the line is full is a question refused.
 
     line = WaitingLine(limiter=limiter, size=3)
     if line.join(key, start=submit, give_up=tell_them):

@@ -222,3 +222,24 @@ def test_a_waiting_question_is_handed_over_when_its_replica_stops(fake_slack, st
     assert sorted(r.outcome for r in records) == ["answered", "answered"]
     [answer] = bot_replies(fake_slack, "CW2", second["ts"])  # B answered in A's placeholder
     assert answer.get("blocks") and "back up" in section_text(answer)
+
+
+def test_a_question_over_the_per_minute_limit_waits_for_the_window_instead_of_being_refused(
+        fake_slack, start_bot, tmp_path):
+    from bot.services import RATE_WAITING_TEXT
+
+    bot = start_bot(_Slow(0.1), user_rate_per_minute=1, user_max_concurrent=0, user_queue_size=1)
+    first = fake_slack.mention("How do I rebuild?", channel="CW3", user="U7")
+    fake_slack.send_event(first)
+    wait_until(lambda: final_answers(fake_slack, "CW3", first["ts"]))
+    second = fake_slack.mention("And how do I back up?", channel="CW3", user="U7")
+    fake_slack.send_event(second)
+    wait_until(lambda: bot_replies(fake_slack, "CW3", second["ts"]))
+    [waiting] = bot_replies(fake_slack, "CW3", second["ts"])
+    prefix = RATE_WAITING_TEXT.split("{")[0]
+    assert waiting["text"].startswith(prefix) and "seconds" in waiting["text"]  # about a minute, said
+    assert bot.services.waiting.waiting() == 1
+    third = fake_slack.mention("And a third?", channel="CW3", user="U7")
+    fake_slack.send_event(third)  # the line (1) is full: refused as before
+    wait_until(lambda: bot_replies(fake_slack, "CW3", third["ts"]))
+    assert bot_replies(fake_slack, "CW3", third["ts"])[0]["text"].startswith("I'm still working")
