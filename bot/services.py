@@ -103,7 +103,7 @@ class Services:
             progress = self.responder.start(question)
             if progress.refused:
                 # Slack will not take a post there: answering would cost a model call nobody sees.
-                self._release(user_key)
+                self.release_slot(user_key)
                 self.metrics.record_error(f"slack_{progress.refused}")
                 return self._ended(question, key, "undeliverable")
             submitted = self.pool.submit(self._answer, question, progress, user_key, key)
@@ -112,12 +112,12 @@ class Services:
                 self._remember_placeholder(key, progress)
         except Exception:
             # Never keep the person's slot (they would be "still working" forever).
-            self._release(user_key)
+            self.release_slot(user_key)
             self.metrics.record_error("intake")
             log.exception("could not queue the question %s/%s", question.channel, question.message_ts)
             return self._ended(question, key, "error")
         if submitted is None:
-            self._release(user_key)
+            self.release_slot(user_key)
             self.metrics.record_error("pool_full")
             self.responder.busy(question, progress)
             return self._ended(question, key, "busy")
@@ -153,7 +153,7 @@ class Services:
     def _start_waiting(self, question: Question, progress: Progress, user_key: str, key: str) -> bool:
         """The person's slot is free (held for this question): answer it; False if the pool is full."""
         if self.stopping:  # started just as the line was cancelled
-            self._release(user_key)
+            self.release_slot(user_key)
             self._stop_waiting(question, progress, key, "stopping")
             return True
         if self.pool.submit(self._answer, question, progress, user_key, key) is None:
@@ -175,7 +175,7 @@ class Services:
         self.responder.busy(question, progress, text=SHUTTING_DOWN_TEXT if outcome == "shutting_down" else BUSY_TEXT)
         self._ended(question, key, outcome)
 
-    def _release(self, user_key: str) -> None:
+    def release_slot(self, user_key: str) -> None:
         """Give the person's slot back; their next waiting question may start."""
         self.limiter.release(user_key)
         if self.waiting is not None:
@@ -265,7 +265,7 @@ class Services:
             answer = self.responder.finish(question, progress)
         finally:
             if user_key is not None:
-                self._release(user_key)
+                self.release_slot(user_key)
             self._finish(key)
         if answer is not None:
             self.metrics.observe_answer(answer)

@@ -243,3 +243,14 @@ def test_a_question_over_the_per_minute_limit_waits_for_the_window_instead_of_be
     fake_slack.send_event(third)  # the line (1) is full: refused as before
     wait_until(lambda: bot_replies(fake_slack, "CW3", third["ts"]))
     assert bot_replies(fake_slack, "CW3", third["ts"])[0]["text"].startswith("I'm still working")
+
+
+def test_a_second_ask_command_waits_for_the_first_answer(fake_slack, start_bot):
+    start_bot(_Slow(1.0), user_max_concurrent=1, user_queue_size=1)
+    for text in ("How do I rebuild?", "And how do I back up?"):
+        fake_slack.send_command(fake_slack.command_payload("/ask", text, channel="CW4", user="U7"))
+    answers = fake_slack.wait_for("response_url", 2, timeout=30, where=lambda c: c.params.get("blocks"))
+    texts = sorted(answer.params["text"] for answer in answers)  # Bolt runs the two commands concurrently
+    assert texts == ["about And how do I back up?", "about How do I rebuild?"]
+    assert answers[1].at - answers[0].at >= 0.8  # one at a time
+    assert not [c for c in fake_slack.calls("response_url") if "still working" in c.params.get("text", "")]

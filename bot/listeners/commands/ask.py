@@ -19,7 +19,7 @@ from bot.channels import ChannelRules
 from bot.mrkdwn import escape
 from bot.responder import BUSY_TEXT
 from bot.history import clean_text
-from bot.services import SHUTTING_DOWN_TEXT, Services
+from bot.services import BUSY, SHUTTING_DOWN_TEXT, Services
 from bot.triage import is_small_talk
 from knowledge.errors import KnowledgeError
 from knowledge.types import Answer, Citation
@@ -50,22 +50,28 @@ def register(app: App, services: Services) -> None:
         user, channel = command.get("user_id", ""), command.get("channel_id", "")
         user_key = f"{command.get('team_id', '')}:{user}"
         services.metrics.questions.inc()
-        decision = services.limiter.try_acquire(user_key)
-        if not decision.allowed:
-            _reply(respond, [{"text": escape(decision.message)}])
-            return
 
-        def answer() -> None:
+        def answer() -> None:  # on a worker, holding the person's slot
             try:
-                # On the worker: the kind may take a conversations.info call.
+                # The kind may take a conversations.info call.
                 _answer(services, rules, respond, text=text, user=user, channel=channel,
                         conversation=_conversation(command, lookup=lambda channel: services.kinds.kind(
                             channel, client=context.client)))
             finally:
-                services.limiter.release(user_key)
+                services.release_slot(user_key)
 
+        waiting = services.waiting
+        decision = BUSY if waiting is not None and waiting.has(user_key) else services.limiter.try_acquire(user_key)
+        if not decision.allowed:
+            # As in threads: it waits for the person's earlier answer (or their minute) while their line has room.
+            if waiting is None or not waiting.join(
+                    user_key, start=lambda: services.pool.submit(answer) is not None,
+                    give_up=lambda reason: _reply(respond, [{"text": SHUTTING_DOWN_TEXT if reason == "stopping"
+                                                             else BUSY_TEXT}])):
+                _reply(respond, [{"text": escape(decision.message)}])
+            return
         if services.pool.submit(answer) is None:
-            services.limiter.release(user_key)
+            services.release_slot(user_key)
             services.metrics.record_error("pool_full")
             _reply(respond, [{"text": BUSY_TEXT}])
 
