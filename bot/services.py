@@ -138,14 +138,14 @@ class Services:
         if progress.refused:
             self.metrics.record_error(f"slack_{progress.refused}")
             return self._ended(question, key, "undeliverable")
+        if key:
+            self._remember_placeholder(key, progress)  # before it can be handed over: reused there
         if not self.waiting.join(user_key, start=lambda: self._start_waiting(question, progress, user_key, key),
                                  give_up=lambda reason: self._stop_waiting(question, progress, key, reason)):
             # Filled up since has_room: the placeholder says why instead.
             self.metrics.record_error("user_busy")
             self.responder.busy(question, progress, text=BUSY_MESSAGE)
             return self._ended(question, key, "refused_busy")
-        if key:
-            self._remember_placeholder(key, progress)  # a replica taking over reuses it
         log.info("question %s/%s waits (%s)", question.channel, question.message_ts,
                  "per-minute limit" if decision.reason == "rate" else "the person's previous answer")
         return True
