@@ -138,6 +138,8 @@ def build_app(
         access=access,
         bot_name=identity.get("user", ""),
     )
+    if services.waiting is not None:
+        metrics.waiting_questions.set_function(services.waiting.waiting)
     access.on_forget(services.kinds.forget)  # a channel made private, heard by another replica
     if saved_answers is not None:
         services.learner = responder.learner = Learner(

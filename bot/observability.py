@@ -42,7 +42,7 @@ class Metrics:
       supportbot_questions_total, supportbot_answers_total{status},
       supportbot_abstentions_total, supportbot_errors_total{kind},
       supportbot_refresh_total{result}, supportbot_stage_seconds{stage},
-      supportbot_queue_depth, supportbot_index_chunks
+      supportbot_queue_depth, supportbot_waiting_questions, supportbot_index_chunks
     """
 
     def __init__(
@@ -64,6 +64,10 @@ class Metrics:
             buckets=STAGE_BUCKETS, **common,
         )
         self.queue_depth = Gauge("queue_depth", "Questions waiting for a worker.", **common)
+        # Read from the waiting line when scraped (bot.app sets the function): no count to keep in step.
+        self.waiting_questions = Gauge("waiting_questions",
+                                       "Questions waiting for the same person's earlier answer or their minute.",
+                                       **common)
         self.index_chunks = Gauge("index_chunks", "Chunks in the vector index.", **common)
         if process_metrics:
             # The standard process_* series (CPU, memory, open files; Linux only).

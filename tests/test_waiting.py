@@ -239,6 +239,7 @@ def test_a_question_over_the_per_minute_limit_waits_for_the_window_instead_of_be
     prefix = RATE_WAITING_TEXT.split("{")[0]
     assert waiting["text"].startswith(prefix) and "seconds" in waiting["text"]  # about a minute, said
     assert bot.services.waiting.waiting() == 1
+    assert "supportbot_waiting_questions 1.0" in bot.services.metrics.render()[0].decode()
     third = fake_slack.mention("And a third?", channel="CW3", user="U7")
     fake_slack.send_event(third)  # the line (1) is full: refused as before
     wait_until(lambda: bot_replies(fake_slack, "CW3", third["ts"]))
