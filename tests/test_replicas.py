@@ -6,7 +6,9 @@ each with its own Socket Mode connection to the fake Slack:
 - a follow-up, a 👍 and "Ask a human" on that answer sent to the other replica: they work;
 - `/reindex status` on either replica shows the same scheduled runs, one per tick;
 - the replica answering a question with a slow model call is SIGKILLed after it acknowledged
-  it: the other answers it once, in the same placeholder (the failover time is printed).
+  it: the other answers it once, in the same placeholder (the failover time is printed);
+- one person's four questions at once, split between the replicas, with USER_MAX_CONCURRENT=1:
+  each waits for the previous answer on either replica, none is refused.
 """
 
 from __future__ import annotations
@@ -291,5 +293,46 @@ def test_one_process_killed_and_restarted_answers_once(tmp_path, milvus_server, 
         assert len(fake_openai.requests) == 2 and section_text(answer)
     finally:
         for replica in (first, second):
+            if replica is not None:
+                replica.stop()
+
+
+def test_one_persons_questions_sent_to_both_replicas_at_once_are_all_answered_one_at_a_time(
+        tmp_path, postgres_url, milvus_server, fake_slack, fake_openai, serve_env):
+    """A client asking as one person (USER_MAX_CONCURRENT=1): four questions at once, split
+    between the replicas. None is refused: each waits for the person's previous answer on
+    whichever replica, is answered once, and the answers come one after another."""
+    env = _env(serve_env, milvus_server=milvus_server, database_url=postgres_url)
+    env.update(USER_MAX_CONCURRENT="1", USER_QUEUE_SIZE="3", USER_RATE_PER_MINUTE="0", REINDEX_SCHEDULE="never")
+    a = Replica("a", env, tmp_path)
+    b = None
+    try:
+        a.wait_ready()
+        fake_slack.wait_connected(count=1)
+        b = Replica("b", env, tmp_path)
+        b.wait_ready()
+        fake_slack.wait_connected(count=2)
+        connections = fake_slack.connections()
+        fake_openai.hang(1.0, times=4)
+        asked = len(fake_openai.requests)
+        questions = [fake_slack.mention(text, channel=CHANNEL, user="UONE") for text in (
+            "How does Milvus store data?", "What is a partition?", "How do I back up a collection?",
+            "What is the maximum dimension of a vector?")]
+        for number, question in enumerate(questions):
+            fake_slack.send_event(question, connection=connections[number % 2])
+        for question in questions:
+            _wait(lambda question=question: final_answers(fake_slack, CHANNEL, question["ts"]),
+                  lambda: f"every answer; outcomes: {a.outcomes() + b.outcomes()}", timeout=90)
+        time.sleep(SWEEP + LEASE)  # room for a wrong second reply to show up
+        assert [len(bot_replies(fake_slack, CHANNEL, q["ts"])) for q in questions] == [1, 1, 1, 1]
+        assert len(fake_openai.requests) == asked + 4
+        assert sorted(o["outcome"] for o in a.outcomes() + b.outcomes()) == ["answered"] * 4
+        assert a.outcomes() and b.outcomes()  # both replicas answered some
+        finals = sorted(c.at for c in fake_slack.calls("chat.update")
+                        if c.params.get("channel") == CHANNEL and c.params.get("blocks"))
+        gaps = [later - earlier for earlier, later in zip(finals, finals[1:])]
+        assert len(finals) == 4 and min(gaps) > 0.8, gaps  # the 1 s model calls never overlapped
+    finally:
+        for replica in (a, b):
             if replica is not None:
                 replica.stop()
