@@ -13,6 +13,7 @@ each with its own Socket Mode connection to the fake Slack:
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -330,7 +331,7 @@ def test_one_persons_questions_sent_to_both_replicas_at_once_are_all_answered_on
         assert a.outcomes() and b.outcomes()  # both replicas answered some
         finals = sorted(c.at for c in fake_slack.calls("chat.update")
                         if c.params.get("channel") == CHANNEL and c.params.get("blocks"))
-        gaps = [later - earlier for earlier, later in zip(finals, finals[1:])]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(finals)]
         assert len(finals) == 4 and min(gaps) > 0.8, gaps  # the 1 s model calls never overlapped
     finally:
         for replica in (a, b):
