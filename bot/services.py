@@ -127,27 +127,31 @@ class Services:
     def _wait_in_line(self, question: Question, key: str, user_key: str, decision: Decision) -> bool:
         """Let the question wait for the person's earlier answer (or for their minute's rate to
         allow it) rather than refuse it; False when their line is full."""
-        if self.waiting is None or self.stopping or not self.waiting.has_room(user_key):
+        if self.waiting is None or self.stopping:
+            return False
+        ticket = self.waiting.reserve(user_key)  # its place, before anything is posted
+        if ticket is None:
             return False
         if decision.reason == "rate":
             seconds = max(1, math.ceil(decision.retry_after))
             text = RATE_WAITING_TEXT.format(seconds=seconds, unit="second" if seconds == 1 else "seconds")
         else:
             text = WAITING_TEXT
-        progress = self.responder.start(question, text=text)
+        try:
+            progress = self.responder.start(question, text=text)
+        except Exception:
+            self.waiting.withdraw(ticket)  # never a place nobody takes
+            raise
         if progress.refused:
+            self.waiting.withdraw(ticket)
             self.metrics.record_error(f"slack_{progress.refused}")
             return self._ended(question, key, "undeliverable")
         if key:
             self._remember_placeholder(key, progress)  # before it can be handed over: reused there
-        if not self.waiting.join(user_key, start=lambda: self._start_waiting(question, progress, user_key, key),
-                                 give_up=lambda reason: self._stop_waiting(question, progress, key, reason)):
-            # Filled up since has_room: the placeholder says why instead.
-            self.metrics.record_error("user_busy")
-            self.responder.busy(question, progress, text=BUSY_MESSAGE)
-            return self._ended(question, key, "refused_busy")
         log.info("question %s/%s waits (%s)", question.channel, question.message_ts,
                  "per-minute limit" if decision.reason == "rate" else "the person's previous answer")
+        self.waiting.ready(ticket, start=lambda: self._start_waiting(question, progress, user_key, key),
+                           give_up=lambda reason: self._stop_waiting(question, progress, key, reason))
         return True
 
     def _start_waiting(self, question: Question, progress: Progress, user_key: str, key: str) -> bool:

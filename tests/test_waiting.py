@@ -56,7 +56,7 @@ def test_waiting_questions_start_in_order_as_the_persons_slot_frees():
     starts = Starts()
     assert limiter.try_acquire("T:U1").allowed  # the first question is being answered
     assert starts.join(line, "T:U1", "second") and starts.join(line, "T:U1", "third")
-    assert not line.has_room("T:U1") and not starts.join(line, "T:U1", "fourth")  # the line is full
+    assert line.reserve("T:U1") is None and not starts.join(line, "T:U1", "fourth")  # the line is full
     assert line.has("T:U1") and not line.has("T:U2")
     time.sleep(0.1)
     assert starts.started == []  # nothing starts while the first is answered
@@ -74,6 +74,33 @@ def test_waiting_questions_start_in_order_as_the_persons_slot_frees():
     assert not line.has("T:U1") and line.waiting() == 0
     limiter.release("T:U1")
     wait_until(lambda: line._thread is None)  # the line's thread ends when nobody waits
+
+
+def test_a_place_taken_before_the_placeholder_keeps_the_order_of_arrival():
+    """Two questions arriving together: the first reserves, posts its placeholder slowly; the
+    second, ready sooner, still starts after it. A ticket cancelled before it was ready is told once."""
+    limiter = UserLimiter(per_minute=0, max_concurrent=1)
+    line = WaitingLine(limiter=limiter, size=2, poll_seconds=0.05)
+    starts = Starts()
+    assert limiter.try_acquire("T:U1").allowed
+    first, second = line.reserve("T:U1"), line.reserve("T:U1")
+    line.ready(second, start=starts.start("second"), give_up=starts.give_up("second"))
+    limiter.release("T:U1")
+    time.sleep(0.3)
+    assert starts.started == [] and limiter.active("T:U1") == 0  # the first is not ready: nobody jumps it
+    line.ready(first, start=starts.start("first"), give_up=starts.give_up("first"))
+    wait_until(lambda: starts.started == ["first"])
+    limiter.release("T:U1")
+    wait_until(lambda: starts.started == ["first", "second"])
+
+    late = line.reserve("T:U2")
+    assert line.cancel_all("stopping") == 1 and starts.gave_up == []  # nothing to tell yet
+    line.ready(late, start=starts.start("late"), give_up=starts.give_up("late"))
+    line.cancel_all("stopping")
+    assert starts.gave_up == [("late", "stopping")]  # told once, when it became ready
+    withdrawn = line.reserve("T:U3")
+    line.withdraw(withdrawn)
+    assert line.waiting() == 0
 
 
 def test_a_start_that_cannot_run_keeps_its_place_and_is_tried_again():
