@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from bot.blocks import source_line
@@ -14,6 +15,8 @@ ALREADY = "A person was already asked to help in this thread."
 UNKNOWN_ANSWER = "Sorry, I can't find that answer any more, so I can't hand it over."
 POST_FAILED = "Sorry, I couldn't post in this channel to reach the team. Please ask them directly."
 QUOTE_LIMIT = 1500  # the question as quoted; Slack sections take 3,000
+SOURCES_LIMIT = 3000  # Slack's section text
+_CUT_ENTITY = re.compile(r"&[#a-z0-9]*$")  # "&am" left at the end of a cut
 NOT_HERE = "I'm not a member of this channel, so I couldn't ask the team here."
 NOT_IN_DMS = "I can't post in a direct message between people, so I couldn't ask the team here."
 
@@ -59,15 +62,34 @@ def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ..
     tags = " ".join(mention(contact) for contact in contacts)
     who = f"<@{requested_by}> asked for a person to help" if requested_by else "A person was asked to help"
     head = f"🙋 {who}: {tags}" if tags else f"🙋 {who}. {NO_CONTACTS}"
-    quoted = escape(" ".join(question.split()))[:QUOTE_LIMIT]
-    body = f"*Question*\n> {quoted}"
+    body = f"*Question*\n> {_quoted(question)}"
     citations = [c for c in citations_from(sources) if may_read is None or may_read(c.source_name)]
-    found = "\n".join(source_line(c) for c in sorted(citations, key=lambda c: c.number))
-    found = f"*What the bot looked at*\n{found}" if found else "_The bot found nothing relevant in the docs._"
+    lines = [source_line(c) for c in sorted(citations, key=lambda c: c.number)]
+    found = _listed("*What the bot looked at*", lines) if lines else "_The bot found nothing relevant in the docs._"
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": head}},
         {"type": "section", "text": text_object(body)},  # the asker's words: shown as written
-        {"type": "section", "text": text_object(found[:3000])},
+        {"type": "section", "text": text_object(found)},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": "The bot stays quiet in this thread now."}]},
     ]
     return {"text": f"{head}\n{body}", "blocks": blocks}
+
+
+def _quoted(question: str) -> str:
+    """The question on one line, escaped, cut to QUOTE_LIMIT without leaving half an entity."""
+    quoted = escape(" ".join(question.split()))
+    if len(quoted) <= QUOTE_LIMIT:
+        return quoted
+    return _CUT_ENTITY.sub("", quoted[: QUOTE_LIMIT - 1]) + "…"
+
+
+def _listed(title: str, lines: list[str]) -> str:
+    """`title` and as many whole lines as fit one section (a cut line would break its link)."""
+    shown = title
+    for n, line in enumerate(lines):
+        more = f"\n_and {len(lines) - n - 1} more_" if n < len(lines) - 1 else ""
+        rest = f"\n_and {len(lines) - n} more_"
+        if len(f"{shown}\n{line}{more}") > SOURCES_LIMIT:
+            return shown + rest
+        shown = f"{shown}\n{line}"
+    return shown
