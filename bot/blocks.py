@@ -1,9 +1,11 @@
 """Block Kit messages for an answer: text sections, numbered sources, 👍/👎 buttons.
 
-Slack limits: 3,000 characters per section text, 50 blocks per message. Long
-answers are split at paragraph, then line boundaries, never between a heading and
-its text; a code fence cut by a split is closed and reopened so each part renders
-on its own.
+Slack limits: 3,000 characters per section text, 50 blocks per message, and (not
+documented: chat.postMessage answers msg_blocks_too_long) about 12,000 characters of
+text in all of a message's blocks. Long answers are split at paragraph, then line
+boundaries, never between a heading and its text; a code fence cut by a split is
+closed and reopened so each part renders on its own. A source line is kept short
+enough that no split ever cuts its link.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from knowledge.types import Answer, Citation
 
 SECTION_LIMIT = 3000
 BLOCK_LIMIT = 50
+MESSAGE_TEXT_LIMIT = 10_000  # of all block text in one message: under Slack's ~12,000, with room to spare
+LABEL_WIDTH = 200  # a source's title › headings as listed
+URL_WIDTH = 2000  # a longer link is left out: its line must fit a section whole
 FALLBACK_LIMIT = 3000  # the notification / screen-reader text
 SOURCES_TITLE = "*Sources*"
 FEEDBACK_UP = "feedback_up"
@@ -122,10 +127,17 @@ def section(text: str) -> dict:
 
 
 def source_line(citation: Citation) -> str:
-    """`[n] <url|Title › Heading>`, plain text when the URL is not http(s)."""
-    label = escape(citation.breadcrumb)
+    """`[n] <url|Title › Heading>`, plain text when the URL is not http(s) (or too long to show)."""
+    label = escape(_shortened(citation.breadcrumb, LABEL_WIDTH))
     url = safe_url(citation.url)
-    return f"[{citation.number}] <{url}|{label}>" if url else f"[{citation.number}] {label}"
+    if url and len(url) <= URL_WIDTH:
+        return f"[{citation.number}] <{url}|{label}>"
+    return f"[{citation.number}] {label}"
+
+
+def _shortened(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def sources_blocks(citations: Sequence[Citation]) -> list[dict]:
@@ -198,15 +210,38 @@ def answer_messages(answer: Answer, *, record_id: str | None = None, private: bo
 
 
 def _messages(blocks: list[dict], footer: list[dict]) -> list[dict]:
-    groups: list[list[dict]] = [[]]
+    """Messages within Slack's limits; the footer (sources, buttons) stays whole at the end
+    when it fits there."""
+    groups = _grouped(blocks)
+    if groups and _fits(groups[-1] + footer):
+        groups[-1].extend(footer)
+    else:
+        groups += _grouped(footer)
+    return [{"text": _fallback(group), "blocks": group} for group in groups]
+
+
+def _grouped(blocks: list[dict]) -> list[list[dict]]:
+    groups: list[list[dict]] = []
     for block in blocks:
-        if len(groups[-1]) >= BLOCK_LIMIT:
-            groups.append([])
-        groups[-1].append(block)
-    if len(groups[-1]) + len(footer) > BLOCK_LIMIT:
-        groups.append([])
-    groups[-1].extend(footer)
-    return [{"text": _fallback(group), "blocks": group} for group in groups if group]
+        if groups and _fits([*groups[-1], block]):
+            groups[-1].append(block)
+        else:
+            groups.append([block])
+    return groups
+
+
+def _fits(blocks: list[dict]) -> bool:
+    return len(blocks) <= BLOCK_LIMIT and sum(map(_text_size, blocks)) <= MESSAGE_TEXT_LIMIT
+
+
+def _text_size(value: object) -> int:
+    """Characters in every `text` of a block (what Slack's total counts)."""
+    if isinstance(value, dict):
+        own = len(value["text"]) if isinstance(value.get("text"), str) else 0
+        return own + sum(_text_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 0
 
 
 def _fallback(blocks: list[dict]) -> str:
