@@ -216,7 +216,11 @@ def _messages(blocks: list[dict], footer: list[dict]) -> list[dict]:
     if groups and _fits(groups[-1] + footer):
         groups[-1].extend(footer)
     else:
-        groups += _grouped(footer)
+        tail = _grouped(footer)
+        # The answer's last part goes along: no message is buttons alone (nor without a fallback text).
+        if groups and tail and len(groups[-1]) > 1 and _fits([groups[-1][-1], *tail[0]]):
+            tail[0].insert(0, groups[-1].pop())
+        groups += tail
     return [{"text": _fallback(group), "blocks": group} for group in groups]
 
 

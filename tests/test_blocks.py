@@ -7,9 +7,11 @@ from bot.blocks import (
     BLOCK_LIMIT,
     FEEDBACK_DOWN,
     FEEDBACK_UP,
+    MESSAGE_TEXT_LIMIT,
     SECTION_LIMIT,
     answer_messages,
     progress_message,
+    source_line,
     split_text,
 )
 from knowledge.types import Answer, Citation
@@ -66,6 +68,32 @@ def test_long_answer_split_within_limits():
     # sources and buttons come once, at the very end
     assert messages[-1]["blocks"][-1]["type"] == "actions"
     assert sum(t.startswith("*Sources*") for m in messages for t in _sections(m)) == 1
+
+
+def _block_text(value) -> int:
+    """Characters in every `text` string of the blocks (what Slack's total counts)."""
+    if isinstance(value, dict):
+        return sum(len(v) if k == "text" and isinstance(v, str) else _block_text(v) for k, v in value.items())
+    return sum(map(_block_text, value)) if isinstance(value, list) else 0
+
+
+def test_a_long_answer_keeps_each_message_under_slacks_total_and_never_posts_buttons_alone():
+    # Two 1,000-character paragraphs a section: the answer's messages end full, the buttons must not
+    # go out alone (Slack refuses more than ~12,000 characters of block text in one message).
+    answer = Answer(question="q", text="\n\n".join(["word " * 200] * 40), status="answered")
+    messages = answer_messages(answer, record_id="r")
+    assert len(messages) > 1
+    assert all(_block_text(m["blocks"]) <= MESSAGE_TEXT_LIMIT for m in messages)
+    assert [b["type"] for b in messages[-1]["blocks"]] == ["section", "actions"]
+    assert all(m["text"] for m in messages)
+
+
+def test_a_source_line_is_short_enough_never_to_be_cut():
+    long = Citation(1, "T" * 600, ("H" * 600,), "https://docs.example/" + "p" * 1500, "a.md")
+    too_long_to_link = Citation(2, "Two", (), "https://docs.example/" + "p" * 2500, "b.md")
+    line = source_line(long)
+    assert line.startswith("[1] <https://docs.example/ppp") and line.endswith("…>") and len(line) < 2000
+    assert source_line(too_long_to_link) == "[2] Two"
 
 
 def test_code_fence_is_closed_and_reopened_across_a_split():
