@@ -404,13 +404,16 @@ def test_a_changed_assistant_context_leaves_the_bots_reply_alone(fake_slack, sta
 
 
 class _Slow:
-    """Streams ten deltas over ~1.5 s, like a model writing."""
+    """Streams ten deltas over ~1.5 s (10 x `pause`), like a model writing."""
+
+    def __init__(self, pause: float = 0.15) -> None:
+        self.pause = pause
 
     def ask(self, question, *, history=(), source_names=None, on_delta=None):
         from knowledge.types import Answer
 
         for i in range(10):
-            time.sleep(0.15)
+            time.sleep(self.pause)
             on_delta(f"part {i} ")
         return Answer(question=question, text="done", status="answered")
 
@@ -455,7 +458,7 @@ def test_a_persons_next_question_waits_for_their_answer_and_the_one_after_is_ref
     from bot.limits import BUSY_MESSAGE
     from bot.services import WAITING_TEXT
 
-    running = start_bot(_Slow(), user_max_concurrent=1, user_queue_size=1)
+    running = start_bot(_Slow(0.5), user_max_concurrent=1, user_queue_size=1)  # 5 s: the third comes meanwhile
     first = fake_slack.mention(QUESTION, channel="C9", user="U7")
     fake_slack.send_event(first)
     fake_slack.wait_for("chat.postMessage", where=_in_thread("C9", first["ts"]))
@@ -476,8 +479,8 @@ def test_a_persons_next_question_waits_for_their_answer_and_the_one_after_is_ref
         [message] = [m for m in fake_slack.messages("C9") if m.get("thread_ts") == question["ts"]]
         return message["ts"]
 
-    # The waiting placeholder became the answer, which started only once U7's first was posted (~1.5 s).
-    assert finals[placeholder(second)].at - finals[placeholder(first)].at >= 1.0
+    # The waiting placeholder became the answer, which started only once U7's first was posted (~5 s).
+    assert finals[placeholder(second)].at - finals[placeholder(first)].at >= 4.0
 
     metrics = running.bot.services.metrics
     expected = ("supportbot_questions_total 4.0", 'supportbot_answers_total{status="answered"} 3.0',
