@@ -22,6 +22,7 @@ MESSAGE_TEXT_LIMIT = 10_000  # of all block text in one message: under Slack's ~
 LABEL_WIDTH = 200  # a source's title › headings as listed
 URL_WIDTH = 2000  # a longer link is left out: its line must fit a section whole
 FALLBACK_LIMIT = 3000  # the notification / screen-reader text
+TEXT_LIMIT = 40_000  # a message's text without blocks (Slack: msg_too_long above it)
 SOURCES_TITLE = "*Sources*"
 FEEDBACK_UP = "feedback_up"
 FEEDBACK_DOWN = "feedback_down"
@@ -252,6 +253,20 @@ def _fallback(blocks: list[dict]) -> str:
     texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
     text = "\n\n".join(texts)
     return text if len(text) <= FALLBACK_LIMIT else text[: FALLBACK_LIMIT - 1] + "…"
+
+
+def as_text(message: dict) -> dict:
+    """The message without blocks, its sections' text as one mrkdwn text: what is posted when
+    Slack refuses the blocks themselves (a limit it enforces and we do not know), so the
+    answer still arrives, without its buttons."""
+    parts = []
+    for block in message.get("blocks") or []:
+        if block.get("type") in ("section", "header") and isinstance(block.get("text"), dict):
+            parts.append(block["text"].get("text", ""))
+        elif block.get("type") == "context":
+            parts.extend(e.get("text", "") for e in block.get("elements") or [] if isinstance(e, dict))
+    text = "\n\n".join(part for part in parts if part) or message.get("text", "")
+    return {"text": text if len(text) <= TEXT_LIMIT else text[: TEXT_LIMIT - 1] + "…"}
 
 
 def progress_message(partial_markdown: str, *, placeholder: str) -> dict:

@@ -11,14 +11,16 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web import SlackResponse
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.access import SourceAccess, private_answers_source
-from bot.blocks import answer_messages, progress_message
+from bot.blocks import answer_messages, as_text, progress_message
 from bot.channels import ChannelRules
 from bot.history import thread_history
 from bot.outcomes import log_outcome
@@ -39,6 +41,8 @@ UNAVAILABLE_TEXT = (
     "The docs index is unavailable right now, so I can't look this up. "
     "Please try again in a few minutes. (error id: `{error_id}`)"
 )
+# Slack's answers when it refuses a message's blocks themselves (not the conversation).
+BLOCKS_REFUSED = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
 HISTORY_MAX_WAIT = 3.0  # seconds a throttled thread read may wait before answering without it
 # Slack's answers to a post that no retry or later post in the conversation can change.
 CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action",
@@ -282,11 +286,12 @@ class Responder:
         if wait > 0:
             time.sleep(wait)  # Slack's Retry-After for the placeholder (on a worker)
         first_ts, stale = "", False
+        client = self._answer_client
         for index, message in enumerate(messages):
             if index == 0 and progress.placeholder_ts:
                 try:
-                    self._answer_client.chat_update(channel=question.channel, ts=progress.placeholder_ts,
-                                                    **replacing(message))
+                    _text_if_blocks_refused(lambda m: client.chat_update(
+                        channel=question.channel, ts=progress.placeholder_ts, **replacing(m)), message)
                     first_ts = progress.placeholder_ts
                     continue
                 except SlackApiError as error:
@@ -294,7 +299,8 @@ class Responder:
                     code = slack_error_code(error)
                     log.info("chat.update of the placeholder failed (%s); posting instead", code)
                     stale = code != "message_not_found"
-            response = self._answer_client.chat_postMessage(channel=question.channel, thread_ts=question.thread_ts, **message)
+            response = _text_if_blocks_refused(lambda m: client.chat_postMessage(
+                channel=question.channel, thread_ts=question.thread_ts, **m), message)
             first_ts = first_ts or response.get("ts", "")
             if stale:
                 self._delete_placeholder(question, progress)
@@ -308,6 +314,18 @@ class Responder:
             progress.placeholder_ts = ""
         except (SlackClientError, OSError) as error:
             log.info("could not delete the placeholder: %s", slack_error_code(error))
+
+
+def _text_if_blocks_refused(send: Callable[[dict], SlackResponse], message: dict) -> SlackResponse:
+    """send(message); when Slack refuses its blocks, send it again as text (bot.blocks.as_text)."""
+    try:
+        return send(message)
+    except SlackApiError as error:
+        code = slack_error_code(error)
+        if not message.get("blocks") or code not in BLOCKS_REFUSED:
+            raise
+        log.warning("Slack refused the answer's blocks (%s): posting it as text", code)
+        return send(as_text(message))
 
 
 class _Stream:

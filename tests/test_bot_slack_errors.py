@@ -126,3 +126,23 @@ def test_commands_are_acknowledged_while_slack_throttles_home_tabs(make_kb, fake
     acked = fake_slack.wait_ack(envelope, timeout=10)
     assert fake_slack.ack_times[envelope] - fake_slack.sent_times[envelope] < 2.0
     assert acked is not None and USAGE
+
+
+def test_an_answer_whose_blocks_slack_refuses_still_arrives_as_text(make_kb, fake_openai, fake_slack, start_bot,
+                                                                    outcomes, monkeypatch, caplog):
+    """A limit Slack enforces and the bot does not know (here: the blocks' total text made tiny)
+    refuses the answer's blocks: it is posted again as text, and no apology replaces it."""
+    from tests.fixtures import block_kit
+
+    monkeypatch.setattr(block_kit, "BLOCKS_TEXT", 40)
+    start_bot(make_kb(abstain_threshold=0.0))
+    mention = fake_slack.mention(QUESTION, channel="CX9")
+    fake_slack.send_event(mention)
+    [record] = outcomes.wait(1)
+    assert record.outcome == "answered"
+    [reply] = bot_replies(fake_slack, "CX9", mention["ts"])  # the placeholder became the answer
+    assert not reply.get("blocks") and "object storage" in reply["text"] and "docs.example" in reply["text"]
+    assert "went wrong" not in reply["text"]
+    assert [method for method, _ in fake_slack.block_kit_rejections] == ["chat.update"]
+    assert "posting it as text" in caplog.text
+    fake_slack.block_kit_rejections.clear()  # refused on purpose
