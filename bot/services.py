@@ -175,7 +175,7 @@ class Services:
                 log.warning("could not hand over the waiting question %s: %s", key, error)
         outcome = {"stopping": "shutting_down", "timeout": "busy"}.get(reason, "error")
         if outcome != "shutting_down":
-            self.metrics.record_error("pool_full" if outcome == "busy" else "intake")
+            self.metrics.record_error("waited_too_long" if outcome == "busy" else "intake")
         self.responder.busy(question, progress, text=SHUTTING_DOWN_TEXT if outcome == "shutting_down" else BUSY_TEXT)
         self._ended(question, key, outcome)
 
