@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from bot.mrkdwn import escape, safe_url, text_object, to_mrkdwn
+from bot.mrkdwn import clip, escape, safe_url, text_object, to_mrkdwn
 from knowledge.types import Answer, Citation
 
 SECTION_LIMIT = 3000
@@ -200,7 +200,7 @@ def answer_messages(answer: Answer, *, record_id: str | None = None, private: bo
     footer = sources_blocks(answer.citations)
     if answer.note:
         footer.append(
-            {"type": "context", "elements": [text_object(escape(answer.note)[:SECTION_LIMIT])]}
+            {"type": "context", "elements": [text_object(clip(escape(answer.note), SECTION_LIMIT))]}
         )
     if record_id:
         offered = answer.status == "abstained"

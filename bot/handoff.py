@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from bot.blocks import source_line
 from bot.channels import mention
-from bot.mrkdwn import escape, text_object
+from bot.mrkdwn import clip, escape, text_object
 from knowledge.types import Citation
 
 NO_CONTACTS = "No experts are configured for this channel: anyone who knows, please jump in."
@@ -16,7 +15,6 @@ UNKNOWN_ANSWER = "Sorry, I can't find that answer any more, so I can't hand it o
 POST_FAILED = "Sorry, I couldn't post in this channel to reach the team. Please ask them directly."
 QUOTE_LIMIT = 1500  # the question as quoted; Slack sections take 3,000
 SOURCES_LIMIT = 3000  # Slack's section text
-_CUT_ENTITY = re.compile(r"&[#a-z0-9]*$")  # "&am" left at the end of a cut
 NOT_HERE = "I'm not a member of this channel, so I couldn't ask the team here."
 NOT_IN_DMS = "I can't post in a direct message between people, so I couldn't ask the team here."
 
@@ -77,10 +75,7 @@ def handoff_message(*, question: str, requested_by: str, contacts: tuple[str, ..
 
 def _quoted(question: str) -> str:
     """The question on one line, escaped, cut to QUOTE_LIMIT without leaving half an entity."""
-    quoted = escape(" ".join(question.split()))
-    if len(quoted) <= QUOTE_LIMIT:
-        return quoted
-    return _CUT_ENTITY.sub("", quoted[: QUOTE_LIMIT - 1]) + "…"
+    return clip(escape(" ".join(question.split())), QUOTE_LIMIT)
 
 
 def _listed(title: str, lines: list[str]) -> str:

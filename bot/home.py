@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from bot.mrkdwn import escape, text_object
+from bot.mrkdwn import clip, escape, text_object
 from bot.state import Insights
 
 INSIGHT_DAYS = 7
@@ -19,7 +19,7 @@ _GAP_WIDTH = 150
 
 
 def _section(text: str) -> dict:
-    return {"type": "section", "text": text_object(text[:3000])}  # holds people's questions
+    return {"type": "section", "text": text_object(clip(text, 3000))}  # holds people's questions
 
 
 def _header(text: str) -> dict:

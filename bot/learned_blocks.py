@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from bot.mrkdwn import escape, safe_url, text_object
+from bot.mrkdwn import clip, escape, safe_url, text_object
 from bot.state.saved_answers import PENDING, SavedAnswer, Usage
 
 LEARN_UNDO = "learned_undo"
@@ -26,7 +26,7 @@ _QUOTE = 300
 
 
 def _text(text: str) -> dict:
-    return text_object(text[:3000])  # Slack refuses a section text over 3,000 characters
+    return text_object(clip(text, 3000))  # Slack refuses a section text over 3,000 characters
 
 
 def _button(action_id: str, label: str, value: str, *, style: str = "") -> dict:

@@ -44,6 +44,18 @@ def escape_code(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+# What a cut can leave at the end: half an entity ("&am") or an unclosed link or mention ("<https://ex").
+_CUT_TAIL = re.compile(r"&[#a-z0-9]*$|<[^<>]*$", re.IGNORECASE)
+
+
+def clip(text: str, limit: int) -> str:
+    """mrkdwn cut to at most `limit` characters with "…", never inside an entity, a link or a
+    mention (Slack would show the broken markup)."""
+    if len(text) <= limit:
+        return text
+    return _CUT_TAIL.sub("", text[: limit - 1]) + "…"
+
+
 def text_object(text: str) -> dict:
     """A mrkdwn text object Slack shows as written: no automatic links or mentions."""
     return {"type": "mrkdwn", "text": text, "verbatim": True}

@@ -86,3 +86,15 @@ def test_helpers():
     assert escape("<&>") == "&lt;&amp;&gt;"
     assert safe_url("mailto:a@b") is None
     assert safe_url("HTTPS://x.example/a b") == "HTTPS://x.example/a%20b"
+
+
+def test_clip_never_leaves_half_an_entity_a_link_or_a_mention():
+    from bot.mrkdwn import clip
+
+    assert clip("short", 10) == "short"
+    assert clip("a" * 8 + "&amp;b", 10) == "a" * 8 + "…"  # not "aaaaaaaa&"
+    link = "see <https://docs.example/very/long/path|the page> now"
+    assert clip(link, 20) == "see …"  # not "see <https://docs.e…"
+    assert clip("ask <@U123ABC> about it", 10) == "ask …"
+    assert clip("<https://a.b|x> and more words here", 20) == "<https://a.b|x> and…"  # a whole link stays
+    assert all(len(clip("x&lt;" * 50, n)) <= n for n in range(2, 60))
