@@ -245,6 +245,7 @@ class Retriever:
                 title_depth=TITLE_DEPTH,
                 source_names=names,
                 depth=limit * HYBRID_DEPTH_FACTOR,
+                evidence=self._weighs_sentences(),  # read with the hits: no second round trip
             )
             if self.settings.fusion == "weighted":  # RRF scores are on another scale
                 found = favour_question_headings(found)
@@ -271,9 +272,14 @@ class Retriever:
         """
         top_k = self.settings.retrieve_top_k
         present = {c.chunk.id for c in found}
-        deeper = self.store.search_dense(vector, limit=top_k * SENTENCE_POOL_FACTOR, source_names=names)
+        deeper = self.store.search_dense(vector, limit=top_k * SENTENCE_POOL_FACTOR, source_names=names,
+                                         evidence=True)
         pool = dedupe([*found, *(c for c in deeper if c.chunk.id not in present)])
-        packed = self.store.sentence_vectors([c.chunk.id for c in pool])
+        # Read with the searches' hits; only those that came without (a keyword-only fallback) are fetched.
+        packed = {c.chunk.id: c.sentences for c in pool if c.sentences is not None}
+        missing = [c.chunk.id for c in pool if c.sentences is None]
+        if missing:
+            packed.update(self.store.sentence_vectors(missing))
         if not any(packed.values()):
             return found  # indexed with SENTENCE_VECTORS=false
         best = evidence.best_cosines(vector, [packed.get(c.chunk.id, "") for c in pool], len(vector))

@@ -621,8 +621,12 @@ class VectorStore:
 
     # ---- searching ------------------------------------------------------------------
 
-    def search_dense(self, vector, *, limit: int, source_names=None) -> list[Candidate]:
+    def search_dense(self, vector, *, limit: int, source_names=None, evidence: bool = False) -> list[Candidate]:
+        """Nearest chunks by body vector; `evidence`: each hit also carries its sentence vectors
+        and its title's cosine (where the index has them), read in the same round trip."""
         self.check()
+        title = evidence and self.has_title_vector
+        fields = [*OUTPUT_FIELDS, *self._evidence_fields(evidence), *([TITLE_FIELD] if title else [])]
         results = self._call(
             self._client.search,
             self.name,
@@ -630,13 +634,19 @@ class VectorStore:
             anns_field="vector",
             limit=limit,
             filter=_filter(source_names),
-            output_fields=OUTPUT_FIELDS,
+            output_fields=fields,
             search_params={"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, limit)}},
         )
+        query = np.asarray(vector, dtype=np.float32).ravel() if title else None
         return _ranked(
-            Candidate(chunk=_chunk(hit["entity"]), dense_score=hit["distance"], fused_score=hit["distance"])
+            Candidate(chunk=_chunk(hit["entity"]), dense_score=hit["distance"], fused_score=hit["distance"],
+                      title_score=_cosine(query, hit["entity"].get(TITLE_FIELD)) if title else None,
+                      sentences=_sentences(hit["entity"], evidence and self.has_sentence_vectors))
             for hit in results[0]
         )
+
+    def _evidence_fields(self, evidence: bool) -> list[str]:
+        return [SENTENCES_FIELD] if evidence and self.has_sentence_vectors else []
 
     def search_bm25(self, text: str, *, limit: int, source_names=None, vector=None) -> list[Candidate]:
         """Keyword search; without BM25 support, dense search on `vector` (or nothing)."""
@@ -674,6 +684,7 @@ class VectorStore:
         title_depth: int = 3,
         source_names=None,
         depth: int | None = None,
+        evidence: bool = False,
     ) -> list[Candidate]:
         """Body vector, title vector and BM25 results fused in one Milvus hybrid search.
 
@@ -682,14 +693,15 @@ class VectorStore:
         weight, for its best `title_depth` hits only: a heading that matches the
         question lifts its section, and weaker title matches do not push out body hits. Without BM25 support (or without `text`) the dense sides are fused
         alone, and with one side left it is a plain dense search. `depth` is how many
-        hits each side contributes before fusion (default: `limit`).
+        hits each side contributes before fusion (default: `limit`). `evidence`: each hit
+        also carries its sentence vectors (where the index has them).
         """
         self.check()
         use_bm25 = self.supports_hybrid and bool(text.strip())
         use_title = title_weight > 0 and self.has_title_vector
         if not use_bm25 and not use_title:
             if self.supports_hybrid or not text.strip():
-                return self.search_dense(vector, limit=limit, source_names=source_names)
+                return self.search_dense(vector, limit=limit, source_names=source_names, evidence=evidence)
             return self._fallback(vector, limit, source_names)
         query = np.asarray(vector, dtype=np.float32).ravel()
         expr = _filter(source_names)
@@ -708,7 +720,7 @@ class VectorStore:
             )
             side_weights.append(weights[1])
         ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*side_weights)
-        fields = [*OUTPUT_FIELDS, "vector", *([TITLE_FIELD] if use_title else [])]
+        fields = [*OUTPUT_FIELDS, "vector", *([TITLE_FIELD] if use_title else []), *self._evidence_fields(evidence)]
         try:
             results = self._reconnect_if_broken().hybrid_search(
                 self.name, requests, ranker, limit=limit, output_fields=fields
@@ -728,6 +740,7 @@ class VectorStore:
                 dense_score=_cosine(query, hit["entity"].get("vector")),
                 title_score=_cosine(query, hit["entity"].get(TITLE_FIELD)) if use_title else None,
                 fused_score=hit["distance"],
+                sentences=_sentences(hit["entity"], evidence and self.has_sentence_vectors),
             )
             for hit in results[0]
         )
@@ -913,6 +926,11 @@ def _row(chunk: Chunk, vector: np.ndarray, title_vector: np.ndarray | None = Non
         # Never clipped: a cut base64 string would not decode (evidence.sentences fits it).
         row[SENTENCES_FIELD] = sentences if len(sentences) <= TEXT_BYTES else ""
     return row
+
+
+def _sentences(row: dict, wanted: bool) -> str | None:
+    """The row's packed sentence vectors ("" for a chunk without any), None when not read."""
+    return (row.get(SENTENCES_FIELD) or "") if wanted else None
 
 
 def _chunk(row: dict) -> Chunk:

@@ -69,6 +69,7 @@ class Candidate:
     fused_score: float | None = None  # the score that ordered retrieval (RRF/weighted/dense)
     rerank_score: float | None = None  # probability of "yes" from the reranker
     sentence_score: float | None = None  # cosine of the query and the best sentence (knowledge.evidence)
+    sentences: str | None = None  # its sentences' packed vectors, when the search returned them
     rank: int = 0  # 1-based position after the final ordering
 
     def to_dict(self) -> dict:

@@ -159,12 +159,19 @@ def test_a_section_whose_one_sentence_answers_comes_first(tmp_path, docs, milvus
         # Precondition: searched as wholes, the short sections come first, the long one last.
         assert _order(settings.model_copy(update={"sentence_weight": 0.0}), store, embedder) == [
             "partitions.md", "load.md", "keys.md", "upkeep.md"]
+        calls = []
+        for name in ("sentence_vectors", "title_scores", "get"):  # the reads the searches' hits make needless
+            read = getattr(store, name)
+            setattr(store, name, lambda *args, _name=name, _read=read, **kwargs: (calls.append(_name),
+                                                                                _read(*args, **kwargs))[1])
         found = Retriever(embedder=embedder, store=store, settings=settings).retrieve(
             QUESTION, mode="hybrid", rerank=False).candidates_top_k
         assert len(found) == 4
         sources = [c.chunk.source for c in found]
         assert sources.index("upkeep.md") < 3, sources  # its one sentence lifts it
         assert found[sources.index("upkeep.md")].sentence_score == max(c.sentence_score for c in found)
+        # The sentence vectors and title cosines came with the hits: no read of their own.
+        assert "sentence_vectors" not in calls and "title_scores" not in calls, calls
     finally:
         store.close()
 
